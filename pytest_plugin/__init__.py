@@ -1,0 +1,1 @@
+"""pytest-reqcheck: labelled `*.reqcheck.jsonl` fixtures as requirement-check test cases."""

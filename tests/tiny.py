@@ -1,0 +1,101 @@
+"""A tiny random Llama with its own word-level tokenizer and a Granite-style chat template.
+
+With initializer_range=0.2 a 2-layer, 64-wide model learns a one-marker-word task in a few epochs
+(with the transformers default 0.02 its logits stay flat and it learns nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+SPECIALS = ["<unk>", "<pad>", "<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"]
+ROLES = ["system", "user", "assistant", "check_requirement"]
+FILLER = (
+    "the a reply order ticket your we you has was is will be shipped today tomorrow sorry thanks for "
+    "waiting account refund team issue fixed closed opened late early soon now here there update check "
+    "item box price store card help support agent note failure disk network timeout memory error log"
+).split()
+MARKER = "please"
+LABEL_WORDS = ["yes", "no", "Requirement:", "polite", "spam", "ham"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
+    "{{ message['content'] }}<|end_of_text|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
+)
+
+
+CHATML_SPECIALS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer(chatml: bool = False):
+    """A word-level tokenizer over the task's words: Granite role tokens by default, ChatML if asked."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = CHATML_SPECIALS if chatml else SPECIALS
+    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS
+    vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>" if chatml else "<|end_of_text|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE if chatml else CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Write a tiny LlamaForCausalLM and its tokenizer to `directory` and return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def marker_task(n: int, seed: int, positive: str = "yes", negative: str = "no") -> list[dict[str, str]]:
+    """Items that carry a marker word are labelled `positive`: a task a tiny model can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(n):
+        words = rng.choices(FILLER, k=rng.randint(4, 10))
+        has_marker = index % 2 == 0
+        if has_marker:
+            words.insert(rng.randrange(len(words) + 1), MARKER)
+        rows.append({"item": " ".join(words), "label": positive if has_marker else negative})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
