@@ -88,6 +88,16 @@ def _turn(tokenizer: Any, before: Messages, role: str, content: str) -> str:
     return full[len(base) :]
 
 
+def question_invocation(tokenizer: Any, question: str) -> str:
+    """A user turn asking `question`, then the assistant's turn header: the base-model judge's invocation."""
+    if not _has_chat_template(tokenizer):
+        return f"{question}\nAnswer: "
+    before = [*_ANCHOR, {"role": "user", "content": question}]
+    asked = _turn(tokenizer, _ANCHOR, "user", question)
+    prompted = tokenizer.apply_chat_template(before, tokenize=False, add_generation_prompt=True)
+    return asked + prompted[len(_chat(tokenizer, before)) :]
+
+
 def default_invocation(tokenizer: Any) -> str:
     """Granite's invocation when the tokenizer knows its role tokens, else a `check_requirement` turn.
 
@@ -140,11 +150,14 @@ def find_subsequence(haystack: list[int], needle: list[int]) -> int:
 
 
 def _as_messages(context: str | Messages) -> Messages:
-    if isinstance(context, str):
-        return [{"role": "assistant", "content": context}]
-    if not context:
+    messages = (
+        [{"role": "assistant", "content": context}]
+        if isinstance(context, str)
+        else [dict(m) for m in context]
+    )
+    if not messages or not messages[-1].get("content", "").strip():
         raise ReqcheckError("The context to check is empty; pass the text or conversation to check.")
-    return [dict(m) for m in context]
+    return messages
 
 
 def _chat_context(tokenizer: Any, messages: Messages) -> tuple[list[int], list[int], list[int]]:

@@ -22,8 +22,12 @@ class LabelSet:
 
     @property
     def single_token(self) -> bool:
+        """True when the first token tells the labels apart and nothing but a shared end token follows it."""
         firsts = [ids[0] for ids in self.token_ids]
-        return all(len(ids) == 2 for ids in self.token_ids) and len(set(firsts)) == len(firsts)
+        distinct = len(set(firsts)) == len(firsts)
+        bare = all(len(ids) == 1 for ids in self.token_ids)
+        ended = all(len(ids) == 2 for ids in self.token_ids) and len({ids[-1] for ids in self.token_ids}) == 1
+        return distinct and (bare or ended)
 
 
 def is_alora(model: Any) -> bool:
@@ -53,6 +57,18 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+@dataclass
+class Prefix:
+    """A batch of already-computed context KV caches that the prompts continue.
+
+    `cache` is consumed (a forward pass appends to it): build a fresh one for every call.
+    """
+
+    cache: Any
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
 @torch.no_grad()
 def score_labels(
     model: Any,
@@ -60,14 +76,22 @@ def score_labels(
     invocation_starts: list[int],
     labels: LabelSet,
     pad_id: int,
+    prefix: Prefix | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of each label after each prompt, shape (len(prompts), len(labels)).
 
-    For an aLoRA model the adapter is switched on from each prompt's invocation start and over the
-    label tokens; offsets are passed explicitly rather than left to PEFT's search.
+    With `prefix`, each prompt is the suffix that follows that row's cached context (positions
+    continue from the context's length). For an aLoRA model the adapter is switched on from each
+    prompt's invocation start and over the label tokens; offsets are passed explicitly rather than left
+    to PEFT's search.
     """
     device = next(model.parameters()).device
     ids, mask, positions = left_pad(prompts, pad_id, device)
+    past = None
+    if prefix is not None:
+        positions = positions + prefix.lengths.to(device).unsqueeze(1)
+        mask = torch.cat([prefix.mask.to(device), mask], dim=1)
+        past = prefix.cache
     alora = is_alora(model)
     extra = (
         {"alora_offsets": [len(p) - s for p, s in zip(prompts, invocation_starts, strict=True)]}
@@ -78,7 +102,8 @@ def score_labels(
         input_ids=ids,
         attention_mask=mask,
         position_ids=positions,
-        use_cache=not labels.single_token,
+        cache=past,
+        use_cache=past is not None or not labels.single_token,
         logits_to_keep=1,
         **extra,
     )
@@ -89,7 +114,7 @@ def score_labels(
         return scores.cpu()
 
     n_prompts, n_labels = len(prompts), len(labels.names)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(n_labels)
     rest = [ids_[1:] for ids_ in labels.token_ids]
     feed = [ids_[:-1] for ids_ in labels.token_ids]
@@ -108,7 +133,7 @@ def score_labels(
         input_ids=cont,
         attention_mask=full_mask,
         position_ids=cont_positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         **extra,
     )

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ALL_LINEAR
 from tests.helpers import run_cli
-from tests.test_training import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
 ABSENT_DEVICE = "cuda" if not torch.cuda.is_available() else "mps"

@@ -11,35 +11,8 @@ from reqcheck.manifest import Manifest, content_hash
 from reqcheck.prompting import render
 from reqcheck.scoring import LabelSet, score_labels
 from reqcheck.training import TrainConfig, partial_dir, train
+from tests.conftest import FAST
 from tests.tiny import marker_task, write_jsonl
-
-# The tiny random model needs its MLPs adapted at the invocation to learn reliably; real models do with q/k/v.
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FAST = {
-    "epochs": 4,
-    "learning_rate": 5e-3,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "device": "cpu",
-    "target_modules": ALL_LINEAR,
-}
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("adapters")
-    results = {}
-    for kind in ("alora", "lora"):
-        config = TrainConfig(
-            datafile=marker_data,
-            basemodel=str(tiny_model_dir),
-            outfile=out / kind,
-            adapter=kind,
-            requirement="The reply says please.",
-            **FAST,
-        )
-        results[kind] = train(config, report=lambda _: None)
-    return results
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +40,16 @@ def accuracy_with_plain_peft(adapter_dir: Path, base_dir: Path, data: Path) -> t
 
 @pytest.mark.parametrize("kind", ["alora", "lora"])
 def test_adapter_learns_the_task_on_held_out_data(
-    trained, tiny_model_dir: Path, held_out: Path, kind: str
+    tiny_adapters, tiny_model_dir: Path, held_out: Path, kind: str
 ) -> None:
-    result = trained[kind]
+    result = tiny_adapters[kind]
     assert result.manifest.metrics["val_accuracy"] >= 0.9
     accuracy, _ = accuracy_with_plain_peft(result.outfile, tiny_model_dir, held_out)
     assert accuracy >= 0.9
 
 
-def test_plain_peft_scores_equal_reqcheck_scores(trained, tiny_model_dir: Path, held_out: Path) -> None:
-    adapter_dir = trained["alora"].outfile
+def test_plain_peft_scores_equal_reqcheck_scores(tiny_adapters, tiny_model_dir: Path, held_out: Path) -> None:
+    adapter_dir = tiny_adapters["alora"].outfile
     _, peft_scores = accuracy_with_plain_peft(adapter_dir, tiny_model_dir, held_out)
     manifest = Manifest.read(adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -96,16 +69,16 @@ def test_plain_peft_scores_equal_reqcheck_scores(trained, tiny_model_dir: Path, 
     torch.testing.assert_close(ours, peft_scores, rtol=1e-4, atol=1e-4)
 
 
-def test_alora_config_carries_invocation_ids_and_lora_does_not(trained) -> None:
-    alora = json.loads((trained["alora"].outfile / "adapter_config.json").read_text())
-    lora = json.loads((trained["lora"].outfile / "adapter_config.json").read_text())
-    assert alora["alora_invocation_tokens"] == trained["alora"].manifest.invocation_ids
+def test_alora_config_carries_invocation_ids_and_lora_does_not(tiny_adapters) -> None:
+    alora = json.loads((tiny_adapters["alora"].outfile / "adapter_config.json").read_text())
+    lora = json.loads((tiny_adapters["lora"].outfile / "adapter_config.json").read_text())
+    assert alora["alora_invocation_tokens"] == tiny_adapters["alora"].manifest.invocation_ids
     assert len(alora["alora_invocation_tokens"]) == 3
     assert lora.get("alora_invocation_tokens") is None
 
 
-def test_manifest_holds_what_design_lists(trained, marker_data: Path) -> None:
-    result = trained["alora"]
+def test_manifest_holds_what_design_lists(tiny_adapters, marker_data: Path) -> None:
+    result = tiny_adapters["alora"]
     data = json.loads((result.outfile / "reqcheck.json").read_text())
     assert data["format_version"] == 1
     assert data["adapter_type"] == "alora"

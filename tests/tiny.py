@@ -18,7 +18,12 @@ FILLER = (
     "item box price store card help support agent note failure disk network timeout memory error log"
 ).split()
 MARKER = "please"
-LABEL_WORDS = ["yes", "no", "Requirement:", "polite", "spam", "ham"]
+LABEL_WORDS = ["yes", "no", "Yes", "No", "polite", "spam", "ham"]
+# the words of reqcheck's judge questions and requirement turns, so the tiny model can be asked them too
+PROMPT_WORDS = (
+    "Requirement : Does message above meet requirement ? Answer or . Which one of these labels fits "
+    "with label only , The says"
+).split()
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
     "{{ message['content'] }}<|end_of_text|>\n{% endfor %}"
@@ -39,7 +44,7 @@ def build_tiny_tokenizer(chatml: bool = False):
     from transformers import PreTrainedTokenizerFast
 
     specials = CHATML_SPECIALS if chatml else SPECIALS
-    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS
+    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS
     vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

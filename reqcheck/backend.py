@@ -1,0 +1,353 @@
+"""LocalHFBackend: a base model plus requirement-check adapters, with context KV reuse.
+
+A requirement is routed to an adapter, the base-model judge, or its Python function (see `route`).
+aLoRA checks reuse the base model's KV cache of the context: the adapter only runs from the
+invocation on, so the context's keys and values are the base model's. An LRU keyed by token ids keeps
+those caches, so checking several requirements on one output, or the output just generated, costs
+only the invocation and label tokens. LoRA adapters change the context's KV too, so they recompute it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reqcheck.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
+from reqcheck.errors import ReqcheckError
+from reqcheck.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
+from reqcheck.models import load_model, load_tokenizer, resolve_base_model, resolve_device, training_dtype
+from reqcheck.prompting import Messages, Rendered, render
+from reqcheck.requirements import ALoraRequirement, LLMaJRequirement, Requirement, ValidationResult
+from reqcheck.scoring import LabelSet, Prefix, score_labels
+
+Context = str | Messages
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a requirement is checked and which rule decided it."""
+
+    via: str
+    adapter: str | None
+    reason: str
+
+
+class LocalHFBackend:
+    """A Hugging Face causal LM that checks requirements through registered adapters or as a judge.
+
+    `default_to_constraint_checking_alora = False` sends every requirement (except an
+    `ALoraRequirement`) to the base-model judge: validation through adapters off.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        use_caches: bool = True,
+        cache_size: int = 32,
+        batch_size: int = 8,
+    ) -> None:
+        self.base_model = resolve_base_model(model_id)
+        self.device = resolve_device(device)
+        self.tokenizer = load_tokenizer(self.base_model)
+        self.model: Any = load_model(self.base_model, self.device, dtype or training_dtype(self.device))
+        self.use_caches = use_caches
+        self.batch_size = batch_size
+        self.default_to_constraint_checking_alora = True
+        self.adapters: dict[str, ResolvedAdapter] = {}
+        self._cache_size = cache_size
+        self._prefixes: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+
+    # registration and routing
+
+    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
+        """Load an adapter's weights next to the others; it is addressed by its intrinsic name."""
+        from peft import PeftModel
+
+        resolved = resolve_adapter(adapter, self.base_model.short_name, self.tokenizer)
+        if resolved.name in self.adapters:
+            raise ReqcheckError(
+                f"An adapter named {resolved.name!r} is already registered; pass another intrinsic_name."
+            )
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(resolved.path), adapter_name=resolved.name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(resolved.path), adapter_name=resolved.name)
+        self.model.eval()
+        self.adapters[resolved.name] = resolved
+        return resolved
+
+    def route(self, requirement: Requirement) -> Route:
+        """Which checker serves `requirement`, by the first rule that applies:
+
+        1. a `validation_fn` runs as Python; 2. `LLMaJRequirement` goes to the judge; 3. `ALoraRequirement`
+        goes to its named adapter (an error if it is not registered); 4. with the switch off, the judge;
+        5. the adapter trained for this requirement text; 6. the only registered adapter; 7. the judge.
+        """
+        if requirement.validation_fn is not None:
+            return Route("function", None, "the requirement has a validation_fn")
+        if isinstance(requirement, LLMaJRequirement):
+            return Route("judge", None, "an LLMaJRequirement always uses the base-model judge")
+        if isinstance(requirement, ALoraRequirement):
+            if requirement.intrinsic_name not in self.adapters:
+                known = ", ".join(sorted(self.adapters)) or "none"
+                raise ReqcheckError(
+                    f"ALoraRequirement names adapter {requirement.intrinsic_name!r}, which is not registered "
+                    f"(registered: {known}); add it with backend.add_adapter(CustomIntrinsicAdapter(...))."
+                )
+            return Route(
+                "adapter", requirement.intrinsic_name, "an ALoraRequirement always uses its named adapter"
+            )
+        if not self.default_to_constraint_checking_alora:
+            return Route("judge", None, "default_to_constraint_checking_alora is False")
+        wanted = _normalise(requirement.description)
+        for name, adapter in self.adapters.items():
+            if adapter.manifest.requirement and _normalise(adapter.manifest.requirement) == wanted:
+                return Route("adapter", name, f"adapter {name!r} was trained for this requirement")
+        if len(self.adapters) == 1:
+            name = next(iter(self.adapters))
+            return Route("adapter", name, f"{name!r} is the only registered adapter")
+        if self.adapters:
+            return Route("judge", None, "no registered adapter was trained for this requirement")
+        return Route("judge", None, "no adapter is registered")
+
+    # checking
+
+    def check(self, requirement: Requirement, context: Context) -> ValidationResult:
+        """Check one requirement on one context (an output text, or a conversation whose last turn is checked)."""
+        return self.check_batch([requirement], [context])[0]
+
+    def check_batch(
+        self, requirements: Sequence[Requirement], contexts: Sequence[Context]
+    ) -> list[ValidationResult]:
+        """Check requirement i on context i, batching the model calls of each route."""
+        if len(requirements) != len(contexts):
+            raise ReqcheckError("check_batch needs one context per requirement; pass lists of equal length.")
+        routes = [self.route(r) for r in requirements]
+        results: list[ValidationResult | None] = [None] * len(requirements)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for index, route in enumerate(routes):
+            groups.setdefault((route.via, route.adapter), []).append(index)
+        for (via, name), indices in groups.items():
+            started = time.perf_counter()
+            if via == "function":
+                produced = [_run_function(requirements[i], contexts[i]) for i in indices]
+            else:
+                adapter = self.adapters[name] if name else None
+                labels, positives = _label_sets(adapter)
+                if via == "adapter":
+                    probs = self.classify(
+                        name, [contexts[i] for i in indices], [requirements[i].description for i in indices]
+                    )
+                else:
+                    probs = self.judge(
+                        [contexts[i] for i in indices], [requirements[i].description for i in indices], labels
+                    )
+                produced = [_result(p, positives, adapter) for p in probs]
+            each = (time.perf_counter() - started) / len(indices)
+            for i, result in zip(indices, produced, strict=True):
+                tag = f"adapter:{routes[i].adapter}" if via == "adapter" else via
+                results[i] = ValidationResult(
+                    result.passed,
+                    result.score,
+                    result.label,
+                    result.probabilities,
+                    routes[i].reason,
+                    tag,
+                    each,
+                )
+        return [r for r in results if r is not None]
+
+    def classify(
+        self, adapter_name: str, contexts: Sequence[Context], requirements: Sequence[str | None] | None = None
+    ) -> list[dict[str, float]]:
+        """The adapter's probability for each of its labels, per context."""
+        adapter = self.adapters.get(adapter_name)
+        if adapter is None:
+            raise ReqcheckError(
+                f"No adapter named {adapter_name!r} is registered; add it with backend.add_adapter."
+            )
+        manifest = adapter.manifest
+        names = list(manifest.labels)
+        labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
+        requirements = list(requirements) if requirements is not None else [None] * len(contexts)
+        rendered = [
+            render(self.tokenizer, c, manifest.prompt, r) for c, r in zip(contexts, requirements, strict=True)
+        ]
+        self.model.set_adapter(adapter_name)
+        scores = self._score(rendered, labels, reuse_context=adapter.is_alora and self.use_caches)
+        return [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(scores, dim=-1)]
+
+    def judge(
+        self, contexts: Sequence[Context], requirements: Sequence[str | None], labels: list[str] | None = None
+    ) -> list[dict[str, float]]:
+        """The base model's probability for each label, asked as a question about each context."""
+        labels = labels or JUDGE_LABELS
+        variants, owner = judge_labels(self.tokenizer, labels)
+        spec = judge_spec(self.tokenizer, labels)
+        rendered = [render(self.tokenizer, c, spec, r) for c, r in zip(contexts, requirements, strict=True)]
+        with self._base():
+            scores = self._score(rendered, variants, reuse_context=self.use_caches)
+        pooled = torch.softmax(pool_variants(scores, owner, len(labels)), dim=-1)
+        return [dict(zip(labels, row.tolist(), strict=True)) for row in pooled]
+
+    def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
+        """Greedy generation with the base model; the conversation's KV is kept for the checks that follow."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(
+            self.device
+        )
+        with self._base(), torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        sequence = out.sequences[0].tolist()
+        if self.use_caches and out.cache is not None:
+            kv = _cache_tensors(out.cache)
+            self._remember(tuple(sequence[: kv[0][0].shape[2]]), kv)
+        return self.tokenizer.decode(sequence[ids.shape[1] :], skip_special_tokens=True).strip()
+
+    # internals
+
+    @contextmanager
+    def _base(self) -> Iterator[None]:
+        """Run the base model: adapters disabled."""
+        with self.model.disable_adapter() if self.adapters else nullcontext():
+            yield
+
+    def _score(self, rendered: list[Rendered], labels: LabelSet, reuse_context: bool) -> torch.Tensor:
+        rows = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(rendered), self.batch_size):
+            chunk = rendered[start : start + self.batch_size]
+            if reuse_context:
+                prefix = self._prefix([r.input_ids[: r.context_len] for r in chunk])
+                suffixes = [r.input_ids[r.context_len :] for r in chunk]
+                starts = [r.invocation_start - r.context_len for r in chunk]
+                rows.append(score_labels(self.model, suffixes, starts, labels, pad, prefix))
+            else:
+                rows.append(
+                    score_labels(
+                        self.model,
+                        [r.input_ids for r in chunk],
+                        [r.invocation_start for r in chunk],
+                        labels,
+                        pad,
+                    )
+                )
+        return torch.cat(rows)
+
+    def _remember(self, key: tuple[int, ...], kv: KV) -> None:
+        self._prefixes[key] = kv
+        self._prefixes.move_to_end(key)
+        while len(self._prefixes) > self._cache_size:
+            self._prefixes.popitem(last=False)
+
+    def _longest_cached(self, ids: tuple[int, ...]) -> tuple[int, KV | None]:
+        best, found = 0, None
+        for key, kv in self._prefixes.items():
+            if best < len(key) <= len(ids) and ids[: len(key)] == key:
+                best, found = len(key), kv
+        if found is not None:
+            self._prefixes.move_to_end(ids[:best])
+        return best, found
+
+    @torch.no_grad()
+    def _context_kv(self, contexts: list[tuple[int, ...]]) -> list[KV]:
+        """Base-model KV of each context, from the LRU or computed (extending the longest cached prefix)."""
+        from transformers import DynamicCache
+
+        result: list[KV] = []
+        with self._base():
+            for ids in contexts:
+                known, kv = self._longest_cached(ids)
+                if known == len(ids) and kv is not None:
+                    result.append(kv)
+                    continue
+                past = DynamicCache(ddp_cache_data=kv) if kv is not None else None
+                new = torch.tensor([ids[known:]], device=self.device)
+                positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
+                out = self.model(input_ids=new, position_ids=positions, cache=past, use_cache=True)
+                kv = _cache_tensors(out.cache)
+                if self.use_caches:
+                    self._remember(ids, kv)
+                result.append(kv)
+        return result
+
+    def _prefix(self, contexts: list[list[int]]) -> Prefix:
+        """A fresh, left-padded batch cache of the contexts (the forward pass will append to it)."""
+        from transformers import DynamicCache
+
+        kvs = self._context_kv([tuple(c) for c in contexts])
+        width = max(len(c) for c in contexts)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        layers = []
+        for layer in range(len(kvs[0])):
+            keys, values = kvs[0][layer]
+            k = keys.new_zeros((len(contexts), keys.shape[1], width, keys.shape[3]))
+            v = values.new_zeros((len(contexts), values.shape[1], width, values.shape[3]))
+            for row, kv in enumerate(kvs):
+                length = kv[layer][0].shape[2]
+                k[row, :, width - length :] = kv[layer][0][0]
+                v[row, :, width - length :] = kv[layer][1][0]
+            layers.append((k, v))
+        for row, c in enumerate(contexts):
+            mask[row, width - len(c) :] = 1
+        lengths = torch.tensor([len(c) for c in contexts])
+        return Prefix(DynamicCache(ddp_cache_data=layers), mask, lengths)
+
+
+def _cache_tensors(cache: Any) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+def _label_sets(adapter: ResolvedAdapter | None) -> tuple[list[str], list[str]]:
+    """The labels and positive labels a requirement is read with: the adapter's, else yes/no."""
+    if adapter is None:
+        return list(JUDGE_LABELS), ["yes"]
+    return list(adapter.manifest.labels), list(adapter.manifest.positive_labels)
+
+
+def _result(
+    probabilities: dict[str, float], positives: list[str], adapter: ResolvedAdapter | None
+) -> ValidationResult:
+    if not positives:
+        name = adapter.name if adapter else "judge"
+        raise ReqcheckError(
+            f"Adapter {name!r} has no positive label, so a requirement check cannot pass or fail; pass "
+            "positive_labels=[...] to CustomIntrinsicAdapter or retrain with --positive-label."
+        )
+    label = max(probabilities, key=probabilities.__getitem__)
+    score = sum(probabilities[p] for p in positives)
+    return ValidationResult(label in positives, score, label, probabilities)
+
+
+def _run_function(requirement: Requirement, context: Context) -> ValidationResult:
+    text = context if isinstance(context, str) else context[-1]["content"]
+    outcome = requirement.validation_fn(text)  # type: ignore[misc]
+    if isinstance(outcome, ValidationResult):
+        return outcome
+    passed = bool(outcome)
+    return ValidationResult(
+        passed,
+        float(passed),
+        "pass" if passed else "fail",
+        {"pass": float(passed), "fail": float(not passed)},
+    )
