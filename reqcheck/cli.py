@@ -81,6 +81,16 @@ def train(
         str, typer.Option(help="Prompt rendering: chat-v1, or mellea-v1 (Mellea's format).")
     ] = "chat-v1",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command.")] = False,
+    prefix_cache: Annotated[
+        str,
+        typer.Option(
+            help="aLoRA: auto (keep item caches while they fit the budget), memory, recompute, or off "
+            "(full-sequence training)."
+        ),
+    ] = "auto",
+    prefix_cache_budget_mb: Annotated[
+        int | None, typer.Option(help="Memory for kept item caches (default: a quarter of free memory).")
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA or aLoRA requirement-check adapter from labelled JSONL."""
     from reqcheck.training import TrainConfig, summary
@@ -107,6 +117,8 @@ def train(
         target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
         renderer=renderer,
         resume=resume,
+        prefix_cache=prefix_cache,
+        prefix_cache_budget_mb=prefix_cache_budget_mb,
     )
     result = run_training(config, report=_say)
     for line in summary(result):

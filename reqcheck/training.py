@@ -3,6 +3,10 @@
 prepare → encode → train epochs (loss on label tokens only) → evaluate each epoch → keep the best
 validation loss → write PEFT files + reqcheck.json atomically. Interrupted runs keep a resume
 checkpoint beside the output, never a directory that looks like a finished adapter.
+
+aLoRA runs forward and backward over the invocation and label tokens only, on base-model prefix
+caches of the items (see `prefix_cache`); `--prefix-cache off` trains on full sequences, the
+reference. Under torchrun each process trains on its share of every step (see `distributed`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from typing import Any
 import torch
 
 from reqcheck import data as data_mod
+from reqcheck import distributed
+from reqcheck import prefix_cache as prefix_mod
 from reqcheck.atomic import atomic_directory
 from reqcheck.data import Example
+from reqcheck.distributed import Group
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
 from reqcheck.models import (
@@ -75,8 +82,11 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
     renderer: str = CHAT_RENDERER
     resume: bool = False
+    prefix_cache: str = "auto"
+    prefix_cache_budget_mb: int | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
+        """The flags that change what is learned (the prefix cache only changes how fast)."""
         keys = (
             "epochs",
             "learning_rate",
@@ -114,6 +124,7 @@ class TrainResult:
     manifest: Manifest
     seconds: float
     tokens_per_second: float
+    main_process: bool = True
 
 
 def read_promptfile(path: Path) -> str:
@@ -148,6 +159,9 @@ def _check_config(config: TrainConfig) -> None:
         raise ReqcheckError("--learning-rate must be positive.")
     if config.max_length < 8:
         raise ReqcheckError("--max-length must be at least 8 tokens.")
+    prefix_mod.check_mode(config.prefix_cache, config.adapter == "alora")
+    if config.prefix_cache_budget_mb is not None and config.prefix_cache_budget_mb < 0:
+        raise ReqcheckError("--prefix-cache-budget-mb must be zero or more.")
     out = Path(config.outfile)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_reqcheck_adapter(out))):
         raise ReqcheckError(
@@ -257,20 +271,61 @@ def batches(encoded: list[Encoded], size: int, rng: random.Random | None = None)
 
 
 @torch.no_grad()
+def _full_eval(
+    model: Any, batch: list[Encoded], labels: LabelSet, pad_id: int, alora: bool
+) -> tuple[float, int, int]:
+    """(summed label loss, label tokens, correct argmax) of a batch, from full-sequence forwards."""
+    loss, tokens = label_loss(model, batch, pad_id, alora)
+    scores = score_labels(
+        model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
+    )
+    correct = sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
+    return float(loss), tokens, correct
+
+
+@torch.no_grad()
 def evaluate(
-    model: Any, val: list[Encoded], labels: LabelSet, pad_id: int, alora: bool, batch_size: int
+    model: Any,
+    val: list[Encoded],
+    labels: LabelSet,
+    pad_id: int,
+    alora: bool,
+    batch_size: int,
+    prefixes: prefix_mod.PrefixCache | None = None,
+    group: Group = distributed.SOLO,
 ) -> dict[str, float]:
-    """Validation loss (label tokens) and accuracy (argmax of label scores)."""
+    """Validation loss (label tokens) and accuracy (argmax of label scores), over all processes' shares."""
     model.eval()
-    total, tokens, correct = 0.0, 0, 0
-    for batch in batches(val, max(batch_size, 8)):
-        loss, n = label_loss(model, batch, pad_id, alora)
-        total, tokens = total + float(loss), tokens + n
-        scores = score_labels(
-            model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
-        )
-        correct += sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
+    totals = [0.0, 0.0, 0.0]
+    for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
+        if prefixes is not None:
+            result = prefix_mod.suffix_eval(prefixes, batch, labels)
+        else:
+            result = _full_eval(model, batch, labels, pad_id, alora)
+        totals = [t + r for t, r in zip(totals, result, strict=True)]
+    total, tokens, correct = distributed.sum_values(totals, group, str(next(model.parameters()).device))
     return {"val_loss": total / max(tokens, 1), "val_accuracy": correct / max(len(val), 1)}
+
+
+def prefix_caches(
+    config: TrainConfig, model: Any, encoded: list[Encoded], pad_id: int, device: str, report: Reporter
+) -> tuple[str, prefix_mod.PrefixCache | None]:
+    """The prefix-cache mode this run uses (reported, and recorded in the manifest) and its caches."""
+    alora = config.adapter == "alora"
+    if not alora or config.prefix_cache == "off":
+        return "off", None
+    needed_mb = (
+        sum(e.invocation_start for e in encoded) * prefix_mod.kv_bytes_per_token(model) / prefix_mod.MB
+    )
+    budget_mb = config.prefix_cache_budget_mb
+    if budget_mb is None:
+        budget_mb = prefix_mod.default_budget_mb(device)
+    plain = prefix_mod.has_plain_kv_cache(model)
+    mode = prefix_mod.resolve_mode(config.prefix_cache, alora, needed_mb, budget_mb, plain)
+    report(f"prefix cache: {mode} (the caches need {needed_mb:.0f} MB; budget {budget_mb} MB)")
+    if mode == "off":
+        return mode, None
+    return mode, prefix_mod.PrefixCache(model, pad_id, keep=mode == "memory")
 
 
 def _run_key(config: TrainConfig, ref: BaseModelRef, fingerprint: str) -> str:
@@ -300,16 +355,27 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
-    """Train an adapter as `config` says and write it to `config.outfile`."""
+    """Train an adapter as `config` says and write it to `config.outfile`.
+
+    Under torchrun every process calls this; only rank 0 reports and writes.
+    """
+    _check_config(config)
+    device = resolve_device(config.device)
+    group, rank_device = distributed.start(device)
+    try:
+        return _train(config, report if group.main else lambda _: None, group, rank_device)
+    finally:
+        distributed.stop(group)
+
+
+def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> TrainResult:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_linear_schedule_with_warmup
 
     started = time.perf_counter()
-    _check_config(config)
     invocation = read_promptfile(config.promptfile) if config.promptfile else None
     examples, train_examples, val_examples = load_training_data(config)
     fingerprint = data_mod.fingerprint(examples)
-    device = resolve_device(config.device)
     ref = resolve_base_model(config.basemodel)
     report(
         f"base model {ref.name} on {device}; {len(train_examples)} train / {len(val_examples)} val examples"
@@ -333,7 +399,7 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
             f"{truncated} example(s) longer than --max-length {config.max_length} were truncated from the start"
         )
 
-    base = load_model(ref, device, training_dtype(device))
+    base = load_model(ref, device, training_dtype(device.split(":")[0]))
     inv_ids = invocation_ids(tokenizer, spec.invocation)
     lora_config = LoraConfig(
         r=config.rank,
@@ -349,14 +415,16 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
         raise ReqcheckError(
             f"Could not attach the adapter ({exc}); check --target-modules for this model."
         ) from exc
+    torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
     alora = config.adapter == "alora"
+    pad_id = tokenizer.pad_token_id
+    cache_mode, prefixes = prefix_caches(config, model, train_set + val_set, pad_id, device, report)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
-    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    step_batches = config.grad_accum * group.world  # batches per optimizer step, over all processes
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / step_batches)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
-    pad_id = tokenizer.pad_token_id
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_val_loss": math.inf, "history": []}
     checkpoint = partial_dir(config.outfile)
@@ -376,41 +444,51 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
             report(f"resuming after epoch {state['epoch']} from {checkpoint}")
         else:
             report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
+    distributed.broadcast_params(params, group)
 
     rng = random.Random(config.seed)
-    for _ in range(state["epoch"]):
+    first_epoch = state["epoch"]
+    for _ in range(first_epoch):
         batches(train_set, config.batch_size, rng)
     tokens_seen, train_seconds = 0, 0.0
-    for epoch in range(state["epoch"], config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         epoch_batches = batches(train_set, config.batch_size, rng)
+        steps = [epoch_batches[i : i + step_batches] for i in range(0, len(epoch_batches), step_batches)]
         epoch_start = time.perf_counter()
         running, running_tokens, last_report = 0.0, 0, 0.0
-        for index, batch in enumerate(epoch_batches):
-            loss_sum, n_tokens = label_loss(model, batch, pad_id, alora)
-            (loss_sum / max(n_tokens, 1) / config.grad_accum).backward()
-            running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
-            tokens_seen += sum(e.length for e in batch)
-            if (index + 1) % config.grad_accum == 0 or index + 1 == len(epoch_batches):
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+        for index, step in enumerate(steps):
+            for batch in step[group.rank :: group.world]:
+                if prefixes is not None:
+                    loss_sum, n_tokens = prefix_mod.suffix_loss(prefixes, batch)
+                else:
+                    loss_sum, n_tokens = label_loss(model, batch, pad_id, alora)
+                (loss_sum / max(n_tokens, 1) / step_batches).backward()
+                running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
+                tokens_seen += sum(e.length for e in batch)
+            distributed.sum_grads(params, group)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
             now = time.perf_counter()
-            if now - last_report > 2.0 or index + 1 == len(epoch_batches):
+            if now - last_report > 2.0 or index + 1 == len(steps):
                 last_report = now
                 elapsed = now - epoch_start
-                done = (epoch - state["epoch"]) * len(epoch_batches) + index + 1
-                remaining = (config.epochs - state["epoch"]) * len(epoch_batches) - done
+                done = (epoch - first_epoch) * len(steps) + index + 1
+                remaining = (config.epochs - first_epoch) * len(steps) - done
                 eta = (train_seconds + elapsed) / done * remaining
                 report(
-                    f"epoch {epoch + 1}/{config.epochs} batch {index + 1}/{len(epoch_batches)} "
+                    f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{len(steps)} "
                     f"loss {running / max(running_tokens, 1):.4f} eta {_format_eta(eta)}"
                 )
         train_seconds += time.perf_counter() - epoch_start
+        running, running_tokens = distributed.sum_values([running, running_tokens], group, device)
         metrics = {"epoch": epoch + 1, "train_loss": running / max(running_tokens, 1)}
         if val_set:
-            metrics.update(evaluate(model, val_set, labels, pad_id, alora, config.batch_size))
+            metrics.update(
+                evaluate(model, val_set, labels, pad_id, alora, config.batch_size, prefixes, group)
+            )
             report(
                 f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
             )
@@ -421,18 +499,20 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
             state["best"] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
             state["best_epoch"] = epoch + 1
         state["epoch"] = epoch + 1
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "run_key": run_key,
-                "adapter": get_peft_model_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-            },
-            checkpoint / "state.pt.tmp",
-        )
-        (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
+        if group.main:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {
+                    "run_key": run_key,
+                    "adapter": get_peft_model_state_dict(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                },
+                checkpoint / "state.pt.tmp",
+            )
+            (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
+        distributed.barrier(group)
 
     set_peft_model_state_dict(model, state["best"])
     best = next(m for m in state["history"] if m["epoch"] == state["best_epoch"])
@@ -455,7 +535,7 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
             "truncated": truncated,
         },
         split_seed=config.seed,
-        hyperparameters=config.hyperparameters(),
+        hyperparameters={**config.hyperparameters(), "prefix_cache": cache_mode, "processes": group.world},
         metrics={
             "best_epoch": state["best_epoch"],
             "best_val_loss": best.get("val_loss"),
@@ -465,16 +545,26 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
         },
         versions=library_versions(),
     )
-    with atomic_directory(config.outfile, replace_existing=True) as tmp:
-        model.save_pretrained(tmp)
-        manifest.write(tmp)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    if group.main:
+        with atomic_directory(config.outfile, replace_existing=True) as tmp:
+            model.save_pretrained(tmp)
+            manifest.write(tmp)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    distributed.barrier(group)
+    (tokens_seen,) = distributed.sum_values([tokens_seen], group, device)
     seconds = time.perf_counter() - started
-    return TrainResult(Path(config.outfile), manifest, seconds, tokens_seen / max(train_seconds, 1e-9))
+    return TrainResult(
+        Path(config.outfile), manifest, seconds, tokens_seen / max(train_seconds, 1e-9), group.main
+    )
 
 
 def summary(result: TrainResult) -> list[str]:
-    """The closing lines a user reads after training, including a plain warning when nothing was learned."""
+    """The closing lines a user reads after training, including a plain warning when nothing was learned.
+
+    Under torchrun only rank 0 has any, so the user reads them once.
+    """
+    if not result.main_process:
+        return []
     m = result.manifest.metrics
     lines = [f"saved {result.manifest.adapter_type} adapter to {result.outfile}"]
     if m.get("val_accuracy") is not None:

@@ -1,0 +1,120 @@
+"""Benchmark aLoRA training: full-sequence (`--prefix-cache off`) against the default, side by side.
+
+Each variant trains the same data with the same seed in its own process, so its peak RSS is its own.
+Prints one JSON object: per variant tokens/s, wall time, peak RSS and final validation loss, and the
+ratios the training-speed issue sets targets for (>= 5x faster, equal val loss within 2%, RSS <= 1.5x).
+
+    python bench/train_speed.py --limit 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+EXAMPLE_DATA = Path(__file__).resolve().parent.parent / "examples" / "support-polite" / "train.jsonl"
+POLITE = ["Thanks so much for your patience", "I'm sorry for the trouble", "Happy to help with this"]
+RUDE = ["Read the manual next time", "Not our problem", "Stop emailing us about this"]
+TOPICS = ["your refund", "the late delivery", "the login error", "your invoice", "the broken charger"]
+
+
+def generated_lines(n: int = 160) -> list[str]:
+    """English support replies, polite or not, of roughly the length of real ones."""
+    rng = random.Random(0)
+    lines = []
+    for index in range(n):
+        polite = index % 2 == 0
+        opener = rng.choice(POLITE if polite else RUDE)
+        body = " ".join(
+            f"About {rng.choice(TOPICS)}, the team checked it today." for _ in range(rng.randint(3, 6))
+        )
+        lines.append(json.dumps({"item": f"{opener}. {body}", "label": "yes" if polite else "no"}))
+    return lines
+
+
+def dataset(limit: int | None, directory: Path) -> tuple[Path, str]:
+    """The benchmark's data file (the first `limit` lines) and where it came from."""
+    source = EXAMPLE_DATA if EXAMPLE_DATA.exists() else None
+    lines = source.read_text().splitlines() if source else generated_lines()
+    lines = [line for line in lines if line.strip()][:limit]
+    path = directory / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, f"{source.relative_to(Path.cwd()) if source else 'generated'} (first {len(lines)} lines)"
+
+
+def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
+    """Train once in this process and return its measurements."""
+    from reqcheck.training import TrainConfig, train
+
+    config = TrainConfig(
+        datafile=data,
+        basemodel=args.basemodel,
+        outfile=out,
+        device=args.device,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        grad_accum=1,
+        prefix_cache=args.child,
+    )
+    result = train(config, report=lambda _: None)
+    history = result.manifest.metrics["history"]
+    return {
+        "prefix_cache": result.manifest.hyperparameters["prefix_cache"],
+        "tokens_per_s": round(result.tokens_per_second, 1),
+        "wall_s": round(result.seconds, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "final_val_loss": round(history[-1]["val_loss"], 4),
+        "final_val_accuracy": round(history[-1]["val_accuracy"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="Use only the first N lines of the data.")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--basemodel", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--variants", default="off,auto", help="Comma-separated --prefix-cache modes.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_variant(args, args.data, Path(tmp) / "adapter")))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data, described = dataset(args.limit, Path(tmp))
+        results = {}
+        for variant in args.variants.split(","):
+            child = [sys.executable, __file__, *sys.argv[1:], "--child", variant, "--data", str(data)]
+            done = subprocess.run(child, capture_output=True, text=True, check=True)
+            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    report = {
+        "command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
+        "data": described,
+        "settings": {
+            k: getattr(args, k) for k in ("basemodel", "device", "epochs", "learning_rate", "batch_size")
+        },
+        "variants": results,
+    }
+    if {"off", "auto"} <= set(results):
+        off, auto = results["off"], results["auto"]
+        report["speedup_wall"] = round(off["wall_s"] / auto["wall_s"], 2)
+        report["speedup_tokens_per_s"] = round(auto["tokens_per_s"] / off["tokens_per_s"], 2)
+        report["val_loss_rel_diff"] = round(abs(auto["final_val_loss"] / off["final_val_loss"] - 1), 4)
+        report["peak_rss_ratio"] = round(auto["peak_rss_mb"] / off["peak_rss_mb"], 2)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

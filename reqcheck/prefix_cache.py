@@ -1,0 +1,229 @@
+"""aLoRA training that never recomputes or back-propagates through the item.
+
+An activated LoRA applies its weights only from the invocation on, so the keys and values of every
+token before it are the frozen base model's: they do not depend on the trainable weights. Training
+therefore computes that prefix once without gradients (and keeps it across epochs while it fits a
+memory budget) and runs forward and backward only over the invocation and label tokens. The loss
+and its gradients equal those of full-sequence training.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from reqcheck.errors import ReqcheckError
+from reqcheck.scoring import LabelSet, left_pad
+
+if TYPE_CHECKING:
+    from reqcheck.training import Encoded
+
+MODES = ("auto", "memory", "recompute", "off")
+MB = 1024 * 1024
+
+
+def default_budget_mb(device: str) -> int:
+    """A quarter of the free memory where the caches live, shared by the processes on this host."""
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+        return int(free / 4 / MB)
+    import psutil
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return int(psutil.virtual_memory().available / 4 / local / MB)
+
+
+def has_plain_kv_cache(model: Any) -> bool:
+    """True when every layer keeps a full key/value cache (no sliding window, no recurrent state)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+
+@torch.no_grad()
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes one token's keys and values take over all layers, measured on a one-token forward."""
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True, alora_offsets=[0]
+    )
+    return sum(t.numel() * t.element_size() for layer in out.cache.layers for t in (layer.keys, layer.values))
+
+
+def check_mode(requested: str, alora: bool) -> None:
+    """Reject a mode that does not exist or cannot apply (a LoRA adapter changes the item too)."""
+    if requested not in MODES:
+        raise ReqcheckError(f"Unknown --prefix-cache {requested!r}; use auto, memory, recompute or off.")
+    if not alora and requested not in ("auto", "off"):
+        raise ReqcheckError(
+            f"--prefix-cache {requested} needs --adapter alora (a LoRA adapter changes the item too); "
+            "use --prefix-cache auto or off."
+        )
+
+
+def resolve_mode(requested: str, alora: bool, needed_mb: float, budget_mb: float, plain_cache: bool) -> str:
+    """The mode training runs in: `auto` keeps caches that fit the budget and recomputes otherwise.
+
+    `memory` over budget is an error rather than a silent fallback: who asks for it wants the speed.
+    """
+    check_mode(requested, alora)
+    if not alora or requested == "off":
+        return "off"
+    if not plain_cache:
+        if requested != "auto":
+            raise ReqcheckError(
+                f"--prefix-cache {requested} needs a model with plain full-attention key/value caches; "
+                "use --prefix-cache auto or off."
+            )
+        return "off"
+    if requested == "memory" and needed_mb > budget_mb:
+        raise ReqcheckError(
+            f"The prefix caches need {needed_mb:.0f} MB but the budget is {budget_mb:.0f} MB; raise "
+            "--prefix-cache-budget-mb or use --prefix-cache auto."
+        )
+    if requested == "auto":
+        return "memory" if needed_mb <= budget_mb else "recompute"
+    return requested
+
+
+class PrefixCache:
+    """Base-model keys and values of each item's prefix (the tokens before its invocation).
+
+    With `keep`, each item's prefix is stored unpadded the first time it is computed and assembled
+    into a fresh left-padded cache for every later batch (a transformers cache grows on every forward,
+    so one is never passed twice).
+    """
+
+    def __init__(self, model: Any, pad_id: int, keep: bool) -> None:
+        self.model, self.pad_id, self.keep = model, pad_id, keep
+        self.stored: dict[int, torch.Tensor] = {}
+
+    def batch(self, batch: list[Encoded]) -> tuple[Any, torch.Tensor]:
+        """(cache, left-padded attention mask) of the batch's prefixes."""
+        if all(id(e) in self.stored for e in batch):
+            return self._assemble(batch)
+        cache, mask = self._compute(batch)
+        if self.keep:
+            kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+            for row, e in enumerate(batch):
+                self.stored[id(e)] = kv[:, :, row, :, mask.shape[1] - e.invocation_start :].clone()
+        return cache, mask
+
+    @torch.no_grad()
+    def _compute(self, batch: list[Encoded]) -> tuple[Any, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        ids, mask, positions = left_pad([e.prompt[: e.invocation_start] for e in batch], self.pad_id, device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            alora_offsets=[0] * len(batch),
+        )
+        return out.cache, mask
+
+    def _assemble(self, batch: list[Encoded]) -> tuple[Any, torch.Tensor]:
+        from transformers import DynamicCache
+
+        first = self.stored[id(batch[0])]
+        width = max(e.invocation_start for e in batch)
+        layers, _, heads, _, dim = first.shape
+        kv = first.new_zeros((layers, 2, len(batch), heads, width, dim))
+        mask = torch.zeros((len(batch), width), dtype=torch.long, device=first.device)
+        for row, e in enumerate(batch):
+            kv[:, :, row, :, width - e.invocation_start :] = self.stored[id(e)]
+            mask[row, width - e.invocation_start :] = 1
+        return DynamicCache(ddp_cache_data=[(kv[i, 0], kv[i, 1]) for i in range(layers)]), mask
+
+
+def _suffix_forward(
+    model: Any, cache: Any, prefix_mask: torch.Tensor, suffixes: list[list[int]], pad_id: int, keep: int
+) -> torch.Tensor:
+    """Logits of the last `keep` suffix positions; suffixes are right-padded after their prefix.
+
+    Every suffix starts with the invocation, so the adapter applies to all of it: PEFT adapts the
+    last `alora_offsets[i]` positions of row i, here the whole padded suffix.
+    """
+    device = prefix_mask.device
+    width = max(len(s) for s in suffixes)
+    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+    for row, s in enumerate(suffixes):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=torch.cat([prefix_mask, mask.to(device)], dim=1),
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=keep,
+        alora_offsets=[width] * len(suffixes),
+    )
+    return out.logits.float()
+
+
+def _label_logprobs(
+    model: Any,
+    cache: Any,
+    prefix_mask: torch.Tensor,
+    batch: list[Encoded],
+    labels: list[list[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of `labels[i]` after item i's invocation, and the mask of real tokens."""
+    suffixes = [e.prompt[e.invocation_start :] + label for e, label in zip(batch, labels, strict=True)]
+    k = max(len(label) for label in labels)
+    logits = _suffix_forward(model, cache, prefix_mask, suffixes, pad_id, k + 1)
+    targets = torch.zeros((len(batch), k), dtype=torch.long)
+    real = torch.zeros((len(batch), k), dtype=torch.bool)
+    for row, label in enumerate(labels):
+        targets[row, : len(label)] = torch.tensor(label)
+        real[row, : len(label)] = True
+    targets, real = targets.to(logits.device), real.to(logits.device)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked * real, real
+
+
+def suffix_loss(prefixes: PrefixCache, batch: list[Encoded]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the label tokens, forward and backward over invocation + label only."""
+    cache, mask = prefixes.batch(batch)
+    logp, real = _label_logprobs(
+        prefixes.model, cache, mask, batch, [e.label for e in batch], prefixes.pad_id
+    )
+    return -logp.sum(), int(real.sum())
+
+
+@torch.no_grad()
+def suffix_eval(prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet) -> tuple[float, int, int]:
+    """(summed label loss, label tokens, correct argmax) of a validation batch, scoring as `score_labels`.
+
+    Every label is scored after the same prefix in one batched suffix pass; single-token label sets
+    are scored by their first token, others by their full log-likelihood.
+    """
+    cache, mask = prefixes.batch(batch)
+    n = len(labels.names)
+    cache.batch_repeat_interleave(n)
+    rows = [e for e in batch for _ in range(n)]
+    logp, real = _label_logprobs(
+        prefixes.model,
+        cache,
+        mask.repeat_interleave(n, dim=0),
+        rows,
+        labels.token_ids * len(batch),
+        prefixes.pad_id,
+    )
+    logp, real = logp.view(len(batch), n, -1), real.view(len(batch), n, -1)
+    scores = logp[:, :, 0] if labels.single_token else logp.sum(-1)
+    truth = torch.tensor([e.label_index for e in batch], device=logp.device)
+    rows_ = torch.arange(len(batch), device=logp.device)
+    loss = -float(logp[rows_, truth].sum())
+    tokens = int(real[rows_, truth].sum())
+    correct = int((scores.argmax(-1) == truth).sum())
+    return loss, tokens, correct
