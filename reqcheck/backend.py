@@ -18,16 +18,17 @@ from typing import Any
 
 import torch
 
+from reqcheck import kvcache
 from reqcheck.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
 from reqcheck.errors import ReqcheckError
 from reqcheck.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
+from reqcheck.kvcache import KV
 from reqcheck.models import load_model, load_tokenizer, resolve_base_model, resolve_device, training_dtype
 from reqcheck.prompting import Messages, Rendered, render
 from reqcheck.requirements import ALoraRequirement, LLMaJRequirement, Requirement, ValidationResult
 from reqcheck.scoring import LabelSet, Prefix, score_labels
 
 Context = str | Messages
-KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ class LocalHFBackend:
         rendered = [
             render(self.tokenizer, c, manifest.prompt, r) for c, r in zip(contexts, requirements, strict=True)
         ]
-        self.model.set_adapter(adapter_name)
+        if self.model.active_adapter != adapter_name:
+            self.model.set_adapter(adapter_name)
         scores = self._score(rendered, labels, reuse_context=adapter.is_alora and self.use_caches)
         return [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(scores, dim=-1)]
 
@@ -216,8 +218,8 @@ class LocalHFBackend:
             )
         sequence = out.sequences[0].tolist()
         if self.use_caches and out.cache is not None:
-            kv = _cache_tensors(out.cache)
-            self._remember(tuple(sequence[: kv[0][0].shape[2]]), kv)
+            kv = kvcache.tensors(out.cache)
+            self._remember(tuple(sequence[: kvcache.length(kv)]), kv)
         return self.tokenizer.decode(sequence[ids.shape[1] :], skip_special_tokens=True).strip()
 
     # internals
@@ -266,52 +268,25 @@ class LocalHFBackend:
         return best, found
 
     @torch.no_grad()
-    def _context_kv(self, contexts: list[tuple[int, ...]]) -> list[KV]:
-        """Base-model KV of each context, from the LRU or computed (extending the longest cached prefix)."""
-        from transformers import DynamicCache
-
-        result: list[KV] = []
+    def _context_kv(self, ids: tuple[int, ...]) -> KV:
+        """Base-model KV of a context, from the LRU or computed (extending the longest cached prefix)."""
+        known, kv = self._longest_cached(ids)
+        if known == len(ids) and kv is not None:
+            return kv
+        new = torch.tensor([ids[known:]], device=self.device)
+        positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
         with self._base():
-            for ids in contexts:
-                known, kv = self._longest_cached(ids)
-                if known == len(ids) and kv is not None:
-                    result.append(kv)
-                    continue
-                past = DynamicCache(ddp_cache_data=kv) if kv is not None else None
-                new = torch.tensor([ids[known:]], device=self.device)
-                positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
-                out = self.model(input_ids=new, position_ids=positions, cache=past, use_cache=True)
-                kv = _cache_tensors(out.cache)
-                if self.use_caches:
-                    self._remember(ids, kv)
-                result.append(kv)
-        return result
+            past = kvcache.to_cache(kv) if kv else None
+            out = self.model(input_ids=new, position_ids=positions, cache=past, use_cache=True)
+        kv = kvcache.tensors(out.cache)
+        if self.use_caches:
+            self._remember(ids, kv)
+        return kv
 
     def _prefix(self, contexts: list[list[int]]) -> Prefix:
         """A fresh, left-padded batch cache of the contexts (the forward pass will append to it)."""
-        from transformers import DynamicCache
-
-        kvs = self._context_kv([tuple(c) for c in contexts])
-        width = max(len(c) for c in contexts)
-        mask = torch.zeros((len(contexts), width), dtype=torch.long)
-        layers = []
-        for layer in range(len(kvs[0])):
-            keys, values = kvs[0][layer]
-            k = keys.new_zeros((len(contexts), keys.shape[1], width, keys.shape[3]))
-            v = values.new_zeros((len(contexts), values.shape[1], width, values.shape[3]))
-            for row, kv in enumerate(kvs):
-                length = kv[layer][0].shape[2]
-                k[row, :, width - length :] = kv[layer][0][0]
-                v[row, :, width - length :] = kv[layer][1][0]
-            layers.append((k, v))
-        for row, c in enumerate(contexts):
-            mask[row, width - len(c) :] = 1
-        lengths = torch.tensor([len(c) for c in contexts])
-        return Prefix(DynamicCache(ddp_cache_data=layers), mask, lengths)
-
-
-def _cache_tensors(cache: Any) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+        cache, mask = kvcache.left_pad_batch([self._context_kv(tuple(c)) for c in contexts])
+        return Prefix(cache, mask, torch.tensor([len(c) for c in contexts]))
 
 
 def _normalise(text: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reqcheck import kvcache
 from reqcheck.errors import ReqcheckError
 from reqcheck.scoring import LabelSet, left_pad
 
@@ -99,17 +100,17 @@ class PrefixCache:
 
     def __init__(self, model: Any, pad_id: int, keep: bool) -> None:
         self.model, self.pad_id, self.keep = model, pad_id, keep
-        self.stored: dict[int, torch.Tensor] = {}
+        self.stored: dict[int, kvcache.KV] = {}
 
     def batch(self, batch: list[Encoded]) -> tuple[Any, torch.Tensor]:
         """(cache, left-padded attention mask) of the batch's prefixes."""
         if all(id(e) in self.stored for e in batch):
-            return self._assemble(batch)
+            return kvcache.left_pad_batch([self.stored[id(e)] for e in batch])
         cache, mask = self._compute(batch)
         if self.keep:
-            kv = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
-            for row, e in enumerate(batch):
-                self.stored[id(e)] = kv[:, :, row, :, mask.shape[1] - e.invocation_start :].clone()
+            kv = kvcache.tensors(cache)
+            for index, e in enumerate(batch):
+                self.stored[id(e)] = kvcache.row(kv, index, mask.shape[1] - e.invocation_start)
         return cache, mask
 
     @torch.no_grad()
@@ -125,19 +126,6 @@ class PrefixCache:
             alora_offsets=[0] * len(batch),
         )
         return out.cache, mask
-
-    def _assemble(self, batch: list[Encoded]) -> tuple[Any, torch.Tensor]:
-        from transformers import DynamicCache
-
-        first = self.stored[id(batch[0])]
-        width = max(e.invocation_start for e in batch)
-        layers, _, heads, _, dim = first.shape
-        kv = first.new_zeros((layers, 2, len(batch), heads, width, dim))
-        mask = torch.zeros((len(batch), width), dtype=torch.long, device=first.device)
-        for row, e in enumerate(batch):
-            kv[:, :, row, :, width - e.invocation_start :] = self.stored[id(e)]
-            mask[row, width - e.invocation_start :] = 1
-        return DynamicCache(ddp_cache_data=[(kv[i, 0], kv[i, 1]) for i in range(layers)]), mask
 
 
 def _suffix_forward(
