@@ -1,1 +1,512 @@
-"""pytest11 entry point `reqcheck` (see pyproject.toml); the hooks live here."""
+"""pytest-reqcheck: labelled `*.reqcheck.jsonl` lines become requirement-check test cases.
+
+`pytest --adapter PATH` loads the adapter(s) into one session backend, runs every case through the
+adapter (validation on) and the base-model judge (validation off) in batches, reports wrong labels as
+expected failures (or failures with `--reqcheck-strict`), and adds gate items (accuracy, gain over
+the judge, no regression, per-label recall) whose failure fails the run. Without `--adapter` the
+plugin registers its options and nothing else: no torch import, no slower start-up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FIXTURE_PATTERN = "*.reqcheck.jsonl"
+SETTINGS = {  # name: (type, help)
+    "validation": (str, "run cases with validation on (adapter), off (judge) or both [both]"),
+    "strict": (bool, "a wrong label fails its case instead of being an expected failure"),
+    "min_accuracy": (float, "gate: adapter accuracy must be at least this"),
+    "min_gain": (float, "gate: adapter accuracy minus judge accuracy must be at least this"),
+    "baseline": (str, "an earlier gate report to compare with (see max-drop)"),
+    "max_drop": (float, "gate: adapter accuracy may drop at most this below the baseline report's"),
+    "min_recall": (float, "gate: every label's recall (adapter mode) must be at least this"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("reqcheck", "requirement-check adapters (reqcheck)")
+    group.addoption(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="PATH_OR_REPO_ID",
+        help="adapter to evaluate *.reqcheck.jsonl cases with (repeatable); enables the plugin",
+    )
+    group.addoption("--basemodel", default=None, help="base model (default: the adapter manifest's)")
+    group.addoption(
+        "--reqcheck-validation", choices=["on", "off", "both"], default=None, help=SETTINGS["validation"][1]
+    )
+    group.addoption("--reqcheck-strict", action="store_true", default=None, help=SETTINGS["strict"][1])
+    for name in ("min_accuracy", "min_gain", "max_drop", "min_recall"):
+        group.addoption(
+            f"--reqcheck-{name.replace('_', '-')}", type=float, default=None, help=SETTINGS[name][1]
+        )
+    group.addoption("--reqcheck-baseline", default=None, metavar="REPORT", help=SETTINGS["baseline"][1])
+    group.addoption(
+        "--reqcheck-report", default=None, metavar="PATH", help="write the gate report (JSON) here"
+    )
+    group.addoption(
+        "--reqcheck-no-cache", action="store_true", help="do not read or write cached case results"
+    )
+    group.addoption("--reqcheck-batch-size", type=int, default=16, help="cases per model call [16]")
+    group.addoption("--reqcheck-device", default="auto", help="auto, cpu, cuda or mps [auto]")
+    parser.addini("reqcheck_files", type="linelist", help="extra glob patterns of reqcheck fixture files")
+    for name, (kind, text) in SETTINGS.items():
+        parser.addini(f"reqcheck_{name}", type="bool" if kind is bool else "string", default=None, help=text)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "reqcheck: a requirement-check case or gate collected by pytest-reqcheck"
+    )
+    if not config.getoption("adapter"):
+        return
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError(
+            "pytest-reqcheck does not run under pytest-xdist (-n): it already batches every case in one "
+            "process; run without -n."
+        )
+    config.pluginmanager.register(ReqcheckPlugin(config), "reqcheck-session")
+
+
+def setting(config: pytest.Config, name: str) -> Any:
+    """A setting from the command line, else from [tool.pytest.ini_options], else None."""
+    value = config.getoption(f"reqcheck_{name}")
+    if value is None:
+        value = config.getini(f"reqcheck_{name}")
+    kind = SETTINGS[name][0]
+    if value is None or value == "":
+        return False if kind is bool else None
+    return kind(value) if kind is not bool else bool(value)
+
+
+class ReqcheckError(Exception):
+    """A problem with a fixture file, an adapter or a gate, shown without a traceback."""
+
+
+class ReqcheckPlugin:
+    """The session state: adapters, lazily loaded backend, case results, gates and the report."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        validation = setting(config, "validation") or "both"
+        if validation not in ("on", "off", "both"):
+            raise pytest.UsageError(f"reqcheck_validation must be on, off or both, not {validation!r}.")
+        self.modes = {"on": ["adapter"], "off": ["judge"], "both": ["adapter", "judge"]}[validation]
+        self.strict = setting(config, "strict")
+        self.patterns = [FIXTURE_PATTERN, *config.getini("reqcheck_files")]
+        self._backend: Any = None
+        self.predictions: dict[tuple[str, str, str], Any] = {}
+        self.results: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
+        self.files: dict[str, list[dict[str, Any]]] = {}
+        self.gates: list[Any] = []
+        from reqcheck.errors import ReqcheckError as UserError
+
+        try:
+            self.adapters = self._locate()
+        except UserError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    # adapters and backend
+
+    def _locate(self) -> dict[str, Any]:
+        """Adapter name -> its files, manifest and cache fingerprint, found without loading a model."""
+        from reqcheck import __version__
+        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter
+        from reqcheck.manifest import Manifest, content_hash
+        from reqcheck.models import resolve_base_model
+
+        specs = self.config.getoption("adapter")
+        base = self.config.getoption("basemodel") or _base_spec(specs[0])
+        self.base_model = resolve_base_model(base)
+        found = {}
+        for spec in specs:
+            adapter = CustomIntrinsicAdapter(model_id=spec)
+            path = locate_adapter(adapter, self.base_model.short_name)
+            manifest = Manifest.read(path)
+            fingerprint = {
+                "adapter": content_hash(path),
+                "base": self.base_model.revision,
+                "reqcheck": __version__,
+            }
+            found[adapter.name] = {
+                "spec": adapter,
+                "path": path,
+                "manifest": manifest,
+                "fingerprint": fingerprint,
+            }
+        return found
+
+    @property
+    def backend(self) -> Any:
+        """The session's LocalHFBackend, loaded on the first case that is not in the cache."""
+        if self._backend is None:
+            from reqcheck.backend import LocalHFBackend
+
+            backend = LocalHFBackend(self.base_model.spec, device=self.config.getoption("reqcheck_device"))
+            for name, adapter in self.adapters.items():
+                adapter["spec"].intrinsic_name = name
+                backend.add_adapter(adapter["spec"])
+            self._backend = backend
+        return self._backend
+
+    def adapter_for(self, requirement: str | None, where: str) -> str:
+        """The adapter that checks a fixture line: the one trained for its requirement, else the only one."""
+        if len(self.adapters) == 1:
+            return next(iter(self.adapters))
+        wanted = " ".join((requirement or "").lower().split()).rstrip(".")
+        for name, adapter in self.adapters.items():
+            trained = " ".join((adapter["manifest"].requirement or "").lower().split()).rstrip(".")
+            if trained and trained == wanted:
+                return name
+        raise ReqcheckError(
+            f"{where}: cannot tell which of the adapters ({', '.join(self.adapters)}) checks this line; give it a "
+            "'requirement' equal to one adapter's --requirement."
+        )
+
+    # collection
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        relative = (
+            str(file_path.relative_to(self.config.rootpath))
+            if file_path.is_relative_to(self.config.rootpath)
+            else ""
+        )
+        if any(fnmatch.fnmatch(file_path.name, p) or fnmatch.fnmatch(relative, p) for p in self.patterns):
+            return ReqcheckFile.from_parent(parent, path=file_path)
+        return None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        """Gates run after every case, whatever -k selected, so they appear in -v output and JUnit."""
+        if not any(isinstance(item, ReqcheckCase) for item in items):
+            return
+        self.gates = self._make_gates()
+        items.extend(
+            GateItem.from_parent(
+                session,
+                name=f"reqcheck-gate::{g.name}[{a}{'-' + g.label if g.label else ''}]",
+                adapter=a,
+                gate=g,
+            )
+            for a, g in self.gates
+        )
+
+    def _make_gates(self) -> list[tuple[str, Any]]:
+        from reqcheck.evaluation import Gate
+
+        gates = []
+        for name in self.adapters:
+            if (value := setting(self.config, "min_accuracy")) is not None:
+                gates.append((name, Gate("min_accuracy", "adapter", value)))
+            if (value := setting(self.config, "min_gain")) is not None:
+                gates.append((name, Gate("min_gain", "adapter-judge", value)))
+            if (value := setting(self.config, "max_drop")) is not None:
+                if not setting(self.config, "baseline"):
+                    raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
+                gates.append((name, Gate("max_drop", "adapter", value)))
+            if (value := setting(self.config, "min_recall")) is not None:
+                for label in self.adapters[name]["manifest"].labels:
+                    gates.append((name, Gate("min_recall", "adapter", value, label=label)))
+        return gates
+
+    # running
+
+    def prediction(self, case: ReqcheckCase) -> Any:
+        """The case's prediction; on the first miss, every selected case is predicted in batches."""
+        key = (case.adapter, case.mode, case.key)
+        if key not in self.predictions:
+            self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
+        return self.predictions[key]
+
+    def _predict_all(self, cases: list[ReqcheckCase]) -> None:
+        """Predict every case in batches, both modes per batch, reading and writing the pytest cache."""
+        from reqcheck.evaluation import Prediction, predict
+
+        use_cache = self.config.cache is not None and not self.config.getoption("reqcheck_no_cache")
+        for adapter, entry in self.adapters.items():
+            members = [c for c in cases if c.adapter == adapter]
+            slots = {
+                mode: f"reqcheck/v1/{entry['fingerprint']['adapter'][7:23]}-{mode}" for mode in self.modes
+            }
+            stored = {
+                mode: (self.config.cache.get(slot, None) if use_cache else None) or {}
+                for mode, slot in slots.items()
+            }
+            missing = list(
+                {c.example.item: c.example for c in members if c.key not in stored[c.mode]}.values()
+            )
+            fresh: set[str] = set()
+            if missing:
+                requirements = {
+                    mode: [self.requirement(adapter, mode, e) for e in missing] for mode in self.modes
+                }
+                batch = self.config.getoption("reqcheck_batch_size")
+                computed = predict(self.backend, adapter, [e.item for e in missing], requirements, batch)
+                for mode, predictions in computed.items():
+                    for example, p in zip(missing, predictions, strict=True):
+                        key = ReqcheckCase.case_key(self, adapter, mode, example)
+                        stored[mode][key] = {"probabilities": p.probabilities, "seconds": p.seconds}
+                        fresh.add(key)
+                if use_cache:
+                    for mode, slot in slots.items():
+                        self.config.cache.set(slot, stored[mode])
+            for c in members:
+                found = stored[c.mode][c.key]
+                prediction = Prediction(found["probabilities"], found["seconds"], cached=c.key not in fresh)
+                self.predictions[(adapter, c.mode, c.key)] = prediction
+
+    def requirement(self, adapter: str, mode: str, example: Any) -> str | None:
+        """What a case's model is told: the line's requirement, else (for the judge) the adapter's."""
+        return example.requirement or (
+            self.adapters[adapter]["manifest"].requirement if mode == "judge" else None
+        )
+
+    def record(self, case: ReqcheckCase, prediction: Any) -> None:
+        self.results.setdefault((case.adapter, case.mode), []).append((case, prediction))
+
+    def summaries(self, adapter: str) -> dict[str, dict[str, Any]]:
+        from reqcheck.evaluation import mode_summary
+
+        labels = list(self.adapters[adapter]["manifest"].labels)
+        modes = {}
+        for mode in self.modes:
+            rows = self.results.get((adapter, mode), [])
+            if rows:
+                modes[mode] = mode_summary([c.example.label for c, _ in rows], [p for _, p in rows], labels)
+        return modes
+
+    def baseline_entry(self, adapter: str) -> dict[str, Any] | None:
+        from reqcheck.evaluation import read_report
+
+        path = setting(self.config, "baseline")
+        if not path:
+            return None
+        entries = read_report(path)["adapters"]
+        return next((e for e in entries if e["name"] == adapter), None)
+
+    # reporting
+
+    def report_entries(self) -> list[Any]:
+        from reqcheck.evaluation import AdapterReport
+
+        entries = []
+        for name, adapter in self.adapters.items():
+            manifest = adapter["manifest"]
+            entries.append(
+                AdapterReport(
+                    name=name,
+                    path=str(adapter["path"]),
+                    content_hash=adapter["fingerprint"]["adapter"],
+                    base_model=manifest.base_model,
+                    adapter_type=manifest.adapter_type,
+                    labels=list(manifest.labels),
+                    positive_labels=list(manifest.positive_labels),
+                    data=[f for path, fs in self.files.items() for f in fs if f["adapter"] == name],
+                    modes=self.summaries(name),
+                    gates=[g for a, g in self.gates if a == name],
+                )
+            )
+        return entries
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.config.getoption("reqcheck_report")
+        if not path or not self.results:
+            return
+        from reqcheck.atomic import atomic_write_text
+        from reqcheck.evaluation import build_report
+
+        atomic_write_text(path, json.dumps(build_report(self.report_entries()), indent=2) + "\n")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.section("reqcheck")
+        for entry in self.report_entries():
+            write(f"{entry.name} ({entry.adapter_type}, {entry.content_hash[:19]}...)")
+            header = ("mode", "cases", "accuracy", "macro-F1", "p50 ms", "p95 ms", "items/s", "cached")
+            write("  " + " ".join(f"{h:>8}" for h in header))
+            for mode, m in entry.modes.items():
+                rate = f"{m['items_per_s']:.1f}" if m["items_per_s"] else "-"
+                cells = (
+                    mode,
+                    m["n"],
+                    f"{m['accuracy']:.3f}",
+                    f"{m['macro_f1']:.3f}",
+                    f"{m['latency_ms']['p50']:.1f}",
+                    f"{m['latency_ms']['p95']:.1f}",
+                    rate,
+                    m["cached"],
+                )
+                write("  " + " ".join(f"{c:>8}" for c in cells))
+            for gate in entry.gates:
+                verdict = {True: "PASS", False: "FAIL", None: "not run"}[gate.passed]
+                value = "-" if gate.value is None else f"{gate.value:.3f}"
+                label = f"[{gate.label}]" if gate.label else ""
+                write(f"  gate {gate.name}{label}: {value} vs {gate.threshold} -> {verdict}")
+
+
+def _base_spec(adapter: str) -> str:
+    """The base model an adapter directory names (reqcheck.json, else PEFT's adapter_config.json)."""
+    path = Path(adapter)
+    if (path / "reqcheck.json").exists():
+        return json.loads((path / "reqcheck.json").read_text())["base_model"]["spec"]
+    if (path / "adapter_config.json").exists():
+        return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    raise pytest.UsageError(f"Cannot tell the base model of {adapter}; pass --basemodel.")
+
+
+class ReqcheckFile(pytest.File):
+    """A JSONL fixture file: one case per line and mode; bad lines are one collection error."""
+
+    def collect(self):  # type: ignore[override]
+        from reqcheck.data import fingerprint, parse_lines
+
+        plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
+        examples, problems = parse_lines(self.path)
+        if problems:
+            raise ReqcheckError(
+                f"{len(problems)} bad line(s) in {self.path}:\n" + "\n".join("  " + p for p in problems)
+            )
+        by_adapter: dict[str, list] = {}
+        for example in examples:
+            adapter = plugin.adapter_for(example.requirement, f"{self.path}:{example.line}")
+            by_adapter.setdefault(adapter, []).append(example)
+            name = example.id or f"line{example.line}"
+            for mode in plugin.modes:
+                yield ReqcheckCase.from_parent(
+                    self, name=f"{name}[{mode}]", example=example, mode=mode, adapter=adapter
+                )
+        plugin.files[str(self.path)] = [
+            {"path": str(self.path), "adapter": a, "fingerprint": fingerprint(e), "n": len(e)}
+            for a, e in by_adapter.items()
+        ]
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, ReqcheckError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class ReqcheckCase(pytest.Item):
+    """One labelled line run in one mode: passes when the predicted label equals the expected one."""
+
+    def __init__(self, *, example: Any, mode: str, adapter: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.example, self.mode, self.adapter = example, mode, adapter
+        self.add_marker("reqcheck")
+
+    @property
+    def plugin(self) -> ReqcheckPlugin:
+        return self.config.pluginmanager.get_plugin("reqcheck-session")
+
+    @property
+    def key(self) -> str:
+        return self.case_key(self.plugin, self.adapter, self.mode, self.example)
+
+    @staticmethod
+    def case_key(plugin: ReqcheckPlugin, adapter: str, mode: str, example: Any) -> str:
+        """The disk-cache key: adapter and base fingerprint, mode, item and what the model is told."""
+        from reqcheck.evaluation import case_key
+
+        fingerprint = plugin.adapters[adapter]["fingerprint"]
+        return case_key(fingerprint, mode, example.item, plugin.requirement(adapter, mode, example))
+
+    def runtest(self) -> None:
+        labels = list(self.plugin.adapters[self.adapter]["manifest"].labels)
+        if self.example.label not in labels:
+            raise ReqcheckError(
+                f"label {self.example.label!r} is not one of adapter {self.adapter}'s labels {labels}"
+            )
+        prediction = self.plugin.prediction(self)
+        self.plugin.record(self, prediction)
+        if prediction.label == self.example.label:
+            return
+        message = (
+            f"{self.mode}: expected {self.example.label!r}, got {prediction.label!r} "
+            f"(p={prediction.probabilities[prediction.label]:.3f}; p({self.example.label})="
+            f"{prediction.probabilities[self.example.label]:.3f}) for item {self.example.item!r}"
+        )
+        if self.plugin.strict:
+            raise ReqcheckError(message)
+        pytest.xfail(message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, ReqcheckError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.example.line - 1, f"{self.name} ({self.adapter})"
+
+
+class GateItem(pytest.Item):
+    """A quality gate, evaluated from the cases that ran; it fails the run when its threshold is missed."""
+
+    def __init__(self, *, adapter: str, gate: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.adapter, self.gate = adapter, gate
+        self.add_marker("reqcheck")
+
+    def runtest(self) -> None:
+        from reqcheck.errors import ReqcheckError as UserError
+        from reqcheck.evaluation import evaluate_gates
+
+        plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
+        modes = plugin.summaries(self.adapter)
+        needed = ["adapter", "judge"] if self.gate.name == "min_gain" else ["adapter"]
+        missing = [m for m in needed if m not in modes]
+        if missing:
+            raise ReqcheckError(
+                f"gate {self.gate.name} needs results in mode(s) {', '.join(missing)}; "
+                "run with --reqcheck-validation both and without deselecting those cases"
+            )
+        try:
+            evaluate_gates([self.gate], modes, plugin.baseline_entry(self.adapter))
+        except UserError as exc:
+            raise ReqcheckError(str(exc)) from None
+        if not self.gate.passed:
+            op = "<=" if self.gate.name == "max_drop" else ">="
+            value, threshold = self.gate.value, self.gate.threshold
+            raise ReqcheckError(
+                f"gate {self.gate.name} failed for {self.adapter}: {value:.3f} is not {op} {threshold}"
+            )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, ReqcheckError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[str, int, str]:
+        return "reqcheck-gate", 0, self.name
+
+
+@pytest.fixture(scope="session")
+def reqcheck_backend(request: pytest.FixtureRequest) -> Any:
+    """The session's LocalHFBackend with the --adapter adapters registered (skips without --adapter)."""
+    plugin = request.config.pluginmanager.get_plugin("reqcheck-session")
+    if plugin is None:
+        pytest.skip("reqcheck_backend needs pytest --adapter PATH")
+    return plugin.backend
+
+
+@pytest.fixture
+def reqcheck_check(reqcheck_backend: Any) -> Any:
+    """`reqcheck_check(text, requirement=None) -> ValidationResult`, routed like LocalHFBackend.check."""
+    from reqcheck.requirements import req
+
+    def check(text: str, requirement: str | None = None) -> Any:
+        if requirement is None:
+            adapter = next(iter(reqcheck_backend.adapters.values()))
+            requirement = adapter.manifest.requirement or adapter.name
+        return reqcheck_backend.check(req(requirement), text)
+
+    return check

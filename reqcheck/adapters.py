@@ -153,8 +153,8 @@ def _check_files(path: Path, model_id: str) -> None:
     )
 
 
-def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer: Any) -> ResolvedAdapter:
-    """Locate the adapter's files and build the manifest the backend needs, checking it fits `tokenizer`."""
+def locate_adapter(adapter: CustomIntrinsicAdapter, base_short: str) -> Path:
+    """The local directory holding the adapter's files (downloaded first for a Hub repo id)."""
     if adapter.base_model_name and short_model_name(adapter.base_model_name).lower() != base_short.lower():
         raise ReqcheckError(
             f"Adapter {adapter.name} is for base model {adapter.base_model_name} but the backend runs "
@@ -171,6 +171,12 @@ def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer:
         )
     path = _find_adapter_dir(root, adapter.intrinsic_name, base_short)
     _check_files(path, adapter.model_id)
+    return path
+
+
+def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer: Any) -> ResolvedAdapter:
+    """Locate the adapter's files and build the manifest the backend needs, checking it fits `tokenizer`."""
+    path = locate_adapter(adapter, base_short)
     if (path / MANIFEST_NAME).exists():
         manifest, source = Manifest.read(path), "reqcheck"
         trained_on = short_model_name(manifest.base_model.get("name", ""))

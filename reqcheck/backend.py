@@ -26,7 +26,7 @@ from reqcheck.kvcache import KV
 from reqcheck.models import load_model, load_tokenizer, resolve_base_model, resolve_device, training_dtype
 from reqcheck.prompting import Messages, Rendered, render
 from reqcheck.requirements import ALoraRequirement, LLMaJRequirement, Requirement, ValidationResult
-from reqcheck.scoring import LabelSet, Prefix, score_labels
+from reqcheck.scoring import LabelSet, Prefix, left_pad, score_labels
 
 Context = str | Messages
 
@@ -284,9 +284,31 @@ class LocalHFBackend:
         return kv
 
     def _prefix(self, contexts: list[list[int]]) -> Prefix:
-        """A fresh, left-padded batch cache of the contexts (the forward pass will append to it)."""
-        cache, mask = kvcache.left_pad_batch([self._context_kv(tuple(c)) for c in contexts])
+        """A fresh, left-padded batch cache of the contexts (the forward pass will append to it).
+
+        Contexts with nothing cached are computed together in one left-padded forward pass.
+        """
+        keys = [tuple(c) for c in contexts]
+        fresh = list(dict.fromkeys(k for k in keys if self._longest_cached(k)[0] == 0))
+        computed = dict(zip(fresh, self._batch_kv(fresh), strict=True)) if len(fresh) > 1 else {}
+        rows = [computed[k] if k in computed else self._context_kv(k) for k in keys]
+        cache, mask = kvcache.left_pad_batch(rows)
         return Prefix(cache, mask, torch.tensor([len(c) for c in contexts]))
+
+    @torch.no_grad()
+    def _batch_kv(self, contexts: list[tuple[int, ...]]) -> list[KV]:
+        """Base-model KV of several uncached contexts from one forward pass, remembered in the LRU."""
+        ids, mask, positions = left_pad([list(c) for c in contexts], self.tokenizer.pad_token_id, self.device)
+        with self._base():
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
+        kv = kvcache.tensors(out.cache)
+        rows = [kvcache.row(kv, index, ids.shape[1] - len(c)) for index, c in enumerate(contexts)]
+        if self.use_caches:
+            for key, row in zip(contexts, rows, strict=True):
+                self._remember(key, row)
+        return rows
 
 
 def _normalise(text: str) -> str:

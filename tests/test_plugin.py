@@ -1,0 +1,200 @@
+"""The pytest plugin, driven with pytester on the tiny model and its marker-task adapter."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reqcheck.manifest import content_hash
+
+pytest_plugins = ["pytester"]
+
+PLEASE_ITEM = "the reply please is late"
+PLAIN_ITEM = "the reply is late"
+# the adapter gets every line right except the mislabelled third: expected no, predicted yes
+CASES = [
+    {"id": "c1", "item": PLEASE_ITEM, "label": "yes"},
+    {"id": "c2", "item": PLAIN_ITEM, "label": "no"},
+    {"id": "c3", "item": "we will help you today please", "label": "no"},
+    {"id": "c4", "item": "your refund is shipped today", "label": "no"},
+]
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, tiny_adapters) -> tuple[pytest.Pytester, str]:
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in CASES))
+    return pytester, str(tiny_adapters["alora"].outfile)
+
+
+def run(suite, *args: str) -> pytest.RunResult:
+    pytester, adapter = suite
+    return pytester.runpytest(f"--adapter={adapter}", *args)
+
+
+def test_lines_become_cases_in_both_modes(suite) -> None:
+    result = run(suite, "--collect-only", "-q")
+    names = [line.split("/")[-1] for line in result.outlines if "::" in line]
+    assert names == [
+        f"cases.reqcheck.jsonl::c{i}[{mode}]" for i in range(1, 5) for mode in ("adapter", "judge")
+    ]
+
+
+def test_a_wrong_label_is_an_expected_failure_by_default_and_a_failure_when_strict(suite) -> None:
+    result = run(suite, "--reqcheck-validation", "on", "-rx")
+    result.assert_outcomes(passed=3, xfailed=1)
+    result.stdout.fnmatch_lines(
+        ["*c3*adapter: expected 'no', got 'yes'*for item 'we will help you today please'*"]
+    )
+    strict = run(suite, "--reqcheck-validation", "on", "--reqcheck-strict")
+    strict.assert_outcomes(passed=3, failed=1)
+    assert strict.ret == 1
+
+
+def test_judge_mode_runs_the_base_model(suite) -> None:
+    result = run(suite, "--reqcheck-validation", "off", "-v")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("xfailed", 0) == 4
+    result.stdout.fnmatch_lines(["*c1?judge?*"])
+
+
+def test_bad_lines_are_collection_errors_with_file_and_line(pytester: pytest.Pytester, tiny_adapters) -> None:
+    pytester.makefile(".reqcheck.jsonl", broken='{"item": "a", "label": "yes"}\nnot json\n{"item": "b"}\n')
+    result = pytester.runpytest(f"--adapter={tiny_adapters['alora'].outfile}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*2 bad line(s)*", "*broken.reqcheck.jsonl:2: not valid JSON*",
+                                 "*broken.reqcheck.jsonl:3: missing required key 'label'*"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "failed_gate"),
+    [
+        (["--reqcheck-min-accuracy", "0.7"], None),
+        (["--reqcheck-min-accuracy", "0.8"], "min_accuracy"),
+        (["--reqcheck-min-recall", "0.6"], None),
+        (["--reqcheck-min-recall", "0.7"], "min_recall"),
+    ],
+)
+def test_gates_pass_and_fail_with_the_right_exit_code(
+    suite, args: list[str], failed_gate: str | None
+) -> None:
+    result = run(suite, "--reqcheck-validation", "on", "-v", *args)
+    assert result.ret == (1 if failed_gate else 0)
+    result.stdout.fnmatch_lines(
+        ["*reqcheck-gate::*PASSED*" if not failed_gate else f"*reqcheck-gate::{failed_gate}*FAILED*"]
+    )
+    if failed_gate:
+        result.stdout.fnmatch_lines([f"*gate {failed_gate} failed for alora*"])
+
+
+def test_gain_gate_compares_adapter_with_judge(suite) -> None:
+    result = run(suite, "--reqcheck-min-gain", "1.01", "--reqcheck-report", "report.json")
+    assert result.ret == 1
+    report = json.loads((suite[0].path / "report.json").read_text())
+    gate = report["adapters"][0]["gates"][0]
+    modes = report["adapters"][0]["modes"]
+    assert gate["name"] == "min_gain" and gate["passed"] is False
+    assert gate["value"] == pytest.approx(modes["adapter"]["accuracy"] - modes["judge"]["accuracy"])
+    assert run(suite, "--reqcheck-validation", "on", "--reqcheck-min-gain", "0").ret == 1
+
+
+def test_baseline_gate_catches_a_regression(suite) -> None:
+    pytester, _ = suite
+    assert run(suite, "--reqcheck-validation", "on", "--reqcheck-report", "base.json").ret == 0
+    baseline = json.loads((pytester.path / "base.json").read_text())
+    baseline["adapters"][0]["modes"]["adapter"]["accuracy"] = 0.95
+    (pytester.path / "base.json").write_text(json.dumps(baseline))
+    args = ["--reqcheck-validation", "on", "--reqcheck-baseline", "base.json"]
+    assert run(suite, *args, "--reqcheck-max-drop", "0.1").ret == 1
+    assert run(suite, *args, "--reqcheck-max-drop", "0.25").ret == 0
+
+
+def test_report_matches_a_hand_computed_confusion_matrix(suite, tiny_adapters) -> None:
+    pytester, adapter = suite
+    result = run(suite, "--reqcheck-min-accuracy", "0.7", "--reqcheck-report", "out/report.json")
+    assert result.ret == 0
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["report_format"] == 1 and report["passed"] is True and report["reqcheck_version"]
+    entry = report["adapters"][0]
+    assert entry["content_hash"] == content_hash(adapter)
+    assert entry["base_model"]["name"] == "tiny-model0" and entry["adapter_type"] == "alora"
+    assert entry["data"][0]["n"] == 4 and len(entry["data"][0]["fingerprint"]) == 64
+    adapter_mode = entry["modes"]["adapter"]
+    assert adapter_mode["confusion"] == {"labels": ["no", "yes"], "matrix": [[2, 1], [0, 1]]}
+    assert adapter_mode["accuracy"] == 0.75
+    assert adapter_mode["per_label"]["no"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": 0.8,
+        "support": 3,
+    }
+    assert adapter_mode["per_label"]["yes"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3),
+        "support": 1,
+    }
+    assert adapter_mode["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert set(adapter_mode["latency_ms"]) == {"p50", "p95"} and adapter_mode["items_per_s"] > 0
+    assert set(entry["modes"]) == {"adapter", "judge"}
+    assert entry["gates"] == [
+        {"name": "min_accuracy", "mode": "adapter", "threshold": 0.7, "value": 0.75, "passed": True}
+    ]
+    result.stdout.fnmatch_lines(
+        ["*reqcheck*", "*adapter*4*0.750*", "*judge*4*", "*gate min_accuracy: 0.750 vs 0.7 -> PASS*"]
+    )
+
+
+def test_second_run_is_served_from_the_cache(suite) -> None:
+    first = run(suite, "--reqcheck-report", "first.json")
+    second = run(suite, "--reqcheck-report", "second.json", "--reqcheck-min-accuracy", "0.5")
+    cleared = run(suite, "--reqcheck-report", "cleared.json", "--cache-clear")
+    uncached = run(suite, "--reqcheck-report", "uncached.json", "--reqcheck-no-cache")
+    assert {first.ret, second.ret, cleared.ret, uncached.ret} == {0}
+    cached = {name: json.loads((suite[0].path / f"{name}.json").read_text())["adapters"][0]["modes"]
+              for name in ("first", "second", "cleared", "uncached")}  # fmt: skip
+    assert [cached["first"][m]["cached"] for m in ("adapter", "judge")] == [0, 0]
+    assert [cached["second"][m]["cached"] for m in ("adapter", "judge")] == [4, 4]
+    assert [cached["cleared"][m]["cached"] for m in ("adapter", "judge")] == [0, 0]
+    assert [cached["uncached"][m]["cached"] for m in ("adapter", "judge")] == [0, 0]
+    assert cached["second"]["adapter"]["confusion"] == cached["first"]["adapter"]["confusion"]
+
+
+def test_k_selects_cases_and_junit_lists_the_gates(suite) -> None:
+    result = run(suite, "-k", "c1 or c2", "--reqcheck-validation", "on", "--reqcheck-min-accuracy", "0.9",
+                 "--junitxml", "junit.xml")  # fmt: skip
+    result.assert_outcomes(passed=3)
+    junit = (suite[0].path / "junit.xml").read_text()
+    assert 'name="c1[adapter]"' in junit
+    assert 'classname=".reqcheck-gate" name="min_accuracy[alora]"' in junit
+
+
+def test_hand_written_tests_get_the_backend_fixtures(suite) -> None:
+    pytester, _ = suite
+    pytester.makepyfile(test_handwritten=f"""
+        def test_polite(reqcheck_check, reqcheck_backend):
+            assert "alora" in reqcheck_backend.adapters
+            assert reqcheck_check({PLEASE_ITEM!r}).passed
+            assert not reqcheck_check({PLAIN_ITEM!r}, requirement="The reply says please.")
+    """)  # fmt: skip
+    run(suite, "test_handwritten.py").assert_outcomes(passed=1)
+
+
+def test_without_adapter_the_plugin_is_idle_and_imports_no_torch(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
+    pytester.makeconftest("""
+        import sys
+        def pytest_sessionfinish(session):
+            print("TORCH_IMPORTED=%s" % ("torch" in sys.modules))
+    """)
+    pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*TORCH_IMPORTED=False*"])
+    assert pytester.runpytest_subprocess("-p", "no:reqcheck").ret == 0
+
+
+def test_missing_adapter_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
+    result = pytester.runpytest(f"--adapter={Path(pytester.path) / 'nope'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Cannot tell the base model*--basemodel*"])
