@@ -8,6 +8,7 @@ by Mellea's `m alora train` (no reqcheck.json: Mellea's prompt format, labels fr
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,8 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | None) -> Path
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+        endpoint = os.environ.get("HF_ENDPOINT")  # read now: huggingface_hub reads it once, at import
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, endpoint=endpoint))
     except Exception as exc:
         raise ReqcheckError(
             f"Adapter {repo_id} is not in the local Hugging Face cache and could not be downloaded "

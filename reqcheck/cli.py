@@ -8,11 +8,14 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from reqcheck.errors import ReqcheckError
+
+if TYPE_CHECKING:
+    from reqcheck.hub import Package, Target
 
 app = typer.Typer(
     add_completion=False,
@@ -123,6 +126,161 @@ def train(
     result = run_training(config, report=_say)
     for line in summary(result):
         _say(line)
+
+
+_WEIGHT_PATH = typer.Argument(
+    help="Adapter directory written by reqcheck train (PEFT files + reqcheck.json)."
+)
+_NAME_HELP = "Hub repo id, org/repo."
+_IO_YAML_HELP = "io.yaml for the intrinsic layout (default: written from reqcheck.json)."
+_INTRINSIC_NAME_HELP = "Folder name of the intrinsic (default: the repo part of --name)."
+
+
+@app.command()
+def upload(
+    weight_path: Annotated[Path, _WEIGHT_PATH],
+    name: Annotated[str, typer.Option(help=_NAME_HELP)],
+    intrinsic: Annotated[
+        bool,
+        typer.Option("--intrinsic", help="Use the layout <name>/<base_model>/<alora|lora>/ with io.yaml."),
+    ] = False,
+    io_yaml: Annotated[Path | None, typer.Option(help=_IO_YAML_HELP)] = None,
+    intrinsic_name: Annotated[str | None, typer.Option(help=_INTRINSIC_NAME_HELP)] = None,
+    gate: Annotated[
+        Path | None,
+        typer.Option(help="Gate report (pytest --reqcheck-report) that passed for these weights."),
+    ] = None,
+    no_gate: Annotated[bool, typer.Option("--no-gate", help="Upload without a passing gate report.")] = False,
+    public: Annotated[
+        bool, typer.Option("--public", help="Make a new repo public (default: private).")
+    ] = False,
+    revision: Annotated[str, typer.Option(help="Branch to commit to; created when missing.")] = "main",
+    commit_message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the files and the target; needs no token or network.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before a public upload (for CI).")] = False,
+) -> None:
+    """Upload an adapter to the Hugging Face Hub, refused unless a gate report vouches for it."""
+    import tempfile
+
+    from reqcheck.hub import Target, build_package, hub_endpoint, hub_token, push
+
+    if gate is not None and no_gate:
+        raise ReqcheckError("--gate and --no-gate contradict each other; pass only one.")
+    if gate is None and not no_gate:
+        raise ReqcheckError(
+            f"Uploading needs a passing gate report; run `pytest --adapter {weight_path} --reqcheck-report "
+            "report.json` and pass --gate report.json (or --no-gate to skip it)."
+        )
+    built = build_package(
+        weight_path,
+        name,
+        intrinsic=intrinsic,
+        io_yaml=io_yaml,
+        intrinsic_name=intrinsic_name,
+        gate_report=gate,
+    )
+    if no_gate:
+        _say("WARNING: uploading WITHOUT a passing gate: nothing vouches for this adapter's accuracy.")
+        _say("         The model card says so. Run pytest --adapter ... --reqcheck-report to gate it.")
+    target = Target(name, revision, not public, commit_message or f"Upload {weight_path.name} with reqcheck")
+    with tempfile.TemporaryDirectory(prefix="reqcheck-upload-") as tmp:
+        built.write(Path(tmp))
+        _describe_upload(Path(tmp), target, built, hub_endpoint())
+        if public:
+            _confirm_public(built, ask=not (yes or dry_run))
+        if dry_run:
+            _say("dry run: nothing was uploaded")
+            return
+        url = push(Path(tmp), target, hub_token())
+    _say(f"uploaded in one commit: {url}")
+
+
+def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str) -> None:
+    from reqcheck.intrinsic import file_tree
+
+    layout = f"intrinsic ({built.subdir}/)" if built.subdir else "plain (adapter at the repo root)"
+    visibility = "private" if target.private else "public"
+    _say(f"target: {endpoint}/{target.repo_id} @ {target.revision} ({visibility}, {layout})")
+    for path in file_tree(folder):
+        _say(f"  {path}  ({(folder / path).stat().st_size} bytes)")
+
+
+def _confirm_public(built: Package, ask: bool) -> None:
+    """Before a public upload, show what the training data seems to hold and ask (never print values)."""
+    from reqcheck.hub import scan_file
+
+    manifest = built.facts.manifest
+    data_path = Path(manifest.data["path"]) if manifest and manifest.data.get("path") else None
+    findings = scan_file(data_path) if data_path else []
+    if not findings:
+        return
+    _say(f"The training data {data_path} seems to hold personal data or secrets:")
+    for finding in findings:
+        _say(f"  {finding.describe()}")
+    _say("A public adapter can leak what it was trained on.")
+    if not ask:
+        return
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise ReqcheckError(
+            "A public upload of an adapter whose training data looks personal needs confirmation; rerun "
+            "in a terminal, or pass --yes if the data may be published."
+        )
+    if not typer.confirm("Upload publicly anyway?", default=False, err=True):
+        _say("Nothing was uploaded.")
+        raise typer.Exit(1)
+
+
+@app.command()
+def package(
+    weight_path: Annotated[Path, _WEIGHT_PATH],
+    name: Annotated[str, typer.Option(help=_NAME_HELP)],
+    out: Annotated[Path, typer.Option(help="Directory to write the intrinsic repo layout to.")],
+    io_yaml: Annotated[Path | None, typer.Option(help=_IO_YAML_HELP)] = None,
+    intrinsic_name: Annotated[str | None, typer.Option(help=_INTRINSIC_NAME_HELP)] = None,
+    gate: Annotated[
+        Path | None, typer.Option(help="Gate report whose metrics go into the model card.")
+    ] = None,
+) -> None:
+    """Write locally exactly what `upload --intrinsic` would upload, to inspect it or push it elsewhere."""
+    from reqcheck.atomic import atomic_directory
+    from reqcheck.hub import build_package
+    from reqcheck.intrinsic import file_tree, is_package_dir
+
+    built = build_package(
+        weight_path, name, intrinsic=True, io_yaml=io_yaml, intrinsic_name=intrinsic_name, gate_report=gate
+    )
+    ours = out.is_dir() and is_package_dir(out)
+    if out.exists() and not (out.is_dir() and (ours or not any(out.iterdir()))):
+        raise ReqcheckError(
+            f"{out} exists and was not written by reqcheck package; pass an empty or new --out directory."
+        )
+    with atomic_directory(out, replace_existing=ours) as tmp:
+        built.write(tmp)
+    for path in file_tree(out):
+        _say(f"  {out / path}")
+    _say(f"packaged {weight_path} as {name} in {out}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the adapter, gate report and package go.")] = Path(
+        "reqcheck-demo"
+    ),
+    example: Annotated[
+        Path | None, typer.Option(help="Example folder with train.jsonl and test.reqcheck.jsonl.")
+    ] = None,
+    basemodel: Annotated[str, typer.Option(help="Base model.")] = "smollm2-135m-instruct",
+    device: Annotated[Device, typer.Option(help="Device to run on.")] = Device.auto,
+) -> None:
+    """Train, gate, package and use a requirement checker on the bundled SmolLM2, end to end."""
+    from reqcheck.demo import DemoConfig, run_demo
+
+    config = DemoConfig(workdir=workdir, basemodel=basemodel, device=device.value)
+    if example is not None:
+        config.example = example
+    run_demo(config, say=_say)
 
 
 def main() -> None:

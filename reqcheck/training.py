@@ -18,7 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -584,12 +584,3 @@ def summary(result: TrainResult) -> list[str]:
         f"wall time {_format_eta(result.seconds)}"
     )
     return lines
-
-
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from CLI values, ignoring keys it does not know."""
-    known = {k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**known)
-
-
-__all__ = ["TrainConfig", "TrainResult", "train", "summary", "asdict"]

@@ -1,0 +1,397 @@
+"""Package an adapter as an intrinsic: io.yaml, the `<intrinsic>/<base_model>/<alora|lora>/` layout, model card.
+
+Mellea and granite-common read this layout; `CustomIntrinsicAdapter` loads it too. `reqcheck package`
+writes it to a directory and `reqcheck upload --intrinsic` pushes the same files to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reqcheck.adapters import IO_YAML
+from reqcheck.errors import ReqcheckError
+from reqcheck.manifest import ADAPTER_FILES, MANIFEST_NAME, PEFT_FILES, Manifest
+from reqcheck.models import short_model_name
+
+IO_YAML_KEYS = ("model", "response_format", "transformations", "parameters", "instruction")
+IO_YAML_REQUIRED = ("model", "response_format", "transformations")
+CARD_NAME = "README.md"
+OUTPUT_FIELD = "requirement_check"
+# The schema of what the transformations below produce: {"requirement_check": {"score": <float in [0, 1]>}}.
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        OUTPUT_FIELD: {
+            "type": "object",
+            "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}},
+            "required": ["score"],
+        }
+    },
+    "required": [OUTPUT_FIELD],
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class AdapterFacts:
+    """What packaging needs to know about an adapter directory, read once."""
+
+    path: Path
+    adapter_type: str
+    base_model: str
+    manifest: Manifest | None
+
+    @property
+    def base_short(self) -> str:
+        return short_model_name(self.base_model)
+
+    @property
+    def files(self) -> list[str]:
+        """The adapter files that travel: PEFT's two files and reqcheck.json when present."""
+        return [name for name in ADAPTER_FILES if (self.path / name).is_file()]
+
+
+def read_adapter(weight_path: Path) -> AdapterFacts:
+    """Check `weight_path` holds a PEFT adapter and read its type and base model (reqcheck.json wins)."""
+    if not weight_path.is_dir():
+        raise ReqcheckError(
+            f"{weight_path} is not a directory; pass the adapter directory reqcheck train wrote."
+        )
+    missing = [name for name in PEFT_FILES if not (weight_path / name).is_file()]
+    if missing:
+        raise ReqcheckError(
+            f"{weight_path} has no {' or '.join(missing)}; pass a directory written by reqcheck train "
+            "(or PEFT's save_pretrained with safetensors)."
+        )
+    try:
+        config = json.loads((weight_path / "adapter_config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReqcheckError(
+            f"{weight_path / 'adapter_config.json'} is not valid JSON ({exc}); retrain the adapter."
+        ) from exc
+    manifest = Manifest.read(weight_path) if (weight_path / MANIFEST_NAME).is_file() else None
+    base = (manifest.base_model.get("name") if manifest else None) or config.get("base_model_name_or_path")
+    if not base:
+        raise ReqcheckError(
+            f"{weight_path} names no base model (reqcheck.json base_model.name or adapter_config.json "
+            "base_model_name_or_path); retrain the adapter with reqcheck train."
+        )
+    kind = "alora" if config.get("alora_invocation_tokens") else "lora"
+    return AdapterFacts(weight_path, kind, str(base), manifest)
+
+
+def check_repo_id(name: str) -> str:
+    """`--name` must be `org/repo`, as the Hub and Mellea's `--name` expect."""
+    if not _HUB_ID.match(name):
+        raise ReqcheckError(
+            f"--name {name!r} is not a Hub repo id; pass it as org/repo, e.g. my-org/polite-check."
+        )
+    return name
+
+
+def adapter_subdir(intrinsic_name: str, facts: AdapterFacts) -> str:
+    """`<intrinsic_name>/<base_model_short_name>/<alora|lora>`: where Mellea and granite-common look."""
+    if not re.fullmatch(r"[\w.-]+", intrinsic_name):
+        raise ReqcheckError(
+            f"Intrinsic name {intrinsic_name!r} is not a folder name; pass --intrinsic-name with letters, "
+            "digits, '-', '_' or '.'."
+        )
+    return f"{intrinsic_name}/{facts.base_short}/{facts.adapter_type}"
+
+
+def generate_io_yaml(facts: AdapterFacts) -> str:
+    """An io.yaml whose transformations turn the label distribution into the requirement_check score.
+
+    `likelihood` maps each label to 1.0 (positive) or 0.0 and weights by the label probabilities, giving
+    the probability mass on the positive labels; the two `nest` steps wrap it as
+    `{"requirement_check": {"score": <float in [0, 1]>}}`, the output `response_format` describes.
+    """
+    manifest = facts.manifest
+    if manifest is None:
+        raise ReqcheckError(
+            f"{facts.path} has no {MANIFEST_NAME} to read its labels from; pass --io-yaml with a "
+            "likelihood transformation listing them."
+        )
+    longest_label = max((len(ids) for ids in manifest.label_token_ids.values()), default=1)
+    config = {
+        "model": None,
+        "response_format": json.dumps(RESPONSE_SCHEMA, indent=2),
+        "transformations": [
+            {
+                "type": "likelihood",
+                "input_path": [],
+                "categories_to_values": {
+                    label: 1.0 if label in manifest.positive_labels else 0.0 for label in manifest.labels
+                },
+            },
+            {"type": "nest", "input_path": [], "field_name": "score"},
+            {"type": "nest", "input_path": [], "field_name": OUTPUT_FIELD},
+        ],
+        "parameters": {"max_completion_tokens": longest_label + 1},
+        "instruction": manifest.prompt.invocation,
+    }
+    header = "# Written by reqcheck from reqcheck.json."
+    if manifest.requirement:
+        header += f"\n# Requirement checked: {' '.join(manifest.requirement.split())}"
+    return f"{header}\n{yaml.dump(config, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)}"
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the response_format schema) as `|` blocks, as Mellea's docs show them."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
+def validate_io_yaml(text: str, source: str) -> dict[str, Any]:
+    """Refuse an io.yaml Mellea or granite-common would choke on, naming the first problem found."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ReqcheckError(
+            f"{source} is not valid YAML ({_yaml_problem(exc)}); fix the file and retry."
+        ) from exc
+    if not isinstance(config, dict):
+        raise ReqcheckError(f"{source} is not a YAML mapping; write keys such as model, response_format.")
+    unknown = sorted(set(config) - set(IO_YAML_KEYS))
+    if unknown:
+        raise ReqcheckError(
+            f"{source} has unknown key(s) {', '.join(map(str, unknown))}; use only {', '.join(IO_YAML_KEYS)}."
+        )
+    missing = [key for key in IO_YAML_REQUIRED if key not in config]
+    if missing:
+        raise ReqcheckError(f"{source} lacks {', '.join(missing)}; add it (null is allowed for model).")
+    _check_response_format(config["response_format"], source)
+    _check_transformations(config["transformations"], source)
+    if config.get("parameters") is not None and not isinstance(config["parameters"], dict):
+        raise ReqcheckError(f"{source}: parameters must be a mapping, e.g. max_completion_tokens: 8.")
+    if config.get("instruction") is not None and not isinstance(config["instruction"], str):
+        raise ReqcheckError(f"{source}: instruction must be a string (the invocation prompt).")
+    return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message squeezed onto one line: what went wrong and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(exc, "problem", None) or exc).splitlines()[0]
+
+
+def _check_response_format(value: Any, source: str) -> None:
+    if not isinstance(value, str):
+        raise ReqcheckError(f"{source}: response_format must be a JSON schema written as a string (use `|`).")
+    try:
+        schema = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ReqcheckError(f"{source}: response_format is not valid JSON ({exc}); fix the schema.") from exc
+    if not isinstance(schema, dict) or not (
+        {"type", "properties", "$ref", "anyOf", "oneOf", "enum"} & set(schema)
+    ):
+        raise ReqcheckError(
+            f"{source}: response_format is not a JSON schema object; give one with a type, e.g. "
+            '{"type": "object", ...}.'
+        )
+
+
+def _check_transformations(value: Any, source: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ReqcheckError(f"{source}: transformations must be a list of steps or null.")
+    for index, step in enumerate(value, start=1):
+        if not isinstance(step, dict) or not isinstance(step.get("type"), str):
+            raise ReqcheckError(
+                f"{source}: transformation {index} is not a mapping with a type; add `type:`."
+            )
+        values = step.get("categories_to_values")
+        if step["type"] == "likelihood" and not (
+            isinstance(values, dict)
+            and values
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values())
+        ):
+            raise ReqcheckError(
+                f"{source}: likelihood transformation {index} needs categories_to_values mapping each "
+                "label to a number."
+            )
+
+
+def stage(facts: AdapterFacts, dest: Path, card: str, subdir: str | None, io_yaml: str | None) -> None:
+    """Write the repo's files into `dest`: the adapter (at the root or under `subdir`) and the card."""
+    target = dest / subdir if subdir else dest
+    target.mkdir(parents=True, exist_ok=True)
+    for name in facts.files:
+        shutil.copyfile(facts.path / name, target / name)
+    if io_yaml is not None:
+        (target / IO_YAML).write_text(io_yaml, encoding="utf-8")
+    (dest / CARD_NAME).write_text(card, encoding="utf-8")
+
+
+def file_tree(root: Path) -> list[str]:
+    """Relative POSIX paths of every file under `root`, sorted: what a commit will hold."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def is_package_dir(path: Path) -> bool:
+    """True when `path` looks like what `reqcheck package` writes, so rewriting it loses nothing else."""
+    files = file_tree(path)
+    allowed = {*ADAPTER_FILES, IO_YAML}
+    if CARD_NAME not in files or "library_name: peft" not in (path / CARD_NAME).read_text(errors="replace"):
+        return False
+    return all(
+        name == CARD_NAME or (name.count("/") == 3 and name.split("/")[2] in ("alora", "lora"))
+        for name in files
+    ) and all(name.rsplit("/", 1)[-1] in allowed for name in files if name != CARD_NAME)
+
+
+@dataclass
+class CardContext:
+    """What the model card says beyond the adapter itself: where it lives and how it was gated."""
+
+    repo_id: str
+    subdir: str | None
+    intrinsic_name: str
+    gate_entry: dict[str, Any] | None
+
+
+def model_card(facts: AdapterFacts, context: CardContext) -> str:
+    """The repo's README.md: metadata for the Hub, what the adapter checks, its gate, how to use it."""
+    sections = [
+        _front_matter(facts, context),
+        _summary(facts, context),
+        _labels(facts.manifest),
+        _gate_section(context.gate_entry),
+        _usage(facts, context),
+        DATA_WARNING,
+    ]
+    return "\n".join(section for section in sections if section)
+
+
+DATA_WARNING = """## Training data
+
+Adapters can memorise their training data, and anyone who downloads this adapter can probe it. Do not
+train on data you could not publish, and do not make the repo public if the data holds personal data or
+secrets.
+"""
+
+
+def _front_matter(facts: AdapterFacts, context: CardContext) -> str:
+    meta: dict[str, Any] = {}
+    if _HUB_ID.match(facts.base_model) and not Path(facts.base_model).exists():
+        meta["base_model"] = facts.base_model
+    meta["library_name"] = "peft"
+    meta["tags"] = ["reqcheck", "requirement-check", facts.adapter_type]
+    if context.subdir:
+        meta["tags"].append("intrinsic")
+    if context.gate_entry is None:
+        meta["tags"].append("ungated")
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n"
+
+
+def _summary(facts: AdapterFacts, context: CardContext) -> str:
+    manifest = facts.manifest
+    kind = "an activated LoRA (aLoRA)" if facts.adapter_type == "alora" else "a LoRA"
+    lines = [f"# {context.repo_id.split('/')[-1]}", ""]
+    if context.gate_entry is None:
+        lines += [
+            "> **Warning: uploaded without a passing gate.** No gate report vouched for these weights, so",
+            "> their accuracy is unknown. Run `pytest --adapter ADAPTER --reqcheck-report report.json` before",
+            "> relying on it.",
+            "",
+        ]
+    lines += [
+        f"{kind.capitalize()} requirement-check adapter for `{facts.base_model}`, trained with reqcheck.",
+        "",
+    ]
+    if manifest and manifest.requirement:
+        lines += [f"**Requirement:** {manifest.requirement}", ""]
+    where = f"`{context.subdir}/` (intrinsic layout)" if context.subdir else "the repo root"
+    lines += ["| | |", "| --- | --- |", f"| Base model | `{facts.base_model}` |"]
+    lines += [f"| Adapter type | {facts.adapter_type} |", f"| Adapter files | {where} |"]
+    if manifest:
+        lines.append(f"| Invocation | `{manifest.prompt.invocation}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _labels(manifest: Manifest | None) -> str:
+    if manifest is None:
+        return ""
+    rows = [
+        f"| {label} | {'yes' if label in manifest.positive_labels else 'no'} | {count} |"
+        for label, count in manifest.labels.items()
+    ]
+    head = ["## Labels", "", "| label | counts as passing | training examples |", "| --- | --- | --- |"]
+    return "\n".join(head + rows) + "\n"
+
+
+def _gate_section(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    lines = ["## Quality gate", "", "Measured by the reqcheck pytest plugin on held-out data:", ""]
+    lines += [
+        "| mode | n | accuracy | macro-F1 | latency p50 / p95 (ms) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for mode, metrics in (entry.get("modes") or {}).items():
+        latency = metrics.get("latency_ms") or {}
+        lines.append(
+            f"| {mode} | {metrics.get('n', '')} | {_fmt(metrics.get('accuracy'))} | "
+            f"{_fmt(metrics.get('macro_f1'))} | {_fmt(latency.get('p50'), 0)} / {_fmt(latency.get('p95'), 0)} |"
+        )
+    lines += ["", "| gate | mode | threshold | value | passed |", "| --- | --- | --- | --- | --- |"]
+    for gate in entry.get("gates") or []:
+        lines.append(
+            f"| {gate.get('name')} | {gate.get('mode')} | {_fmt(gate.get('threshold'))} | "
+            f"{_fmt(gate.get('value'))} | {'yes' if gate.get('passed') else 'no'} |"
+        )
+    lines += ["", f"Adapter content hash: `{entry.get('content_hash')}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "–"
+
+
+def _usage(facts: AdapterFacts, context: CardContext) -> str:
+    requirement = (facts.manifest.requirement if facts.manifest else None) or "The reply is polite."
+    return f"""## Use with reqcheck
+
+```python
+from reqcheck import CustomIntrinsicAdapter, LocalHFBackend, req
+
+backend = LocalHFBackend("{facts.base_model}")
+backend.add_adapter(CustomIntrinsicAdapter(model_id="{context.repo_id}", intrinsic_name="{context.intrinsic_name}"))
+result = backend.check(req({requirement!r}), "Text to check.")
+print(result.passed, result.score)  # score: probability that the requirement holds
+```
+{_mellea_usage(facts, context, requirement)}"""
+
+
+def _mellea_usage(facts: AdapterFacts, context: CardContext, requirement: str) -> str:
+    if not context.subdir:
+        return "\nMellea reads adapters in the intrinsic layout: upload with `reqcheck upload --intrinsic` for it.\n"
+    return f"""
+## Use with Mellea
+
+```python
+from mellea.backends.adapters.adapter import CustomIntrinsicAdapter
+from mellea.stdlib.requirements import ALoraRequirement
+
+backend.add_adapter(CustomIntrinsicAdapter(model_id="{context.repo_id}", intrinsic_name="{context.intrinsic_name}",
+                                           base_model_name="{facts.base_short}"))
+requirement = ALoraRequirement({requirement!r}, intrinsic_name="{context.intrinsic_name}")
+```
+
+As an intrinsic its io.yaml turns the label distribution into `{{"{OUTPUT_FIELD}": {{"score": <float in [0, 1]>}}}}`.
+"""

@@ -1,0 +1,426 @@
+"""reqcheck upload / package against an in-memory Hub driven by the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import constants
+
+from reqcheck.adapters import CustomIntrinsicAdapter, _io_yaml_labels
+from reqcheck.backend import LocalHFBackend
+from reqcheck.errors import ReqcheckError
+from reqcheck.hub import scan_text
+from reqcheck.intrinsic import generate_io_yaml, read_adapter, validate_io_yaml
+from reqcheck.manifest import content_hash
+from reqcheck.models import short_model_name
+from reqcheck.requirements import ALoraRequirement
+from tests.conftest import PLEASE
+from tests.fake_hub import FakeHub
+from tests.helpers import run_cli
+
+POSITIVE = "the reply please is late"
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "reqcheck.json"}
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A fresh fake Hub; huggingface_hub pointed at it (its constants were frozen at import, offline)."""
+    server = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # snapshot_download's file URLs
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "t" * 34)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def adapter(tiny_adapters, tmp_path: Path) -> Path:
+    """A private copy of the tiny aLoRA adapter, so tests may edit it."""
+    return Path(shutil.copytree(tiny_adapters["alora"].outfile, tmp_path / "alora"))
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path) -> LocalHFBackend:
+    return LocalHFBackend(str(tiny_model_dir), device="cpu")
+
+
+def write_report(path: Path, adapter_dir: Path, *, passed: bool = True, gates: bool = True, **entry) -> Path:
+    """A gate report in the plugin's contract format."""
+    metrics = {"n": 40, "accuracy": 0.95, "macro_f1": 0.94, "latency_ms": {"p50": 9.0, "p95": 12.0}}
+    gate = {"name": "min_accuracy", "mode": "adapter", "threshold": 0.9, "value": 0.95, "passed": passed}
+    report_entry = {
+        "name": "please",
+        "path": str(adapter_dir),
+        "content_hash": content_hash(adapter_dir),
+        "labels": ["no", "yes"],
+        "positive_labels": ["yes"],
+        "modes": {"adapter": metrics, "judge": {**metrics, "accuracy": 0.61, "macro_f1": 0.55}},
+        "gates": [gate] if gates else [],
+        "passed": passed,
+        **entry,
+    }
+    report = {"report_format": 1, "reqcheck_version": "0.1.0", "passed": passed, "adapters": [report_entry]}
+    path.write_text(json.dumps(report))
+    return path
+
+
+def tree_digest(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def upload(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    return run_cli(["upload", *args], capsys, monkeypatch)
+
+
+def test_plain_upload_round_trips_and_loads(hub, adapter, backend, tmp_path, capsys, monkeypatch):
+    before = tree_digest(adapter)
+    report = write_report(tmp_path / "report.json", adapter)
+    code, err = upload([str(adapter), "--name", "acme/please", "--gate", str(report)], capsys, monkeypatch)
+    assert code == 0, err
+    repo = hub.repos["acme/please"]
+    assert repo.private and len(repo.history) == 1
+    assert set(repo.files()) == {*ADAPTER_FILES, "README.md", ".gitattributes"}
+    card = repo.files()["README.md"].decode()
+    assert "library_name: peft" in card and "| judge | 40 | 0.610" in card and "memorise" in card
+    assert "without a passing gate" not in card
+    assert tree_digest(adapter) == before
+
+    backend.add_adapter(
+        CustomIntrinsicAdapter(model_id="acme/please", intrinsic_name="plain", cache_dir=str(tmp_path / "c"))
+    )
+    result = backend.check(ALoraRequirement(PLEASE, intrinsic_name="plain"), POSITIVE)
+    assert result.passed and result.via == "adapter:plain"
+
+
+def test_intrinsic_upload_on_a_branch_round_trips(hub, tiny_adapters, backend, tmp_path, capsys, monkeypatch):
+    lora = tiny_adapters["lora"].outfile
+    before = tree_digest(lora)
+    report = write_report(tmp_path / "report.json", lora)
+    args = [str(lora), "--name", "acme/checks", "--intrinsic", "--gate", str(report), "--revision", "dev"]
+    code, err = upload([*args, "--commit-message", "first check"], capsys, monkeypatch)
+    assert code == 0, err
+    repo = hub.repos["acme/checks"]
+    base = short_model_name(read_adapter(lora).base_model)
+    subdir = f"checks/{base}/lora"
+    assert set(repo.files("dev")) == {f"{subdir}/{n}" for n in {*ADAPTER_FILES, "io.yaml"}} | {
+        "README.md",
+        ".gitattributes",
+    }
+    assert repo.history == ["first check"] and set(repo.files("main")) == {".gitattributes"}
+    assert tree_digest(lora) == before
+
+    backend.add_adapter(
+        CustomIntrinsicAdapter(
+            model_id="acme/checks", intrinsic_name="checks", revision="dev", cache_dir=str(tmp_path / "c")
+        )
+    )
+    result = backend.check(ALoraRequirement(PLEASE, intrinsic_name="checks"), POSITIVE)
+    assert result.passed and result.via == "adapter:checks"
+    assert result.as_intrinsic_output()["requirement_check"]["score"] == result.score
+
+
+def test_generated_io_yaml_is_valid_and_round_trips(adapter, tmp_path):
+    facts = read_adapter(adapter)
+    text = generate_io_yaml(facts)
+    config = validate_io_yaml(text, "generated")
+    assert config["model"] is None and set(config) == {
+        "model",
+        "response_format",
+        "transformations",
+        "parameters",
+        "instruction",
+    }
+    schema = json.loads(config["response_format"])
+    assert schema["properties"]["requirement_check"]["properties"]["score"]["type"] == "number"
+    assert [step["type"] for step in config["transformations"]] == ["likelihood", "nest", "nest"]
+    assert config["instruction"] == facts.manifest.prompt.invocation
+    (tmp_path / "io.yaml").write_text(text)
+    assert _io_yaml_labels(tmp_path) == (list(facts.manifest.labels), facts.manifest.positive_labels)
+
+
+BAD_IO_YAML = [
+    ("model: [unclosed", "not valid YAML"),
+    ("- a list", "not a YAML mapping"),
+    ("model: null\nresponse_format: '{}'\ntransformations: null\nextra: 1", "unknown key(s) extra"),
+    ("model: null\ntransformations: null", "lacks response_format"),
+    ("model: null\nresponse_format: '{not json'\ntransformations: null", "response_format is not valid JSON"),
+    ("model: null\nresponse_format: '[1]'\ntransformations: null", "not a JSON schema object"),
+    (
+        'model: null\nresponse_format: \'{"type": "object"}\'\ntransformations: [{input_path: []}]',
+        "with a type",
+    ),
+    (
+        'model: null\nresponse_format: \'{"type": "object"}\'\ntransformations: [{type: likelihood}]',
+        "categories_to_values",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_IO_YAML)
+def test_bad_user_io_yaml_is_refused_before_any_request(
+    hub, adapter, tmp_path, capsys, monkeypatch, text, message
+):
+    (tmp_path / "io.yaml").write_text(text)
+    args = [
+        str(adapter),
+        "--name",
+        "acme/x",
+        "--intrinsic",
+        "--io-yaml",
+        str(tmp_path / "io.yaml"),
+        "--no-gate",
+    ]
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert hub.requests == []
+
+
+def test_user_io_yaml_is_uploaded_verbatim(hub, adapter, tmp_path, capsys, monkeypatch):
+    text = 'model: null\nresponse_format: \'{"type": "string"}\'\ntransformations: null\n'
+    (tmp_path / "io.yaml").write_text(text)
+    args = [str(adapter), "--name", "acme/mine", "--intrinsic", "--io-yaml", str(tmp_path / "io.yaml")]
+    code, err = upload([*args, "--no-gate"], capsys, monkeypatch)
+    assert code == 0, err
+    files = hub.repos["acme/mine"].files()
+    assert [files[name] for name in files if name.endswith("io.yaml")] == [text.encode()]
+    assert not (adapter / "io.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "pytest --adapter"),
+        ("failed", "failed its gate"),
+        ("mismatch", "vouches for"),
+        ("ungated", "--reqcheck-min-accuracy"),
+        ("absent-file", "does not exist"),
+    ],
+)
+def test_gate_refuses(hub, adapter, tmp_path, capsys, monkeypatch, case, message):
+    report = tmp_path / "report.json"
+    if case == "failed":
+        write_report(report, adapter, passed=False)
+    elif case == "mismatch":
+        write_report(report, adapter, content_hash="sha256:" + "0" * 64)
+    elif case == "ungated":
+        write_report(report, adapter, gates=False)
+    gate = [] if case == "missing" else ["--gate", str(report)]
+    code, err = upload([str(adapter), "--name", "acme/x", *gate], capsys, monkeypatch)
+    assert code == 2 and message in err, err
+    assert hub.requests == [] and "Traceback" not in err
+
+
+def test_no_gate_uploads_with_a_loud_warning(hub, adapter, capsys, monkeypatch):
+    code, err = upload([str(adapter), "--name", "acme/ungated", "--no-gate"], capsys, monkeypatch)
+    assert code == 0 and "WITHOUT a passing gate" in err
+    card = hub.repos["acme/ungated"].files()["README.md"].decode()
+    assert "uploaded without a passing gate" in card and "ungated" in card
+
+
+def test_dry_run_needs_no_token_and_sends_nothing(hub, adapter, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    report = write_report(tmp_path / "report.json", adapter)
+    args = [str(adapter), "--name", "acme/dry", "--intrinsic", "--gate", str(report), "--dry-run"]
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert (
+        "acme/dry @ main (private, intrinsic (dry/" in err and "/alora/io.yaml" in err and "README.md" in err
+    )
+    assert hub.requests == []
+
+
+def test_no_token_is_a_clear_error(hub, adapter, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    code, err = upload([str(adapter), "--name", "acme/x", "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and "hf auth login" in err and "HF_TOKEN" in err
+    assert hub.requests == []
+
+
+def test_failed_commit_leaves_the_repo_unchanged(hub, adapter, capsys, monkeypatch):
+    hub.fail_commits = True
+    code, err = upload([str(adapter), "--name", "acme/broken", "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and f"Could not reach the Hub at {hub.url}" in err
+    assert set(hub.repos["acme/broken"].files()) == {".gitattributes"}
+    assert hub.repos["acme/broken"].history == []
+    assert "hf_ttt" not in err
+
+
+def test_unreachable_hub_is_a_clear_error(hub, adapter, capsys, monkeypatch):
+    dead = "http://127.0.0.1:9"
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    code, err = upload([str(adapter), "--name", "acme/x", "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and f"Could not reach the Hub at {dead}" in err
+
+
+def test_each_upload_is_one_commit(hub, adapter, capsys, monkeypatch):
+    for message in ("one", "two"):
+        args = [str(adapter), "--name", "acme/twice", "--no-gate", "--commit-message", message]
+        assert upload(args, capsys, monkeypatch)[0] == 0
+    assert hub.repos["acme/twice"].history == ["one", "two"]
+    commits = [path for method, path in hub.requests if path.endswith("/commit/main")]
+    assert len(commits) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "no-org"], "org/repo"),
+        (["--name", "a/b/c"], "org/repo"),
+        (["--name", "acme/x", "--io-yaml", "io.yaml"], "add --intrinsic"),
+        (["--name", "acme/x", "--gate", "r.json"], "contradict"),
+    ],
+)
+def test_bad_flags_are_refused(hub, adapter, capsys, monkeypatch, args, message):
+    code, err = upload([str(adapter), *args, "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and message in err
+
+
+def test_weight_path_must_hold_an_adapter(hub, tmp_path, capsys, monkeypatch):
+    code, err = upload([str(tmp_path / "nope"), "--name", "acme/x", "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and "is not a directory" in err
+    code, err = upload([str(tmp_path), "--name", "acme/x", "--no-gate"], capsys, monkeypatch)
+    assert code == 2 and "adapter_config.json" in err
+
+
+@pytest.fixture
+def leaky_adapter(adapter: Path, tmp_path: Path) -> Path:
+    """The adapter, its manifest pointing at training data holding an e-mail address and a token."""
+    data = tmp_path / "leaky.jsonl"
+    secret = "hf_" + "A1b2" * 9
+    data.write_text(
+        '{"item": "hi", "label": "no"}\n'
+        '{"item": "mail jane.doe@example.com", "label": "yes"}\n'
+        f'{{"item": "key {secret}", "label": "no"}}\n'
+    )
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    manifest["data"]["path"] = str(data)
+    (adapter / "reqcheck.json").write_text(json.dumps(manifest))
+    return adapter
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_public_upload_with_personal_data_asks_and_yes_skips(hub, leaky_adapter, capsys, monkeypatch):
+    args = [str(leaky_adapter), "--name", "acme/public", "--no-gate", "--public"]
+    code, err = upload([*args, "--yes"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "e-mail address: 1 on line(s) 2" in err and "Hugging Face token: 1 on line(s) 3" in err
+    assert "jane.doe" not in err and "A1b2" not in err
+    assert hub.repos["acme/public"].private is False
+
+
+@pytest.mark.parametrize(("answer", "uploaded"), [("n\n", False), ("y\n", True)])
+def test_public_upload_prompt(hub, leaky_adapter, capsys, monkeypatch, answer, uploaded):
+    monkeypatch.setattr(sys, "stdin", FakeTTY(answer))
+    code, err = upload(
+        [str(leaky_adapter), "--name", "acme/asked", "--no-gate", "--public"], capsys, monkeypatch
+    )
+    assert "Upload publicly anyway?" in err
+    assert (code == 0) is uploaded and ("acme/asked" in hub.repos) is uploaded
+    if not uploaded:
+        assert code == 1 and "Nothing was uploaded" in err and hub.requests == []
+
+
+def test_public_upload_without_a_terminal_is_refused(hub, leaky_adapter, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, err = upload(
+        [str(leaky_adapter), "--name", "acme/ci", "--no-gate", "--public"], capsys, monkeypatch
+    )
+    assert code == 2 and "--yes" in err and hub.requests == []
+
+
+def test_private_upload_does_not_ask(hub, leaky_adapter, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, err = upload([str(leaky_adapter), "--name", "acme/private", "--no-gate"], capsys, monkeypatch)
+    assert code == 0 and "e-mail" not in err
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("write to jane.doe@example.co.uk today", "e-mail address"),
+        ("call +1 (415) 555-0132 now", "phone number"),
+        ("call 020 7946 0958", "phone number"),
+        ("token hf_abcdefghijklmnopqrstuvwxyz0123456789", "Hugging Face token"),
+        ("OPENAI=sk-proj-abcdefghijklmnopqrstuvwx", "OpenAI-style API key"),
+        ("aws AKIAIOSFODNN7EXAMPLE key", "AWS access key"),
+        ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "GitHub token"),
+        ("-----BEGIN RSA PRIVATE KEY-----", "private key"),
+        ("secret=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "long hex secret"),
+        ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYxyz123", "long base64 secret"),
+    ],
+)
+def test_scanner_finds_personal_data_and_secrets(line, kind):
+    findings = scan_text(["nothing here", line])
+    assert kind in {f.kind for f in findings}
+    assert all(f.lines == [2] for f in findings)
+
+
+def test_scanner_ignores_ordinary_text():
+    lines = [
+        '{"item": "Thanks for your patience, the parcel ships on 2024-01-15 10:30.", "label": "yes"}',
+        '{"item": "Order 12345 costs 19.99 and weighs 2.5 kg", "label": "no"}',
+        '{"item": "see https://example.com/docs/getting-started-with-the-product", "label": "no"}',
+    ]
+    assert scan_text(lines) == []
+
+
+def test_finding_description_lists_kind_count_and_lines():
+    finding = scan_text([f"a{i}@example.com" for i in range(12)])[0]
+    assert finding.describe() == "e-mail address: 12 on line(s) 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more"
+
+
+def test_package_writes_the_intrinsic_layout_and_loads(adapter, backend, tmp_path, capsys, monkeypatch):
+    before = tree_digest(adapter)
+    out = tmp_path / "pkg"
+    report = write_report(tmp_path / "report.json", adapter)
+    args = ["package", str(adapter), "--name", "acme/pkg", "--out", str(out), "--gate", str(report)]
+    code, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    subdir = out / "pkg" / short_model_name(read_adapter(adapter).base_model) / "alora"
+    assert {p.name for p in subdir.iterdir()} == {*ADAPTER_FILES, "io.yaml"}
+    assert "| adapter | 40 | 0.950" in (out / "README.md").read_text()
+    assert tree_digest(adapter) == before
+    assert run_cli(args, capsys, monkeypatch)[0] == 0  # its own output is replaced
+
+    backend.add_adapter(CustomIntrinsicAdapter(model_id=str(out), intrinsic_name="pkg"))
+    assert backend.check(ALoraRequirement(PLEASE, intrinsic_name="pkg"), POSITIVE).passed
+
+
+def test_package_refuses_a_directory_it_did_not_write(adapter, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, err = run_cli(["package", str(adapter), "--name", "acme/p", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "not written by reqcheck package" in err
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_mellea_adapter_without_manifest_needs_an_io_yaml(adapter):
+    (adapter / "reqcheck.json").unlink()
+    with pytest.raises(ReqcheckError, match="pass --io-yaml"):
+        generate_io_yaml(read_adapter(adapter))
+
+
+def test_io_yaml_parses_as_yaml_with_comment_header(adapter):
+    text = generate_io_yaml(read_adapter(adapter))
+    assert text.startswith("# Written by reqcheck") and PLEASE in text
+    assert yaml.safe_load(text)["transformations"][2]["field_name"] == "requirement_check"
