@@ -54,7 +54,7 @@ class LocalHFBackend:
         dtype: torch.dtype | None = None,
         use_caches: bool = True,
         cache_size: int = 32,
-        batch_size: int = 8,
+        batch_size: int = 16,
     ) -> None:
         self.base_model = resolve_base_model(model_id)
         self.device = resolve_device(device)

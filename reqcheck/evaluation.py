@@ -73,23 +73,26 @@ def predict(
 ) -> dict[str, list[Prediction]]:
     """Label distributions of `items` in each mode (`adapter`, `judge`), one model call per batch and mode.
 
-    Both modes run on a batch before the next one, so the judge reuses the contexts the adapter just
-    cached.
+    Items are batched by length (little padding), and both modes run on a batch before the next one, so
+    the judge reuses the contexts the adapter just cached. Results come back in the order of `items`.
     """
     labels = list(backend.adapters[adapter].manifest.labels)
-    out: dict[str, list[Prediction]] = {mode: [] for mode in requirements}
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    out: dict[str, list[Prediction | None]] = {mode: [None] * len(items) for mode in requirements}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [items[i] for i in rows]
         for mode, reqs in requirements.items():
-            batch_reqs = reqs[start : start + batch_size]
+            batch_reqs = [reqs[i] for i in rows]
             began = time.perf_counter()
             if mode == "adapter":
                 probs = backend.classify(adapter, chunk, batch_reqs)
             else:
                 probs = backend.judge(chunk, batch_reqs, labels)
             each = (time.perf_counter() - began) / len(chunk)
-            out[mode].extend(Prediction(p, each) for p in probs)
-    return out
+            for i, p in zip(rows, probs, strict=True):
+                out[mode][i] = Prediction(p, each)
+    return {mode: [p for p in predictions if p is not None] for mode, predictions in out.items()}
 
 
 def classification_metrics(expected: list[str], predicted: list[str], labels: list[str]) -> dict[str, Any]:
