@@ -54,8 +54,10 @@ def timed_pytest(directory: Path, adapter: Path, *args: str) -> dict[str, float]
     if done.returncode != 0:
         raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     modes = json.loads(report.read_text())["adapters"][0]["modes"]
+    model_s = sum(m["n"] / m["items_per_s"] for m in modes.values() if m["items_per_s"] and not m["cached"])
     return {
         "wall_s": seconds,
+        "model_s": model_s,
         **{f"{mode}_accuracy": m["accuracy"] for mode, m in modes.items()},
         "cached": sum(m["cached"] for m in modes.values()),
     }

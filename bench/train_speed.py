@@ -4,7 +4,7 @@ Each variant trains the same data with the same seed in its own process, so its 
 Prints one JSON object: per variant tokens/s, wall time, peak RSS and final validation loss, and the
 ratios the training-speed issue sets targets for (>= 5x faster, equal val loss within 2%, RSS <= 1.5x).
 
-    python bench/train_speed.py --limit 80
+    python bench/train_speed.py [--join 2] [--batch-size 8] [--limit N]
 """
 
 from __future__ import annotations
@@ -19,33 +19,27 @@ import tempfile
 from pathlib import Path
 
 EXAMPLE_DATA = Path(__file__).resolve().parent.parent / "examples" / "support-polite" / "train.jsonl"
-POLITE = ["Thanks so much for your patience", "I'm sorry for the trouble", "Happy to help with this"]
-RUDE = ["Read the manual next time", "Not our problem", "Stop emailing us about this"]
-TOPICS = ["your refund", "the late delivery", "the login error", "your invoice", "the broken charger"]
 
 
-def generated_lines(n: int = 160) -> list[str]:
-    """English support replies, polite or not, of roughly the length of real ones."""
-    rng = random.Random(0)
-    lines = []
-    for index in range(n):
-        polite = index % 2 == 0
-        opener = rng.choice(POLITE if polite else RUDE)
-        body = " ".join(
-            f"About {rng.choice(TOPICS)}, the team checked it today." for _ in range(rng.randint(3, 6))
-        )
-        lines.append(json.dumps({"item": f"{opener}. {body}", "label": "yes" if polite else "no"}))
-    return lines
+def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
+    """The benchmark's data file and where it came from.
 
-
-def dataset(limit: int | None, directory: Path) -> tuple[Path, str]:
-    """The benchmark's data file (the first `limit` lines) and where it came from."""
-    source = EXAMPLE_DATA if EXAMPLE_DATA.exists() else None
-    lines = source.read_text().splitlines() if source else generated_lines()
-    lines = [line for line in lines if line.strip()][:limit]
+    `join` > 1 joins that many consecutive replies of the same label into one item, for items of about
+    `join` times the length (the training-speed issue was measured on ~120-token items).
+    """
+    rows = [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines() if line.strip()]
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    items = []
+    for label, group in sorted(by_label.items()):
+        for start in range(0, len(group) - join + 1, join):
+            items.append({"item": " ".join(r["item"] for r in group[start : start + join]), "label": label})
+    random.Random(0).shuffle(items)
+    items = items[:limit]
     path = directory / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path, f"{source.relative_to(Path.cwd()) if source else 'generated'} (first {len(lines)} lines)"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path, f"examples/support-polite/train.jsonl, {join} replies per item, {len(items)} items"
 
 
 def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
@@ -77,7 +71,8 @@ def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="Use only the first N lines of the data.")
+    parser.add_argument("--limit", type=int, default=None, help="Use only the first N items.")
+    parser.add_argument("--join", type=int, default=1, help="Replies joined into one item (2: ~120 tokens).")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--basemodel", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu")
@@ -93,7 +88,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        data, described = dataset(args.limit, Path(tmp))
+        data, described = dataset(args.limit, args.join, Path(tmp))
         results = {}
         for variant in args.variants.split(","):
             child = [sys.executable, __file__, *sys.argv[1:], "--child", variant, "--data", str(data)]

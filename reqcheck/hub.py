@@ -5,7 +5,6 @@ The CLI (`reqcheck upload`) does the asking; this module does the checking and t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.evaluation import read_report
 from reqcheck.intrinsic import (
     AdapterFacts,
     CardContext,
@@ -28,23 +28,13 @@ from reqcheck.intrinsic import (
 )
 from reqcheck.manifest import content_hash
 
-REPORT_FORMAT = 1
 _MAX_LINES_SHOWN = 10
 
 
 def gate_entry(report_path: Path, adapter_hash: str, weight_path: Path) -> dict[str, Any]:
     """The report's entry for these exact weights, if it passed every gate; else refuse, saying what to run."""
-    rerun = f"run `pytest --adapter {weight_path} --reqcheck-report {report_path}`"
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReqcheckError(f"Gate report {report_path} does not exist; {rerun} first.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReqcheckError(f"Gate report {report_path} is not JSON ({exc}); {rerun} again.") from exc
-    if not isinstance(report, dict) or report.get("report_format") != REPORT_FORMAT:
-        raise ReqcheckError(
-            f"{report_path} is not a reqcheck gate report of format {REPORT_FORMAT}; {rerun} with this reqcheck."
-        )
+    rerun = f"run `pytest --adapter={weight_path} --reqcheck-report {report_path}`"
+    report = read_report(report_path)
     entries = [e for e in report.get("adapters") or [] if isinstance(e, dict)]
     entry = next((e for e in entries if e.get("content_hash") == adapter_hash), None)
     if entry is None:
