@@ -91,7 +91,7 @@ def test_routing_matrix(switch, bare, on: bool, kind: str, present: bool, via: s
     result = target.check(make(kind), POSITIVE)
     assert result.via == via
     assert reason in result.reason
-    assert isinstance(result, ValidationResult) and 0.0 <= result.score <= 1.0 and result.seconds >= 0
+    assert isinstance(result, ValidationResult) and 0.0 <= result.score <= 1.0
     bare.default_to_constraint_checking_alora = True
 
 
