@@ -159,10 +159,10 @@ class ReqcheckPlugin:
         """The adapter that checks a fixture line: the one trained for its requirement, else the only one."""
         if len(self.adapters) == 1:
             return next(iter(self.adapters))
-        wanted = " ".join((requirement or "").lower().split()).rstrip(".")
+        from reqcheck.requirements import same_requirement
+
         for name, adapter in self.adapters.items():
-            trained = " ".join((adapter["manifest"].requirement or "").lower().split()).rstrip(".")
-            if trained and trained == wanted:
+            if same_requirement(adapter["manifest"].requirement, requirement):
                 return name
         raise ReqcheckError(
             f"{where}: cannot tell which of the adapters ({', '.join(self.adapters)}) checks this line; give it a "

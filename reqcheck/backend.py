@@ -25,7 +25,13 @@ from reqcheck.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
 from reqcheck.kvcache import KV
 from reqcheck.models import load_model, load_tokenizer, resolve_base_model, resolve_device, training_dtype
 from reqcheck.prompting import Messages, Rendered, render
-from reqcheck.requirements import ALoraRequirement, LLMaJRequirement, Requirement, ValidationResult
+from reqcheck.requirements import (
+    ALoraRequirement,
+    LLMaJRequirement,
+    Requirement,
+    ValidationResult,
+    same_requirement,
+)
 from reqcheck.scoring import LabelSet, Prefix, left_pad, score_labels
 
 Context = str | Messages
@@ -109,9 +115,8 @@ class LocalHFBackend:
             )
         if not self.default_to_constraint_checking_alora:
             return Route("judge", None, "default_to_constraint_checking_alora is False")
-        wanted = _normalise(requirement.description)
         for name, adapter in self.adapters.items():
-            if adapter.manifest.requirement and _normalise(adapter.manifest.requirement) == wanted:
+            if same_requirement(adapter.manifest.requirement, requirement.description):
                 return Route("adapter", name, f"adapter {name!r} was trained for this requirement")
         if len(self.adapters) == 1:
             name = next(iter(self.adapters))
@@ -309,10 +314,6 @@ class LocalHFBackend:
             for key, row in zip(contexts, rows, strict=True):
                 self._remember(key, row)
         return rows
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split()).rstrip(".")
 
 
 def _label_sets(adapter: ResolvedAdapter | None) -> tuple[list[str], list[str]]:

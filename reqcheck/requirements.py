@@ -65,3 +65,12 @@ def req(description: str, validation_fn: ValidationFn | None = None) -> Requirem
 def check(description: str, validation_fn: ValidationFn | None = None) -> Requirement:
     """A check-only requirement: validated, but not shown to the generator."""
     return Requirement(description, validation_fn=validation_fn, check_only=True)
+
+
+def same_requirement(a: str | None, b: str | None) -> bool:
+    """Requirement texts name the same requirement when they differ only in case, spacing or a final period."""
+
+    def normal(text: str | None) -> str:
+        return " ".join((text or "").lower().split()).rstrip(".")
+
+    return bool(normal(a)) and normal(a) == normal(b)

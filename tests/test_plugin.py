@@ -1,11 +1,13 @@
 """The pytest plugin, driven with pytester on the tiny model and its marker-task adapter."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from reqcheck.manifest import content_hash
+from tests.conftest import PLEASE
 
 pytest_plugins = ["pytester"]
 
@@ -198,3 +200,30 @@ def test_missing_adapter_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(f"--adapter={Path(pytester.path) / 'nope'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*Cannot tell the base model*--basemodel*"])
+
+
+def test_several_adapters_take_the_lines_of_their_requirement(
+    pytester: pytest.Pytester, tiny_adapters
+) -> None:
+    other = pytester.path / "other-adapter"
+    shutil.copytree(tiny_adapters["lora"].outfile, other)
+    manifest = json.loads((other / "reqcheck.json").read_text())
+    (other / "reqcheck.json").write_text(json.dumps({**manifest, "requirement": "The reply is short."}))
+    lines = [
+        {**CASES[0], "requirement": PLEASE},
+        {**CASES[1], "id": "c5", "requirement": "The reply is short."},
+    ]
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in lines))
+    adapters = [f"--adapter={tiny_adapters['alora'].outfile}", f"--adapter={other}"]
+    result = pytester.runpytest(*adapters, "--reqcheck-validation", "on", "--reqcheck-report", "r.json")
+    result.assert_outcomes(passed=2)
+    entries = {e["name"]: e for e in json.loads((pytester.path / "r.json").read_text())["adapters"]}
+    assert [entries["alora"]["modes"]["adapter"]["n"], entries["other-adapter"]["modes"]["adapter"]["n"]] == [
+        1,
+        1,
+    ]
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
+    unclear = pytester.runpytest(*adapters)
+    unclear.stdout.fnmatch_lines(
+        ["*cannot tell which of the adapters (alora, other-adapter) checks this line*"]
+    )
