@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class ResolvedAdapter:
     path: Path
     manifest: Manifest
     source: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_alora(self) -> bool:
