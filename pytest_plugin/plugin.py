@@ -10,6 +10,7 @@ plugin registers its options and nothing else: no torch import, no slower start-
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,8 @@ def setting(config: pytest.Config, name: str) -> Any:
     return kind(value) if kind is not bool else bool(value)
 
 
-class ReqcheckError(Exception):
-    """A problem with a fixture file, an adapter or a gate, shown without a traceback."""
+class ReqcheckFailure(Exception):
+    """A bad fixture file, a wrong label or a missed gate: reported as its message, without a traceback."""
 
 
 class ReqcheckPlugin:
@@ -105,11 +106,11 @@ class ReqcheckPlugin:
         self.results: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
         self.files: dict[str, list[dict[str, Any]]] = {}
         self.gates: list[Any] = []
-        from reqcheck.errors import ReqcheckError as UserError
+        from reqcheck.errors import ReqcheckError
 
         try:
             self.adapters = self._locate()
-        except UserError as exc:
+        except ReqcheckError as exc:
             raise pytest.UsageError(str(exc)) from None
 
     # adapters and backend
@@ -164,7 +165,7 @@ class ReqcheckPlugin:
         for name, adapter in self.adapters.items():
             if same_requirement(adapter["manifest"].requirement, requirement):
                 return name
-        raise ReqcheckError(
+        raise ReqcheckFailure(
             f"{where}: cannot tell which of the adapters ({', '.join(self.adapters)}) checks this line; give it a "
             "'requirement' equal to one adapter's --requirement."
         )
@@ -373,7 +374,7 @@ class ReqcheckFile(pytest.File):
         plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
         examples, problems = parse_lines(self.path)
         if problems:
-            raise ReqcheckError(
+            raise ReqcheckFailure(
                 f"{len(problems)} bad line(s) in {self.path}:\n" + "\n".join("  " + p for p in problems)
             )
         by_adapter: dict[str, list] = {}
@@ -391,7 +392,7 @@ class ReqcheckFile(pytest.File):
         ]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
-        if isinstance(excinfo.value, ReqcheckError):
+        if isinstance(excinfo.value, ReqcheckFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
@@ -408,7 +409,7 @@ class ReqcheckCase(pytest.Item):
     def plugin(self) -> ReqcheckPlugin:
         return self.config.pluginmanager.get_plugin("reqcheck-session")
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return self.case_key(self.plugin, self.adapter, self.mode, self.example)
 
@@ -423,7 +424,7 @@ class ReqcheckCase(pytest.Item):
     def runtest(self) -> None:
         labels = list(self.plugin.adapters[self.adapter]["manifest"].labels)
         if self.example.label not in labels:
-            raise ReqcheckError(
+            raise ReqcheckFailure(
                 f"label {self.example.label!r} is not one of adapter {self.adapter}'s labels {labels}"
             )
         prediction = self.plugin.prediction(self)
@@ -436,12 +437,12 @@ class ReqcheckCase(pytest.Item):
             f"{prediction.probabilities[self.example.label]:.3f}) for item {self.example.item!r}"
         )
         if self.plugin.strict:
-            raise ReqcheckError(message)
+            raise ReqcheckFailure(message)
         pytest.xfail(message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         # a wrong label is the case's whole story: no traceback (formatting one costs ~25 ms per case)
-        if isinstance(excinfo.value, (ReqcheckError, pytest.xfail.Exception)):
+        if isinstance(excinfo.value, (ReqcheckFailure, pytest.xfail.Exception)):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
@@ -458,7 +459,7 @@ class GateItem(pytest.Item):
         self.add_marker("reqcheck")
 
     def runtest(self) -> None:
-        from reqcheck.errors import ReqcheckError as UserError
+        from reqcheck.errors import ReqcheckError
         from reqcheck.evaluation import evaluate_gates
 
         plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
@@ -466,23 +467,23 @@ class GateItem(pytest.Item):
         needed = ["adapter", "judge"] if self.gate.name == "min_gain" else ["adapter"]
         missing = [m for m in needed if m not in modes]
         if missing:
-            raise ReqcheckError(
+            raise ReqcheckFailure(
                 f"gate {self.gate.name} needs results in mode(s) {', '.join(missing)}; "
                 "run with --reqcheck-validation both and without deselecting those cases"
             )
         try:
             evaluate_gates([self.gate], modes, plugin.baseline_entry(self.adapter))
-        except UserError as exc:
-            raise ReqcheckError(str(exc)) from None
+        except ReqcheckError as exc:
+            raise ReqcheckFailure(str(exc)) from None
         if not self.gate.passed:
             op = "<=" if self.gate.name == "max_drop" else ">="
             value, threshold = self.gate.value, self.gate.threshold
-            raise ReqcheckError(
+            raise ReqcheckFailure(
                 f"gate {self.gate.name} failed for {self.adapter}: {value:.3f} is not {op} {threshold}"
             )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
-        if isinstance(excinfo.value, ReqcheckError):
+        if isinstance(excinfo.value, ReqcheckFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import MANIFEST_NAME, Manifest, default_positive_labels
-from reqcheck.models import short_model_name
+from reqcheck.models import is_hub_id, short_model_name
 from reqcheck.prompting import (
     DEFAULT_INVOCATION,
     MELLEA_RENDERER,
@@ -30,7 +29,6 @@ from reqcheck.prompting import (
 
 ADAPTER_KINDS = ("alora", "lora")
 IO_YAML = "io.yaml"
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass
@@ -164,7 +162,7 @@ def locate_adapter(adapter: CustomIntrinsicAdapter, base_short: str) -> Path:
     local = Path(adapter.model_id).expanduser()
     if local.is_dir():
         root = local
-    elif not local.exists() and _HUB_ID.match(adapter.model_id):
+    elif not local.exists() and is_hub_id(adapter.model_id):
         root = _download(adapter.model_id, adapter.revision, adapter.cache_dir)
     else:
         raise ReqcheckError(

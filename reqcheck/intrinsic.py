@@ -18,7 +18,7 @@ import yaml
 from reqcheck.adapters import IO_YAML
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import ADAPTER_FILES, MANIFEST_NAME, PEFT_FILES, Manifest
-from reqcheck.models import short_model_name
+from reqcheck.models import is_hub_id, short_model_name
 
 IO_YAML_KEYS = ("model", "response_format", "transformations", "parameters", "instruction")
 IO_YAML_REQUIRED = ("model", "response_format", "transformations")
@@ -36,7 +36,6 @@ RESPONSE_SCHEMA = {
     },
     "required": [OUTPUT_FIELD],
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
 
 def check_repo_id(name: str) -> str:
     """`--name` must be `org/repo`, as the Hub and Mellea's `--name` expect."""
-    if not _HUB_ID.match(name):
+    if not is_hub_id(name):
         raise ReqcheckError(
             f"--name {name!r} is not a Hub repo id; pass it as org/repo, e.g. my-org/polite-check."
         )
@@ -288,7 +287,7 @@ secrets.
 
 def _front_matter(facts: AdapterFacts, context: CardContext) -> str:
     meta: dict[str, Any] = {}
-    if _HUB_ID.match(facts.base_model) and not Path(facts.base_model).exists():
+    if is_hub_id(facts.base_model) and not Path(facts.base_model).exists():
         meta["base_model"] = facts.base_model
     meta["library_name"] = "peft"
     meta["tags"] = ["reqcheck", "requirement-check", facts.adapter_type]

