@@ -4,7 +4,11 @@
 adapter (validation on) and the base-model judge (validation off) in batches, reports wrong labels as
 expected failures (or failures with `--reqcheck-strict`), and adds gate items (accuracy, gain over
 the judge, no regression, per-label recall) whose failure fails the run. Without `--adapter` the
-plugin registers its options and nothing else: no torch import, no slower start-up.
+plugin registers its options and nothing else: no torch or matplotlib import, no slower start-up.
+
+This module is pytest glue: the bookkeeping, statistics and verdicts live in `reqcheck.evaluation`
+(one `AdapterRun` per adapter), the text and HTML renderings in `reqcheck.report_text` and
+`reqcheck.report_html`.
 """
 
 from __future__ import annotations
@@ -12,10 +16,15 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from reqcheck.evaluation import AdapterRun, Gate, GateSettings
 
 FIXTURE_PATTERN = "*.reqcheck.jsonl"
 SETTINGS = {  # name: (type, help)
@@ -26,7 +35,16 @@ SETTINGS = {  # name: (type, help)
     "baseline": (str, "an earlier gate report to compare with (see max-drop)"),
     "max_drop": (float, "gate: adapter accuracy may drop at most this below the baseline report's"),
     "min_recall": (float, "gate: every label's recall (adapter mode) must be at least this"),
+    "confidence": (float, "confidence level of the intervals and paired tests [0.95]"),
+    "gate_on": (
+        str,
+        "decide gates on the point value or on the interval's lower bound (paired tests) [point]",
+    ),
+    "report_items": (str, "keep item text (shortened) or only its hash in the report and HTML [text]"),
 }
+plugin_key = pytest.StashKey[
+    "ReqcheckPlugin"
+]()  # the session's plugin object, as _pytest.junitxml keeps its own
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,7 +67,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         )
     group.addoption("--reqcheck-baseline", default=None, metavar="REPORT", help=SETTINGS["baseline"][1])
     group.addoption(
+        "--reqcheck-confidence", type=float, default=None, metavar="LEVEL", help=SETTINGS["confidence"][1]
+    )
+    group.addoption(
+        "--reqcheck-gate-on", choices=["point", "bound"], default=None, help=SETTINGS["gate_on"][1]
+    )
+    group.addoption(
         "--reqcheck-report", default=None, metavar="PATH", help="write the gate report (JSON) here"
+    )
+    group.addoption(
+        "--reqcheck-html", default=None, metavar="PATH", help="write the gate report as one HTML page here"
+    )
+    group.addoption(
+        "--reqcheck-report-items", choices=["text", "hash"], default=None, help=SETTINGS["report_items"][1]
     )
     group.addoption(
         "--reqcheck-no-cache", action="store_true", help="do not read or write cached case results"
@@ -72,7 +102,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "pytest-reqcheck does not run under pytest-xdist (-n): it already batches every case in one "
             "process; run without -n."
         )
-    config.pluginmanager.register(ReqcheckPlugin(config), "reqcheck-session")
+    plugin = ReqcheckPlugin(config)
+    config.stash[plugin_key] = plugin
+    config.pluginmanager.register(plugin, "reqcheck-session")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(plugin_key, None)
+    if plugin is not None:
+        del config.stash[plugin_key]
+        config.pluginmanager.unregister(plugin)
 
 
 def setting(config: pytest.Config, name: str) -> Any:
@@ -90,10 +129,23 @@ class ReqcheckFailure(Exception):
     """A bad fixture file, a wrong label or a missed gate: reported as its message, without a traceback."""
 
 
+@dataclass
+class AdapterUnderTest:
+    """One --adapter: its files, manifest, the fingerprint its cached results are keyed by, and its run."""
+
+    spec: Any
+    path: Path
+    manifest: Any
+    fingerprint: dict[str, str]
+    run: AdapterRun
+
+
 class ReqcheckPlugin:
-    """The session state: adapters, lazily loaded backend, case results, gates and the report."""
+    """The session state: adapters, lazily loaded backend, predictions, gates and the report's outputs."""
 
     def __init__(self, config: pytest.Config) -> None:
+        from reqcheck.errors import ReqcheckError
+
         self.config = config
         validation = setting(config, "validation") or "both"
         if validation not in ("on", "off", "both"):
@@ -103,25 +155,38 @@ class ReqcheckPlugin:
         self.patterns = [FIXTURE_PATTERN, *config.getini("reqcheck_files")]
         self._backend: Any = None
         self.predictions: dict[tuple[str, str, str], Any] = {}
-        self.results: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
         self.files: dict[str, list[dict[str, Any]]] = {}
-        self.gates: list[Any] = []
-        from reqcheck.errors import ReqcheckError
-
+        self.gates: list[tuple[str, Gate]] = []
+        self.report: dict[str, Any] | None = None
+        self.problems: list[str] = []
         try:
+            self.settings = self._settings()
             self.adapters = self._locate()
         except ReqcheckError as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    def _settings(self) -> GateSettings:
+        from reqcheck.evaluation import GateSettings
+
+        confidence = setting(self.config, "confidence")
+        return GateSettings(
+            confidence=0.95 if confidence is None else confidence,
+            gate_on=setting(self.config, "gate_on") or "point",
+            items=setting(self.config, "report_items") or "text",
+        )
+
     # adapters and backend
 
-    def _locate(self) -> dict[str, Any]:
-        """Adapter name -> its files, manifest and cache fingerprint, found without loading a model."""
+    def _locate(self) -> dict[str, AdapterUnderTest]:
+        """Adapter name -> its files, manifest, fingerprint and run, found without loading a model."""
         from reqcheck import __version__
         from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter
+        from reqcheck.evaluation import AdapterRun, Baseline
         from reqcheck.manifest import Manifest, content_hash
         from reqcheck.models import resolve_base_model
 
+        baseline_path = setting(self.config, "baseline")
+        baseline = Baseline.read(baseline_path) if baseline_path else None
         specs = self.config.getoption("adapter")
         base = self.config.getoption("basemodel") or _base_spec(specs[0])
         self.base_model = resolve_base_model(base)
@@ -135,12 +200,19 @@ class ReqcheckPlugin:
                 "base": self.base_model.revision,
                 "reqcheck": __version__,
             }
-            found[adapter.name] = {
-                "spec": adapter,
-                "path": path,
-                "manifest": manifest,
-                "fingerprint": fingerprint,
-            }
+            run = AdapterRun(
+                name=adapter.name,
+                path=str(path),
+                content_hash=fingerprint["adapter"],
+                base_model=manifest.base_model,
+                adapter_type=manifest.adapter_type,
+                labels=list(manifest.labels),
+                positive_labels=list(manifest.positive_labels),
+                settings=self.settings,
+                training={k: manifest.metrics[k] for k in ("best_epoch", "history") if k in manifest.metrics},
+                baseline=baseline,
+            )
+            found[adapter.name] = AdapterUnderTest(adapter, path, manifest, fingerprint, run)
         return found
 
     @property
@@ -151,8 +223,8 @@ class ReqcheckPlugin:
 
             backend = LocalHFBackend(self.base_model.spec, device=self.config.getoption("reqcheck_device"))
             for name, adapter in self.adapters.items():
-                adapter["spec"].intrinsic_name = name
-                backend.add_adapter(adapter["spec"])
+                adapter.spec.intrinsic_name = name
+                backend.add_adapter(adapter.spec)
             self._backend = backend
         return self._backend
 
@@ -163,7 +235,7 @@ class ReqcheckPlugin:
         from reqcheck.requirements import same_requirement
 
         for name, adapter in self.adapters.items():
-            if same_requirement(adapter["manifest"].requirement, requirement):
+            if same_requirement(adapter.manifest.requirement, requirement):
                 return name
         raise ReqcheckFailure(
             f"{where}: cannot tell which of the adapters ({', '.join(self.adapters)}) checks this line; give it a "
@@ -200,11 +272,11 @@ class ReqcheckPlugin:
             for a, g in self.gates
         )
 
-    def _make_gates(self) -> list[tuple[str, Any]]:
+    def _make_gates(self) -> list[tuple[str, Gate]]:
         from reqcheck.evaluation import Gate
 
         gates = []
-        for name in self.adapters:
+        for name, adapter in self.adapters.items():
             if (value := setting(self.config, "min_accuracy")) is not None:
                 gates.append((name, Gate("min_accuracy", "adapter", value)))
             if (value := setting(self.config, "min_gain")) is not None:
@@ -214,8 +286,9 @@ class ReqcheckPlugin:
                     raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
                 gates.append((name, Gate("max_drop", "adapter", value)))
             if (value := setting(self.config, "min_recall")) is not None:
-                for label in self.adapters[name]["manifest"].labels:
+                for label in adapter.manifest.labels:
                     gates.append((name, Gate("min_recall", "adapter", value, label=label)))
+            adapter.run.gates = [g for a, g in gates if a == name]
         return gates
 
     # running
@@ -231,12 +304,13 @@ class ReqcheckPlugin:
         """Predict every case in batches, both modes per batch, reading and writing the pytest cache."""
         from reqcheck.evaluation import Prediction, predict
 
-        use_cache = self.config.cache is not None and not self.config.getoption("reqcheck_no_cache")
+        # config.cache does not exist at all under -p no:cacheprovider
+        use_cache = getattr(self.config, "cache", None) is not None and not self.config.getoption(
+            "reqcheck_no_cache"
+        )
         for adapter, entry in self.adapters.items():
             members = [c for c in cases if c.adapter == adapter]
-            slots = {
-                mode: f"reqcheck/v1/{entry['fingerprint']['adapter'][7:23]}-{mode}" for mode in self.modes
-            }
+            slots = {mode: f"reqcheck/v1/{entry.fingerprint['adapter'][7:23]}-{mode}" for mode in self.modes}
             stored = {
                 mode: (self.config.cache.get(slot, None) if use_cache else None) or {}
                 for mode, slot in slots.items()
@@ -267,92 +341,67 @@ class ReqcheckPlugin:
     def requirement(self, adapter: str, mode: str, example: Any) -> str | None:
         """What a case's model is told: the line's requirement, else (for the judge) the adapter's."""
         return example.requirement or (
-            self.adapters[adapter]["manifest"].requirement if mode == "judge" else None
+            self.adapters[adapter].manifest.requirement if mode == "judge" else None
         )
-
-    def record(self, case: ReqcheckCase, prediction: Any) -> None:
-        self.results.setdefault((case.adapter, case.mode), []).append((case, prediction))
-
-    def summaries(self, adapter: str) -> dict[str, dict[str, Any]]:
-        from reqcheck.evaluation import mode_summary
-
-        labels = list(self.adapters[adapter]["manifest"].labels)
-        modes = {}
-        for mode in self.modes:
-            rows = self.results.get((adapter, mode), [])
-            if rows:
-                modes[mode] = mode_summary([c.example.label for c, _ in rows], [p for _, p in rows], labels)
-        return modes
-
-    def baseline_entry(self, adapter: str) -> dict[str, Any] | None:
-        from reqcheck.evaluation import read_report
-
-        path = setting(self.config, "baseline")
-        if not path:
-            return None
-        entries = read_report(path)["adapters"]
-        return next((e for e in entries if e["name"] == adapter), None)
 
     # reporting
 
-    def report_entries(self) -> list[Any]:
-        from reqcheck.evaluation import AdapterReport
-
-        entries = []
-        for name, adapter in self.adapters.items():
-            manifest = adapter["manifest"]
-            entries.append(
-                AdapterReport(
-                    name=name,
-                    path=str(adapter["path"]),
-                    content_hash=adapter["fingerprint"]["adapter"],
-                    base_model=manifest.base_model,
-                    adapter_type=manifest.adapter_type,
-                    labels=list(manifest.labels),
-                    positive_labels=list(manifest.positive_labels),
-                    data=[f for path, fs in self.files.items() for f in fs if f["adapter"] == name],
-                    modes=self.summaries(name),
-                    gates=[g for a, g in self.gates if a == name],
-                )
-            )
-        return entries
-
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        path = self.config.getoption("reqcheck_report")
-        if not path or not self.results:
+        """Build the report once; write the JSON, the HTML page and the CI step summary that were asked for."""
+        if not any(a.run.cases for a in self.adapters.values()):
             return
-        from reqcheck.atomic import atomic_write_text
+        from reqcheck.errors import ReqcheckError
         from reqcheck.evaluation import build_report
 
-        atomic_write_text(path, json.dumps(build_report(self.report_entries()), indent=2) + "\n")
+        for name, adapter in self.adapters.items():
+            adapter.run.data = [f for fs in self.files.values() for f in fs if f["adapter"] == name]
+        self.report = build_report([a.run for a in self.adapters.values()])
+        outputs = [
+            (self.config.getoption("reqcheck_report"), self._write_json),
+            (self.config.getoption("reqcheck_html"), self._write_html),
+            (os.environ.get("GITHUB_STEP_SUMMARY"), self._append_step_summary),
+        ]
+        for path, write in outputs:
+            if not path:
+                continue
+            try:
+                write(path)
+            except (OSError, ReqcheckError) as exc:
+                self.problems.append(f"could not write {path}: {exc}")
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _write_json(self, path: str) -> None:
+        from reqcheck.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.report, indent=2) + "\n")
+
+    def _write_html(self, path: str) -> None:
+        from reqcheck.report_html import write_html
+
+        write_html(self.report, path)
+
+    def _append_step_summary(self, path: str) -> None:
+        from reqcheck.report_text import markdown
+
+        with open(path, "a", encoding="utf-8") as summary:
+            summary.write(markdown(self.report))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.results:
+        if self.report is None:
             return
-        write = terminalreporter.write_line
+        from reqcheck.report_text import terminal_lines
+
         terminalreporter.section("reqcheck")
-        for entry in self.report_entries():
-            write(f"{entry.name} ({entry.adapter_type}, {entry.content_hash[:19]}...)")
-            header = ("mode", "cases", "accuracy", "macro-F1", "p50 ms", "p95 ms", "items/s", "cached")
-            write("  " + " ".join(f"{h:>8}" for h in header))
-            for mode, m in entry.modes.items():
-                rate = f"{m['items_per_s']:.1f}" if m["items_per_s"] else "-"
-                cells = (
-                    mode,
-                    m["n"],
-                    f"{m['accuracy']:.3f}",
-                    f"{m['macro_f1']:.3f}",
-                    f"{m['latency_ms']['p50']:.1f}",
-                    f"{m['latency_ms']['p95']:.1f}",
-                    rate,
-                    m["cached"],
-                )
-                write("  " + " ".join(f"{c:>8}" for c in cells))
-            for gate in entry.gates:
-                verdict = {True: "PASS", False: "FAIL", None: "not run"}[gate.passed]
-                value = "-" if gate.value is None else f"{gate.value:.3f}"
-                label = f"[{gate.label}]" if gate.label else ""
-                write(f"  gate {gate.name}{label}: {value} vs {gate.threshold} -> {verdict}")
+        confidence = self.settings.confidence
+        terminalreporter.write_line(
+            f"intervals: {confidence:.0%} (Wilson for rates; exact McNemar, paired by case, for gain and drop); "
+            f"gates decided on the {'lower bound' if self.settings.gate_on == 'bound' else 'point value'}"
+        )
+        for entry in self.report["adapters"]:
+            for line in terminal_lines(entry):
+                terminalreporter.write_line(line)
+        for problem in self.problems:
+            terminalreporter.write_line(f"reqcheck: {problem}", red=True)
 
 
 def _base_spec(adapter: str) -> str:
@@ -371,7 +420,7 @@ class ReqcheckFile(pytest.File):
     def collect(self):  # type: ignore[override]
         from reqcheck.data import fingerprint, parse_lines
 
-        plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
+        plugin = self.config.stash[plugin_key]
         examples, problems = parse_lines(self.path)
         if problems:
             raise ReqcheckFailure(
@@ -407,7 +456,7 @@ class ReqcheckCase(pytest.Item):
 
     @property
     def plugin(self) -> ReqcheckPlugin:
-        return self.config.pluginmanager.get_plugin("reqcheck-session")
+        return self.config.stash[plugin_key]
 
     @functools.cached_property
     def key(self) -> str:
@@ -418,17 +467,26 @@ class ReqcheckCase(pytest.Item):
         """The disk-cache key: adapter and base fingerprint, mode, item and what the model is told."""
         from reqcheck.evaluation import case_key
 
-        fingerprint = plugin.adapters[adapter]["fingerprint"]
+        fingerprint = plugin.adapters[adapter].fingerprint
         return case_key(fingerprint, mode, example.item, plugin.requirement(adapter, mode, example))
 
     def runtest(self) -> None:
-        labels = list(self.plugin.adapters[self.adapter]["manifest"].labels)
+        adapter = self.plugin.adapters[self.adapter]
+        labels = adapter.run.labels
         if self.example.label not in labels:
             raise ReqcheckFailure(
                 f"label {self.example.label!r} is not one of adapter {self.adapter}'s labels {labels}"
             )
         prediction = self.plugin.prediction(self)
-        self.plugin.record(self, prediction)
+        adapter.run.record(
+            id=str(self.example.id or f"line{self.example.line}"),
+            file=self.nodeid.split("::", 1)[0],
+            line=self.example.line,
+            item=self.example.item,
+            expected=self.example.label,
+            mode=self.mode,
+            prediction=prediction,
+        )
         if prediction.label == self.example.label:
             return
         message = (
@@ -460,27 +518,16 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         from reqcheck.errors import ReqcheckError
-        from reqcheck.evaluation import evaluate_gates
 
-        plugin: ReqcheckPlugin = self.config.pluginmanager.get_plugin("reqcheck-session")
-        modes = plugin.summaries(self.adapter)
-        needed = ["adapter", "judge"] if self.gate.name == "min_gain" else ["adapter"]
-        missing = [m for m in needed if m not in modes]
-        if missing:
-            raise ReqcheckFailure(
-                f"gate {self.gate.name} needs results in mode(s) {', '.join(missing)}; "
-                "run with --reqcheck-validation both and without deselecting those cases"
-            )
+        run = self.config.stash[plugin_key].adapters[self.adapter].run
         try:
-            evaluate_gates([self.gate], modes, plugin.baseline_entry(self.adapter))
+            run.evaluate(self.gate)
         except ReqcheckError as exc:
             raise ReqcheckFailure(str(exc)) from None
+        finally:
+            self.user_properties += _junit_properties(self.gate)
         if not self.gate.passed:
-            op = "<=" if self.gate.name == "max_drop" else ">="
-            value, threshold = self.gate.value, self.gate.threshold
-            raise ReqcheckFailure(
-                f"gate {self.gate.name} failed for {self.adapter}: {value:.3f} is not {op} {threshold}"
-            )
+            raise ReqcheckFailure(f"gate {self.gate.name} failed for {self.adapter}: {_shortfall(self.gate)}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         if isinstance(excinfo.value, ReqcheckFailure):
@@ -491,10 +538,32 @@ class GateItem(pytest.Item):
         return "reqcheck-gate", 0, self.name
 
 
+def _shortfall(gate: Gate) -> str:
+    """Why a gate failed, in the terms it was decided on."""
+    op = "<=" if gate.name == "max_drop" else ">="
+    if gate.on == "point" or gate.interval is None:
+        return f"{gate.value:.3f} is not {op} {gate.threshold}"
+    low, high = gate.interval
+    p_value = f", p={gate.p_value:.2g}" if gate.p_value is not None else ""
+    return (
+        f"the lower bound {low:.3f} of its interval [{low:.3f}, {high:.3f}] is not {op} {gate.threshold} "
+        f"(value {gate.value:.3f}{p_value})"
+    )
+
+
+def _junit_properties(gate: Gate) -> list[tuple[str, object]]:
+    """The gate's numbers as JUnit properties of its test case (None values left out)."""
+    facts = {key: value for key, value in gate.to_dict().items() if value is not None}
+    interval = facts.pop("interval", None)
+    if interval:
+        facts["interval_low"], facts["interval_high"] = interval
+    return list(facts.items())
+
+
 @pytest.fixture(scope="session")
 def reqcheck_backend(request: pytest.FixtureRequest) -> Any:
     """The session's LocalHFBackend with the --adapter adapters registered (skips without --adapter)."""
-    plugin = request.config.pluginmanager.get_plugin("reqcheck-session")
+    plugin = request.config.stash.get(plugin_key, None)
     if plugin is None:
         pytest.skip("reqcheck_backend needs pytest --adapter PATH")
     return plugin.backend

@@ -263,6 +263,21 @@ def package(
     _say(f"packaged {weight_path} as {name} in {out}")
 
 
+@app.command("report")
+def report_command(
+    report: Annotated[
+        Path, typer.Argument(metavar="REPORT.json", help="Gate report written by pytest --reqcheck-report.")
+    ],
+    html: Annotated[Path, typer.Option(help="Write the report as one self-contained HTML file here.")],
+) -> None:
+    """Render a saved gate report as HTML (plots, gates, misclassified cases, regressions); no model needed."""
+    from reqcheck.evaluation import read_report
+    from reqcheck.report_html import write_html
+
+    write_html(read_report(report), html)
+    _say(f"wrote {html}")
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the adapter, gate report and package go.")] = Path(

@@ -5,9 +5,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from scipy.stats import binomtest
 
 from reqcheck.manifest import content_hash
 from tests.conftest import PLEASE
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """The reference interval: SciPy's Wilson score interval at 95%."""
+    interval = binomtest(successes, n).proportion_ci(0.95, method="wilson")
+    return interval.low, interval.high
+
 
 pytest_plugins = ["pytester"]
 
@@ -99,15 +107,28 @@ def test_gain_gate_compares_adapter_with_judge(suite) -> None:
     assert run(suite, "--reqcheck-validation", "on", "--reqcheck-min-gain", "0").ret == 1
 
 
-def test_baseline_gate_catches_a_regression(suite) -> None:
+def test_baseline_gate_catches_a_regression_and_names_the_cases(suite) -> None:
     pytester, _ = suite
     assert run(suite, "--reqcheck-validation", "on", "--reqcheck-report", "base.json").ret == 0
     baseline = json.loads((pytester.path / "base.json").read_text())
-    baseline["adapters"][0]["modes"]["adapter"]["accuracy"] = 0.95
+    c3 = next(c for c in baseline["adapters"][0]["cases"] if c["id"] == "c3")
+    c3["modes"]["adapter"]["predicted"] = "no"  # the baseline got c3 right; this run gets it wrong
     (pytester.path / "base.json").write_text(json.dumps(baseline))
-    args = ["--reqcheck-validation", "on", "--reqcheck-baseline", "base.json"]
-    assert run(suite, *args, "--reqcheck-max-drop", "0.1").ret == 1
+    args = ["--reqcheck-validation", "on", "--reqcheck-baseline", "base.json", "--reqcheck-report", "r.json"]
+    failed = run(suite, *args, "--reqcheck-max-drop", "0.1")
+    assert failed.ret == 1
+    failed.stdout.fnmatch_lines([
+        "*gate max_drop failed for alora: 0.250 is not <= 0.1*",
+        "*baseline base.json: 4 shared cases; 1 right->wrong, 0 wrong->right*",
+        "*right->wrong c3 (cases.reqcheck.jsonl:3) expected 'no': now 'yes' (p=*), was 'no'*",
+    ])  # fmt: skip
+    entry = json.loads((pytester.path / "r.json").read_text())["adapters"][0]
+    assert [c["id"] for c in entry["baseline"]["right_to_wrong"]] == ["c3"]
     assert run(suite, *args, "--reqcheck-max-drop", "0.25").ret == 0
+    # one case in four is no evidence of a drop: paired, the gate passes even at max-drop 0
+    bound = run(suite, *args, "--reqcheck-max-drop", "0", "--reqcheck-gate-on", "bound")
+    assert bound.ret == 0
+    bound.stdout.fnmatch_lines(["*gate max_drop: 0.250 [[]*, *[]] p=1 <= 0.0 -> PASS (on the lower bound)*"])
 
 
 def test_report_matches_a_hand_computed_confusion_matrix(suite, tiny_adapters) -> None:
@@ -115,7 +136,7 @@ def test_report_matches_a_hand_computed_confusion_matrix(suite, tiny_adapters) -
     result = run(suite, "--reqcheck-min-accuracy", "0.7", "--reqcheck-report", "out/report.json")
     assert result.ret == 0
     report = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert report["report_format"] == 1 and report["passed"] is True and report["reqcheck_version"]
+    assert report["report_format"] == 2 and report["passed"] is True and report["reqcheck_version"]
     entry = report["adapters"][0]
     assert entry["content_hash"] == content_hash(adapter)
     assert entry["base_model"]["name"] == "tiny-model0" and entry["adapter_type"] == "alora"
@@ -126,24 +147,37 @@ def test_report_matches_a_hand_computed_confusion_matrix(suite, tiny_adapters) -
     assert adapter_mode["per_label"]["no"] == {
         "precision": 1.0,
         "recall": pytest.approx(2 / 3),
+        "recall_interval": pytest.approx(wilson(2, 3)),
         "f1": 0.8,
         "support": 3,
     }
     assert adapter_mode["per_label"]["yes"] == {
         "precision": 0.5,
         "recall": 1.0,
+        "recall_interval": pytest.approx(wilson(1, 1)),
         "f1": pytest.approx(2 / 3),
         "support": 1,
     }
+    assert adapter_mode["accuracy_interval"] == pytest.approx(wilson(3, 4))
     assert adapter_mode["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
     assert set(adapter_mode["latency_ms"]) == {"p50", "p95"} and adapter_mode["items_per_s"] > 0
     assert set(entry["modes"]) == {"adapter", "judge"}
+    low, high = wilson(3, 4)
     assert entry["gates"] == [
-        {"name": "min_accuracy", "mode": "adapter", "threshold": 0.7, "value": 0.75, "passed": True}
-    ]
-    result.stdout.fnmatch_lines(
-        ["*reqcheck*", "*adapter*4*0.750*", "*judge*4*", "*gate min_accuracy: 0.750 vs 0.7 -> PASS*"]
-    )
+        {"name": "min_accuracy", "mode": "adapter", "threshold": 0.7, "on": "point", "value": 0.75,
+         "interval": pytest.approx([low, high]), "bound": pytest.approx(low), "n": 4, "resolved": False,
+         "cases_needed": entry["gates"][0]["cases_needed"], "passed": True}
+    ]  # fmt: skip
+    assert entry["gates"][0]["cases_needed"] > 4
+    result.stdout.fnmatch_lines([
+        "*reqcheck*",
+        "*intervals: 95% (Wilson*gates decided on the point value*",
+        f"*adapter*4*0.750*[[]{low:.3f}, {high:.3f}[]]*",
+        "*judge*4*",
+        "*recall (adapter): no 0.667 [[]*[]] (3), yes 1.000 [[]*[]] (1)*",
+        f"*gate min_accuracy: 0.750 [[]{low:.3f}, {high:.3f}[]] >= 0.7 -> PASS (on the point value); the interval "
+        "holds 0.7: about * cases would resolve it*",
+    ])  # fmt: skip
 
 
 def test_second_run_is_served_from_the_cache(suite) -> None:
@@ -187,11 +221,12 @@ def test_without_adapter_the_plugin_is_idle_and_imports_no_torch(pytester: pytes
         import sys
         def pytest_sessionfinish(session):
             print("TORCH_IMPORTED=%s" % ("torch" in sys.modules))
+            print("MATPLOTLIB_IMPORTED=%s" % ("matplotlib" in sys.modules))
     """)
     pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
     result = pytester.runpytest_subprocess("-s")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*TORCH_IMPORTED=False*"])
+    result.stdout.fnmatch_lines(["*TORCH_IMPORTED=False*", "*MATPLOTLIB_IMPORTED=False*"])
     assert pytester.runpytest_subprocess("-p", "no:reqcheck").ret == 0
 
 
