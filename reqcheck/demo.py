@@ -110,6 +110,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
             f"--reqcheck-min-accuracy={config.min_accuracy}",
             f"--reqcheck-min-gain={config.min_gain}",
             f"--reqcheck-report={report}",
+            f"--reqcheck-html={config.workdir / 'report.html'}",
             f"--reqcheck-device={config.device}",
             "-q",
             "--no-header",
@@ -149,7 +150,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         f"done in {time.perf_counter() - started:.0f} s: adapter accuracy {metrics['adapter']['accuracy']:.3f}, "
         f"judge accuracy {metrics['judge']['accuracy']:.3f}; adapter in {adapter}, gate report in {report}"
     )
-    return {"adapter": adapter, "report": report, "checks": checks}
+    say(f"the gate report as a page: {config.workdir / 'report.html'}")
+    return {"adapter": adapter, "report": report, "html": config.workdir / "report.html", "checks": checks}
 
 
 def _session(

@@ -345,14 +345,16 @@ def _gate_section(entry: dict[str, Any] | None) -> str:
     for mode, metrics in (entry.get("modes") or {}).items():
         latency = metrics.get("latency_ms") or {}
         lines.append(
-            f"| {mode} | {metrics.get('n', '')} | {_fmt(metrics.get('accuracy'))} | "
+            f"| {mode} | {metrics.get('n', '')} | {_fmt(metrics.get('accuracy'))}"
+            f"{_interval(metrics.get('accuracy_interval'), entry.get('confidence'))} | "
             f"{_fmt(metrics.get('macro_f1'))} | {_fmt(latency.get('p50'), 0)} / {_fmt(latency.get('p95'), 0)} |"
         )
     lines += ["", "| gate | mode | threshold | value | passed |", "| --- | --- | --- | --- | --- |"]
     for gate in entry.get("gates") or []:
         lines.append(
             f"| {gate.get('name')} | {gate.get('mode')} | {_fmt(gate.get('threshold'))} | "
-            f"{_fmt(gate.get('value'))} | {'yes' if gate.get('passed') else 'no'} |"
+            f"{_fmt(gate.get('value'))}{_interval(gate.get('interval'), entry.get('confidence'))} | "
+            f"{'yes' if gate.get('passed') else 'no'} |"
         )
     lines += ["", f"Adapter content hash: `{entry.get('content_hash')}`"]
     return "\n".join(lines) + "\n"
@@ -360,6 +362,13 @@ def _gate_section(entry: dict[str, Any] | None) -> str:
 
 def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "–"
+
+
+def _interval(interval: Any, confidence: Any) -> str:
+    """` (95%: 0.913–0.993)` after a rate, when the report (format 2) holds its interval."""
+    if not (isinstance(interval, list) and len(interval) == 2 and isinstance(confidence, int | float)):
+        return ""
+    return f" ({confidence:.0%}: {_fmt(interval[0])}–{_fmt(interval[1])})"
 
 
 def _usage(facts: AdapterFacts, context: CardContext) -> str:

@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end_and_reuses_what_it_built(tiny_model_dir: Path, tmp
     assert report["passed"] is True
     assert report["adapters"][0]["modes"]["adapter"]["accuracy"] >= 0.9
     assert set(result["checks"]) == {"adapter:please", "judge"}
+    assert result["html"] == config.workdir / "report.html" and "<svg" in result["html"].read_text()
     assert any(line.startswith("$ ") and "upload" in line and "--dry-run" in line for line in lines)
     again: list[str] = []
     run_demo(config, say=again.append)

@@ -424,3 +424,24 @@ def test_io_yaml_parses_as_yaml_with_comment_header(adapter):
     text = generate_io_yaml(read_adapter(adapter))
     assert text.startswith("# Written by reqcheck") and PLEASE in text
     assert yaml.safe_load(text)["transformations"][2]["field_name"] == "requirement_check"
+
+
+def test_upload_reads_a_format_2_report_and_the_card_shows_intervals(
+    hub, adapter, tmp_path, capsys, monkeypatch
+):
+    report_path = write_report(tmp_path / "report.json", adapter)
+    report = json.loads(report_path.read_text())
+    entry = report["adapters"][0]
+    report["report_format"] = 2
+    entry["confidence"] = 0.95
+    entry["modes"]["adapter"]["accuracy_interval"] = [0.835, 0.986]
+    entry["gates"][0].update(interval=[0.835, 0.986], bound=0.835, on="point")
+    entry["cases"] = []
+    report_path.write_text(json.dumps(report))
+    code, err = upload(
+        [str(adapter), "--name", "acme/please", "--gate", str(report_path)], capsys, monkeypatch
+    )
+    assert code == 0, err
+    card = hub.repos["acme/please"].files()["README.md"].decode()
+    assert "| adapter | 40 | 0.950 (95%: 0.835–0.986) |" in card
+    assert "| min_accuracy | adapter | 0.900 | 0.950 (95%: 0.835–0.986) | yes |" in card
