@@ -140,7 +140,8 @@ def _resolution(gate: dict[str, Any]) -> str:
     needed = gate.get("cases_needed")
     if needed is None:
         return "the interval holds the threshold; no number of cases would resolve it at this value"
-    return f"the interval holds the threshold; about {needed:,} cases would resolve it"
+    what = f"cases of {gate['label']!r}" if gate.get("label") else "cases"
+    return f"the interval holds the threshold; about {needed:,} {what} would resolve it"
 
 
 def _metrics_table(modes: dict[str, Any], confidence: float) -> str:

@@ -231,3 +231,12 @@ def test_reqcheck_report_renders_a_saved_report_without_a_model(suite, capsys, m
 def test_runs_without_the_cache_plugin(suite) -> None:
     result = run(suite, "-p", "no:cacheprovider", "--reqcheck-min-accuracy", "0.5")
     result.assert_outcomes(passed=4, xfailed=2)
+
+
+def test_an_output_that_cannot_be_written_ends_the_run_with_one_line(suite) -> None:
+    pytester, _ = suite
+    (pytester.path / "taken").write_text("a file, not a folder")
+    result = run(suite, "--reqcheck-report", "r.json", "--reqcheck-html", "taken/r.html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["reqcheck: could not write taken/r.html: *"])
+    assert json.loads((pytester.path / "r.json").read_text())["report_format"] == 2
