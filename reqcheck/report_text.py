@@ -56,7 +56,11 @@ def gate_line(gate: dict[str, Any]) -> str:
     label = f"[{gate['label']}]" if gate.get("label") else ""
     value = "-" if gate.get("value") is None else f"{gate['value']:.3f}"
     interval = f" {_interval(gate['interval'])}" if gate.get("interval") else ""
-    p_value = f" p={_p(gate['p_value'])}" if gate.get("p_value") is not None else ""
+    p_value = (
+        f" p{'' if gate['p_value'] < 0.001 else '='}{_p(gate['p_value'])}"
+        if gate.get("p_value") is not None
+        else ""
+    )
     op = "<=" if gate["name"] == "max_drop" else ">="
     verdict = {True: "PASS", False: "FAIL"}.get(gate.get("passed"), "not run")
     if gate.get("problem"):
