@@ -42,9 +42,8 @@ SETTINGS = {  # name: (type, help)
     ),
     "report_items": (str, "keep item text (shortened) or only its hash in the report and HTML [text]"),
 }
-plugin_key = pytest.StashKey[
-    "ReqcheckPlugin"
-]()  # the session's plugin object, as _pytest.junitxml keeps its own
+# the session's plugin object, kept the way _pytest.junitxml keeps its own
+plugin_key = pytest.StashKey["ReqcheckPlugin"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
