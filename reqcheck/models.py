@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.atomic import atomic_directory
+from reqcheck.config import Device
 from reqcheck.errors import ReqcheckError
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -170,6 +171,7 @@ def resolve_device(requested: str = "auto") -> str:
     """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
     import torch
 
+    requested = Device.parse(requested, "device").value
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
@@ -177,8 +179,6 @@ def resolve_device(requested: str = "auto") -> str:
     }
     if requested == "auto":
         return next(name for name in ("cuda", "mps", "cpu") if available[name])
-    if requested not in available:
-        raise ReqcheckError(f"Unknown device {requested!r}; use auto, cpu, cuda or mps.")
     if not available[requested]:
         raise ReqcheckError(
             f"--device {requested} was asked for but is not available here; use --device auto or cpu."

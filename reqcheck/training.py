@@ -18,7 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from reqcheck import data as data_mod
 from reqcheck import distributed
 from reqcheck import prefix_cache as prefix_mod
 from reqcheck.atomic import atomic_directory
+from reqcheck.config import TrainConfig
 from reqcheck.data import Example
 from reqcheck.distributed import Group
 from reqcheck.errors import ReqcheckError
@@ -41,8 +42,6 @@ from reqcheck.models import (
     training_dtype,
 )
 from reqcheck.prompting import (
-    CHAT_RENDERER,
-    RENDERERS,
     PromptSpec,
     default_invocation,
     find_subsequence,
@@ -52,55 +51,7 @@ from reqcheck.prompting import (
 )
 from reqcheck.scoring import LabelSet, left_pad, score_labels
 
-ADAPTER_TYPES = ("alora", "lora")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 Reporter = Callable[[str], None]
-
-
-@dataclass
-class TrainConfig:
-    """The flags of `reqcheck train`; defaults are those of Mellea's `m alora train`."""
-
-    datafile: Path
-    basemodel: str
-    outfile: Path
-    adapter: str = "alora"
-    device: str = "auto"
-    epochs: int = 6
-    learning_rate: float = 6e-6
-    batch_size: int = 2
-    max_length: int = 1024
-    grad_accum: int = 4
-    promptfile: Path | None = None
-    requirement: str | None = None
-    positive_labels: list[str] = field(default_factory=list)
-    seed: int = 42
-    val_fraction: float = 0.2
-    rank: int = 32
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
-    renderer: str = CHAT_RENDERER
-    resume: bool = False
-    prefix_cache: str = "auto"
-    prefix_cache_budget_mb: int | None = None
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The flags that change what is learned (the prefix cache only changes how fast)."""
-        keys = (
-            "epochs",
-            "learning_rate",
-            "batch_size",
-            "max_length",
-            "grad_accum",
-            "rank",
-            "alpha",
-            "dropout",
-            "target_modules",
-            "seed",
-            "val_fraction",
-        )
-        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -145,23 +96,7 @@ def read_promptfile(path: Path) -> str:
     return prompt
 
 
-def _check_config(config: TrainConfig) -> None:
-    if config.adapter not in ADAPTER_TYPES:
-        raise ReqcheckError(f"Unknown adapter type {config.adapter!r}; use alora or lora.")
-    if config.device not in DEVICES:
-        raise ReqcheckError(f"Unknown device {config.device!r}; use auto, cpu, cuda or mps.")
-    if config.renderer not in RENDERERS:
-        raise ReqcheckError(f"Unknown renderer {config.renderer!r}; use one of {', '.join(RENDERERS)}.")
-    for name in ("epochs", "batch_size", "grad_accum", "rank", "alpha"):
-        if getattr(config, name) < 1:
-            raise ReqcheckError(f"--{name.replace('_', '-')} must be at least 1.")
-    if config.learning_rate <= 0:
-        raise ReqcheckError("--learning-rate must be positive.")
-    if config.max_length < 8:
-        raise ReqcheckError("--max-length must be at least 8 tokens.")
-    prefix_mod.check_mode(config.prefix_cache, config.adapter == "alora")
-    if config.prefix_cache_budget_mb is not None and config.prefix_cache_budget_mb < 0:
-        raise ReqcheckError("--prefix-cache-budget-mb must be zero or more.")
+def _check_outfile(config: TrainConfig) -> None:
     out = Path(config.outfile)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_reqcheck_adapter(out))):
         raise ReqcheckError(
@@ -359,7 +294,8 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
 
     Under torchrun every process calls this; only rank 0 reports and writes.
     """
-    _check_config(config)
+    config.check()
+    _check_outfile(config)
     device = resolve_device(config.device)
     group, rank_device = distributed.start(device)
     try:
@@ -386,7 +322,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     tokenizer = load_tokenizer(ref)
     spec = PromptSpec(
         invocation=invocation or default_invocation(tokenizer),
-        renderer=config.renderer,
+        renderer=config.renderer.value,
         requirement_in_prompt=any(e.requirement for e in examples),
     )
     names = sorted(data_mod.label_counts(examples))
@@ -520,7 +456,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     majority = max(val_counts.values()) / len(val_examples) if val_examples else None
     manifest = Manifest(
         base_model=ref.to_dict(),
-        adapter_type=config.adapter,
+        adapter_type=config.adapter.value,
         prompt=spec,
         invocation_ids=inv_ids,
         labels=data_mod.label_counts(examples),

@@ -9,7 +9,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
-from reqcheck.training import TrainConfig, TrainResult, train
+from reqcheck.config import TrainConfig
+from reqcheck.training import TrainResult, train
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 
 # The tiny random model needs its MLPs adapted at the invocation to learn reliably; real models do with q/k/v.

@@ -10,13 +10,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reqcheck.config import TrainConfig
 from reqcheck.data import Example
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest
 from reqcheck.prefix_cache import PrefixCache, suffix_eval, suffix_loss
 from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
 from reqcheck.scoring import LabelSet
-from reqcheck.training import TrainConfig, _full_eval, batches, encode, label_loss, train
+from reqcheck.training import _full_eval, batches, encode, label_loss, train
 from tests.tiny import marker_task, write_jsonl
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
