@@ -143,7 +143,7 @@ class TrainConfig:
     )
     rank: int = option(32, help="LoRA rank.", learns=True, at_least=1)
     alpha: int = option(32, help="LoRA alpha.", learns=True, at_least=1)
-    dropout: float = field(default=0.05, metadata={"learns": True})
+    dropout: float = option(0.05, help="LoRA dropout.", learns=True, at_least=0.0, below=1.0)
     target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj"],
         help="Comma-separated modules to adapt.",

@@ -47,6 +47,7 @@ TRAIN_OPTIONS = [
     (["--val-fraction"], "float", 0.2, False, "Fraction of examples held out for validation."),
     (["--rank"], "int", 32, False, "LoRA rank."),
     (["--alpha"], "int", 32, False, "LoRA alpha."),
+    (["--dropout"], "float", 0.05, False, "LoRA dropout."),
     (["--target-modules"], "str", "q_proj,k_proj,v_proj", False, "Comma-separated modules to adapt."),
     (["--renderer"], "str", "chat-v1", False, "Prompt rendering: chat-v1, or mellea-v1 (Mellea's format)."),
     (
@@ -162,8 +163,8 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
             {"prefix_cache": "off", "prefix_cache_budget_mb": 5},
         ),
         (
-            ["--seed", "7", "--val-fraction", "0.5", "--rank", "4", "--alpha", "8"],
-            {"seed": 7, "val_fraction": 0.5, "rank": 4, "alpha": 8},
+            ["--seed", "7", "--val-fraction", "0.5", "--rank", "4", "--alpha", "8", "--dropout", "0"],
+            {"seed": 7, "val_fraction": 0.5, "rank": 4, "alpha": 8, "dropout": 0.0},
         ),
         (
             ["--batch-size", "3", "--max-length", "64", "--grad-accum", "2"],

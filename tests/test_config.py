@@ -47,6 +47,8 @@ BAD_VALUES = {
     "learning_rate inf": (float("inf"), "--learning-rate must be a finite number, not inf."),
     "val_fraction": (1.0, "--val-fraction must be in [0, 1), got 1.0."),
     "val_fraction negative": (-0.1, "--val-fraction must be in [0, 1), got -0.1."),
+    "dropout": (1.0, "--dropout must be in [0, 1), got 1.0."),
+    "dropout nan": (float("nan"), "--dropout must be a finite number, not nan."),
     "prefix_cache_budget_mb": (-1, "--prefix-cache-budget-mb must be zero or more."),
     "adapter": ("qlora", "Unknown --adapter 'qlora'; use alora or lora."),
     "device": ("tpu", "Unknown --device 'tpu'; use auto, cpu, cuda or mps."),
