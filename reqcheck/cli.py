@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from reqcheck.config import Device, TrainConfig, is_option
+from reqcheck.config import Device, TrainConfig
 from reqcheck.errors import ReqcheckError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _parameters(config_type: type) -> list[inspect.Parameter]:
     """Typer parameters for the fields of a config dataclass, from their `config.option` metadata."""
     hints = typing.get_type_hints(config_type)
     parameters = []
-    for f in filter(is_option, dataclasses.fields(config_type)):
+    for f in dataclasses.fields(config_type):
         meta, kind = f.metadata, hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
         if meta["comma_separated"]:
@@ -79,7 +79,7 @@ def _options_from(config_type: type) -> Callable[[Callable[..., None]], Callable
 def _config_from(config_type: type, options: dict[str, Any]) -> Any:
     """The config the parsed options describe; an option left out keeps the config's default."""
     values = {}
-    for f in filter(is_option, dataclasses.fields(config_type)):
+    for f in dataclasses.fields(config_type):
         value = options[f.metadata["flag"] or f.name]
         if value is None:
             continue

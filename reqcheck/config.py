@@ -102,11 +102,6 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-def is_option(f: dataclasses.Field) -> bool:
-    """True for a field declared with `option` (a plain field is not on the command line)."""
-    return "help" in f.metadata
-
-
 def flag_name(f: dataclasses.Field) -> str:
     """The command-line spelling of a field: `--learning-rate` for `learning_rate`."""
     return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
@@ -186,7 +181,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     """`value` as field `f` holds it (a Choice member), or one sentence saying which limit it breaks."""
     if isinstance(f.default, Choice):
         return type(f.default).parse(value, flag_name(f))
-    if value is None or not is_option(f):
+    if value is None:
         return value
     name, meta = flag_name(f), f.metadata
     if isinstance(value, float) and not math.isfinite(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -95,6 +96,11 @@ def test_hyperparameters_are_the_options_that_change_what_is_learned() -> None:
         "seed",
         "val_fraction",
     }
+
+
+def test_every_field_is_a_command_line_option() -> None:
+    """A field without a flag (as `dropout` was) is an option users cannot set."""
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))
 
 
 def test_the_config_and_the_cli_do_not_import_torch() -> None:
