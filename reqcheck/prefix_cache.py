@@ -10,16 +10,14 @@ and its gradients equal those of full-sequence training.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from reqcheck import kvcache
+from reqcheck.encoding import Encoded
 from reqcheck.errors import ReqcheckError
 from reqcheck.scoring import LabelSet, left_pad
-
-if TYPE_CHECKING:
-    from reqcheck.training import Encoded
 
 MB = 1024 * 1024
 
