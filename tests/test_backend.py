@@ -22,7 +22,7 @@ from reqcheck.requirements import (
 )
 from reqcheck.session import Session
 from reqcheck.training import train
-from tests.conftest import FAST, PLEASE
+from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 
 POSITIVE = "the reply please is late"

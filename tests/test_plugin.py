@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reqcheck.manifest import content_hash
-from tests.conftest import PLEASE
+from tests.helpers import PLEASE
 
 pytest_plugins = ["pytester"]
 

@@ -12,7 +12,7 @@ from reqcheck.manifest import Manifest, content_hash
 from reqcheck.prompting import render
 from reqcheck.scoring import LabelSet, score_labels
 from reqcheck.training import partial_dir, train
-from tests.conftest import FAST
+from tests.helpers import FAST
 from tests.tiny import marker_task, write_jsonl
 
 
