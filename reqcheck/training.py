@@ -48,6 +48,7 @@ from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, l
 from reqcheck.scoring import LabelSet, score_labels
 
 Reporter = Callable[[str], None]
+CHECKPOINT_KEYS = {"run_key", "adapter", "optimizer", "scheduler", "state"}
 
 
 @dataclass
@@ -312,11 +313,29 @@ def partial_dir(outfile: Path) -> Path:
 
 
 def read_checkpoint(checkpoint: Path, run_key: str, device: str) -> dict[str, Any] | None:
-    """The saved state of an interrupted run of this command, or None when there is none."""
+    """The saved state of an interrupted run of this command, or None when there is none.
+
+    Read with `weights_only=True`: tensors, numbers, strings, lists and dicts only, so a file planted
+    beside the output cannot run code.
+    """
     saved = checkpoint / "state.pt"
     if not saved.exists():
         return None
-    loaded = torch.load(saved, map_location=device, weights_only=False)
+    unusable = f"The resume checkpoint {saved} is damaged or was not written by reqcheck"
+    try:
+        loaded = torch.load(saved, map_location=device, weights_only=True)
+    except Exception as exc:  # damage shows as RuntimeError, KeyError, EOFError, UnicodeDecodeError, ...
+        raise ReqcheckError(
+            f"{unusable} ({type(exc).__name__}); rerun without --resume to start over."
+        ) from exc
+    state_fields = {f.name for f in fields(RunState)}
+    if not (
+        isinstance(loaded, dict)
+        and loaded.keys() >= CHECKPOINT_KEYS
+        and isinstance(loaded["state"], dict)
+        and loaded["state"].keys() == state_fields
+    ):
+        raise ReqcheckError(f"{unusable}; rerun without --resume to start over.")
     if loaded["run_key"] != run_key:
         raise ReqcheckError(
             f"The interrupted run in {checkpoint} used other data, model or flags; rerun without --resume."
