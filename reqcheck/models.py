@@ -142,6 +142,7 @@ def resolve_base_model(spec: str) -> BaseModelRef:
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
+        _check_config(local)
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
         return BaseModelRef(spec, str(local.resolve()), name, f"dir-sha256:{_dir_fingerprint(local)}")
@@ -151,6 +152,25 @@ def resolve_base_model(spec: str) -> BaseModelRef:
             f"alias '{SMOLLM2_ALIAS}'; pass one of those."
         )
     return _resolve_hub_model(spec)
+
+
+def _reason(exc: Exception) -> str:
+    """The first sentence of a library's error message, for a one-sentence error of ours."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+def _check_config(directory: Path) -> None:
+    """Read the model's config.json as transformers will, before any weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReqcheckError(
+            f"{directory / 'config.json'} cannot be read as a model configuration ({_reason(exc)}); pass a "
+            "Hugging Face model directory with a valid config.json."
+        ) from exc
 
 
 def _resolve_hub_model(repo_id: str) -> BaseModelRef:
@@ -198,7 +218,13 @@ def training_dtype(device: str) -> Any:
 def load_tokenizer(ref: BaseModelRef) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReqcheckError(
+            f"{ref.path} holds no tokenizer that transformers can load; pass a model directory with its "
+            "tokenizer files (tokenizer.json, tokenizer_config.json), or rerun with --debug to see why."
+        ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -259,11 +260,22 @@ def read_promptfile(path: Path) -> str:
     return prompt
 
 
+def _replaceable(out: Path) -> bool:
+    """True when --outfile is absent, empty, or an adapter reqcheck wrote: replacing it loses nothing."""
+    return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or is_reqcheck_adapter(out)))
+
+
 def _check_outfile(out: Path) -> None:
-    """Refuse an --outfile that holds anything but an earlier reqcheck adapter: it is the user's."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_reqcheck_adapter(out))):
+    """Refuse an --outfile that is not ours to replace, or that cannot be written, before any work."""
+    if not _replaceable(out):
         raise ReqcheckError(
             f"--outfile {out} exists and is not a reqcheck adapter; choose a new path or remove it yourself."
+        )
+    parent = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReqcheckError(
+            f"--outfile {out} cannot be written: {parent} is not a directory you may write to; choose "
+            "another path."
         )
 
 
@@ -604,7 +616,15 @@ def build_manifest(
 
 
 def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Path) -> None:
-    """PEFT's files plus reqcheck.json in one rename; the resume checkpoint goes once they are in place."""
+    """PEFT's files plus reqcheck.json in one rename; the resume checkpoint goes once they are in place.
+
+    --outfile is checked again first: files the user put there during training are never replaced.
+    """
+    if not _replaceable(outfile):
+        raise ReqcheckError(
+            f"--outfile {outfile} now holds files reqcheck did not write, so it was left alone; move them "
+            "away and rerun the same command with --resume to write the trained adapter."
+        )
     with atomic_directory(outfile, replace_existing=True) as tmp:
         model.save_pretrained(tmp)
         manifest.write(tmp)
