@@ -21,10 +21,11 @@ from pathlib import Path
 
 from reqcheck.adapters import CustomIntrinsicAdapter
 from reqcheck.backend import LocalHFBackend
+from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
 from reqcheck.models import cache_dir
 from reqcheck.requirements import LLMaJRequirement, req
-from reqcheck.training import TrainConfig, train
+from reqcheck.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "support-polite" / "train.jsonl"

@@ -44,7 +44,8 @@ def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
 
 def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
     """Train once in this process and return its measurements."""
-    from reqcheck.training import TrainConfig, train
+    from reqcheck.config import TrainConfig
+    from reqcheck.training import train
 
     config = TrainConfig(
         datafile=data,

@@ -5,13 +5,17 @@ User errors (ReqcheckError) print one sentence and exit 2; `--debug` shows the t
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
-from enum import Enum
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from reqcheck.config import Device, TrainConfig
 from reqcheck.errors import ReqcheckError
 
 if TYPE_CHECKING:
@@ -26,18 +30,6 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
-class AdapterType(str, Enum):
-    alora = "alora"
-    lora = "lora"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
 def _say(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -49,81 +41,62 @@ def _root(
     _state["debug"] = debug
 
 
+def _parameters(config_type: type) -> list[inspect.Parameter]:
+    """Typer parameters for the fields of a config dataclass, from their `config.option` metadata."""
+    hints = typing.get_type_hints(config_type)
+    parameters = []
+    for f in dataclasses.fields(config_type):
+        meta, kind = f.metadata, hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty
+        if meta["comma_separated"]:
+            kind, default = str, ",".join(f.default_factory())
+        elif meta["free_text"]:
+            kind, default = str, default.value
+        elif kind == list[str]:  # a repeatable option; left out, the config's default applies
+            kind, default = list[str] | None, None
+        info = typer.Argument if meta["argument"] else typer.Option
+        parameters.append(
+            inspect.Parameter(
+                meta["flag"] or f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, info(help=meta["help"])],
+            )
+        )
+    return parameters
+
+
+def _options_from(config_type: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command taking `**options` one command-line option per field of `config_type`."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        command.__signature__ = inspect.Signature(_parameters(config_type))  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def _config_from(config_type: type, options: dict[str, Any]) -> Any:
+    """The config the parsed options describe; an option left out keeps the config's default."""
+    values = {}
+    for f in dataclasses.fields(config_type):
+        value = options[f.metadata["flag"] or f.name]
+        if value is None:
+            continue
+        if f.metadata["comma_separated"]:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        values[f.name] = list(value) if isinstance(value, tuple) else value
+    return config_type(**values)
+
+
 @app.command()
-def train(
-    datafile: Annotated[Path, typer.Argument(help='JSONL file, one {"item": ..., "label": ...} per line.')],
-    basemodel: Annotated[
-        str, typer.Option(help="Hub id, model directory, .gguf file, or smollm2-135m-instruct.")
-    ],
-    outfile: Annotated[Path, typer.Option(help="Directory to write the adapter to.")],
-    adapter: Annotated[AdapterType, typer.Option(help="Adapter type.")] = AdapterType.alora,
-    device: Annotated[Device, typer.Option(help="Device to train on.")] = Device.auto,
-    epochs: Annotated[int, typer.Option(help="Number of training epochs.")] = 6,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate.")] = 6e-6,
-    batch_size: Annotated[int, typer.Option(help="Per-device batch size.")] = 2,
-    max_length: Annotated[int, typer.Option(help="Maximum sequence length in tokens.")] = 1024,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 4,
-    promptfile: Annotated[
-        Path | None, typer.Option(help='JSON file {"invocation_prompt": "..."} overriding the invocation.')
-    ] = None,
-    requirement: Annotated[
-        str | None, typer.Option(help="The requirement the labels answer, e.g. 'The reply is polite.'")
-    ] = None,
-    positive_label: Annotated[
-        list[str] | None,
-        typer.Option(help="Label meaning 'requirement met' (repeatable; default: yes/pass/...)."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 42,
-    val_fraction: Annotated[float, typer.Option(help="Fraction of examples held out for validation.")] = 0.2,
-    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 32,
-    alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
-    target_modules: Annotated[
-        str, typer.Option(help="Comma-separated modules to adapt.")
-    ] = "q_proj,k_proj,v_proj",
-    renderer: Annotated[
-        str, typer.Option(help="Prompt rendering: chat-v1, or mellea-v1 (Mellea's format).")
-    ] = "chat-v1",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command.")] = False,
-    prefix_cache: Annotated[
-        str,
-        typer.Option(
-            help="aLoRA: auto (keep item caches while they fit the budget), memory, recompute, or off "
-            "(full-sequence training)."
-        ),
-    ] = "auto",
-    prefix_cache_budget_mb: Annotated[
-        int | None, typer.Option(help="Memory for kept item caches (default: a quarter of free memory).")
-    ] = None,
-) -> None:
+@_options_from(TrainConfig)
+def train(**options: Any) -> None:
     """Fine-tune a LoRA or aLoRA requirement-check adapter from labelled JSONL."""
-    from reqcheck.training import TrainConfig, summary
+    from reqcheck.training import summary
     from reqcheck.training import train as run_training
 
-    config = TrainConfig(
-        datafile=datafile,
-        basemodel=basemodel,
-        outfile=outfile,
-        adapter=adapter.value,
-        device=device.value,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_length=max_length,
-        grad_accum=grad_accum,
-        promptfile=promptfile,
-        requirement=requirement,
-        positive_labels=positive_label or [],
-        seed=seed,
-        val_fraction=val_fraction,
-        rank=rank,
-        alpha=alpha,
-        target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
-        renderer=renderer,
-        resume=resume,
-        prefix_cache=prefix_cache,
-        prefix_cache_budget_mb=prefix_cache_budget_mb,
-    )
-    result = run_training(config, report=_say)
+    result = run_training(_config_from(TrainConfig, options), report=_say)
     for line in summary(result):
         _say(line)
 

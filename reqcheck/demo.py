@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reqcheck.config import TrainConfig
 from reqcheck.data import fingerprint, load_examples
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import MANIFEST_NAME, Manifest
-from reqcheck.training import TrainConfig, summary, train
+from reqcheck.training import summary, train
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_PROMPT = "Write a two-sentence reply to a customer whose parcel arrived a week late."

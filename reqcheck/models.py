@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.atomic import atomic_directory
+from reqcheck.config import Device
 from reqcheck.errors import ReqcheckError
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -141,6 +142,7 @@ def resolve_base_model(spec: str) -> BaseModelRef:
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
+        _check_config(local)
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
         return BaseModelRef(spec, str(local.resolve()), name, f"dir-sha256:{_dir_fingerprint(local)}")
@@ -150,6 +152,25 @@ def resolve_base_model(spec: str) -> BaseModelRef:
             f"alias '{SMOLLM2_ALIAS}'; pass one of those."
         )
     return _resolve_hub_model(spec)
+
+
+def _reason(exc: Exception) -> str:
+    """The first sentence of a library's error message, for a one-sentence error of ours."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+def _check_config(directory: Path) -> None:
+    """Read the model's config.json as transformers will, before any weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReqcheckError(
+            f"{directory / 'config.json'} cannot be read as a model configuration ({_reason(exc)}); pass a "
+            "Hugging Face model directory with a valid config.json."
+        ) from exc
 
 
 def _resolve_hub_model(repo_id: str) -> BaseModelRef:
@@ -170,6 +191,7 @@ def resolve_device(requested: str = "auto") -> str:
     """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
     import torch
 
+    requested = Device.parse(requested, "device").value
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
@@ -177,8 +199,6 @@ def resolve_device(requested: str = "auto") -> str:
     }
     if requested == "auto":
         return next(name for name in ("cuda", "mps", "cpu") if available[name])
-    if requested not in available:
-        raise ReqcheckError(f"Unknown device {requested!r}; use auto, cpu, cuda or mps.")
     if not available[requested]:
         raise ReqcheckError(
             f"--device {requested} was asked for but is not available here; use --device auto or cpu."
@@ -198,7 +218,13 @@ def training_dtype(device: str) -> Any:
 def load_tokenizer(ref: BaseModelRef) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReqcheckError(
+            f"{ref.path} holds no tokenizer that transformers can load; pass a model directory with its "
+            "tokenizer files (tokenizer.json, tokenizer_config.json), or rerun with --debug to see why."
+        ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -10,18 +10,15 @@ and its gradients equal those of full-sequence training.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from reqcheck import kvcache
+from reqcheck.encoding import Encoded
 from reqcheck.errors import ReqcheckError
 from reqcheck.scoring import LabelSet, left_pad
 
-if TYPE_CHECKING:
-    from reqcheck.training import Encoded
-
-MODES = ("auto", "memory", "recompute", "off")
 MB = 1024 * 1024
 
 
@@ -54,23 +51,12 @@ def kv_bytes_per_token(model: Any) -> int:
     return sum(t.numel() * t.element_size() for layer in out.cache.layers for t in (layer.keys, layer.values))
 
 
-def check_mode(requested: str, alora: bool) -> None:
-    """Reject a mode that does not exist or cannot apply (a LoRA adapter changes the item too)."""
-    if requested not in MODES:
-        raise ReqcheckError(f"Unknown --prefix-cache {requested!r}; use auto, memory, recompute or off.")
-    if not alora and requested not in ("auto", "off"):
-        raise ReqcheckError(
-            f"--prefix-cache {requested} needs --adapter alora (a LoRA adapter changes the item too); "
-            "use --prefix-cache auto or off."
-        )
-
-
 def resolve_mode(requested: str, alora: bool, needed_mb: float, budget_mb: float, plain_cache: bool) -> str:
     """The mode training runs in: `auto` keeps caches that fit the budget and recomputes otherwise.
 
     `memory` over budget is an error rather than a silent fallback: who asks for it wants the speed.
+    `requested` is a valid mode for this adapter type (`TrainConfig.check`).
     """
-    check_mode(requested, alora)
     if not alora or requested == "off":
         return "off"
     if not plain_cache:

@@ -1,8 +1,10 @@
 """Fine-tune a LoRA or activated-LoRA adapter from labelled JSONL, top to bottom.
 
-prepare → encode → train epochs (loss on label tokens only) → evaluate each epoch → keep the best
-validation loss → write PEFT files + reqcheck.json atomically. Interrupted runs keep a resume
-checkpoint beside the output, never a directory that looks like a finished adapter.
+`_train` reads as the steps it takes, each a function below in the same order: prepare the data →
+build the model → optimizer and schedule → resume or start → for every epoch: run it, evaluate, keep
+the best weights, save a checkpoint → write the adapter and its manifest. The loss covers the label
+tokens only; the kept checkpoint is the one with the best validation loss. Interrupted runs keep a
+resume checkpoint beside the output, never a directory that looks like a finished adapter.
 
 aLoRA runs forward and backward over the invocation and label tokens only, on base-model prefix
 caches of the items (see `prefix_cache`); `--prefix-cache off` trains on full sequences, the
@@ -14,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ from reqcheck import data as data_mod
 from reqcheck import distributed
 from reqcheck import prefix_cache as prefix_mod
 from reqcheck.atomic import atomic_directory
+from reqcheck.config import AdapterType, TrainConfig
 from reqcheck.data import Example
 from reqcheck.distributed import Group
+from reqcheck.encoding import Encoded, batches, encode, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
 from reqcheck.models import (
@@ -40,82 +45,11 @@ from reqcheck.models import (
     resolve_device,
     training_dtype,
 )
-from reqcheck.prompting import (
-    CHAT_RENDERER,
-    RENDERERS,
-    PromptSpec,
-    default_invocation,
-    find_subsequence,
-    invocation_ids,
-    label_ids,
-    render,
-)
-from reqcheck.scoring import LabelSet, left_pad, score_labels
+from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
+from reqcheck.scoring import LabelSet, score_labels
 
-ADAPTER_TYPES = ("alora", "lora")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 Reporter = Callable[[str], None]
-
-
-@dataclass
-class TrainConfig:
-    """The flags of `reqcheck train`; defaults are those of Mellea's `m alora train`."""
-
-    datafile: Path
-    basemodel: str
-    outfile: Path
-    adapter: str = "alora"
-    device: str = "auto"
-    epochs: int = 6
-    learning_rate: float = 6e-6
-    batch_size: int = 2
-    max_length: int = 1024
-    grad_accum: int = 4
-    promptfile: Path | None = None
-    requirement: str | None = None
-    positive_labels: list[str] = field(default_factory=list)
-    seed: int = 42
-    val_fraction: float = 0.2
-    rank: int = 32
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
-    renderer: str = CHAT_RENDERER
-    resume: bool = False
-    prefix_cache: str = "auto"
-    prefix_cache_budget_mb: int | None = None
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The flags that change what is learned (the prefix cache only changes how fast)."""
-        keys = (
-            "epochs",
-            "learning_rate",
-            "batch_size",
-            "max_length",
-            "grad_accum",
-            "rank",
-            "alpha",
-            "dropout",
-            "target_modules",
-            "seed",
-            "val_fraction",
-        )
-        return {k: getattr(self, k) for k in keys}
-
-
-@dataclass
-class Encoded:
-    """One example as token ids: the prompt (ending with the invocation) and its label."""
-
-    prompt: list[int]
-    invocation_start: int
-    label_index: int
-    label: list[int]
-    truncated: int
-
-    @property
-    def length(self) -> int:
-        return len(self.prompt) + len(self.label)
+CHECKPOINT_KEYS = {"run_key", "adapter", "optimizer", "scheduler", "state"}
 
 
 @dataclass
@@ -125,6 +59,187 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     main_process: bool = True
+
+
+@dataclass
+class Prepared:
+    """Everything known before the model loads: the data, its split and tokens, and the run's identity."""
+
+    examples: list[Example]
+    train_examples: list[Example]
+    val_examples: list[Example]
+    fingerprint: str
+    ref: BaseModelRef
+    tokenizer: Any
+    spec: PromptSpec
+    invocation_ids: list[int]
+    labels: LabelSet
+    train_set: list[Encoded]
+    val_set: list[Encoded]
+    run_key: str
+    saved: dict[str, Any] | None = None
+
+    @property
+    def truncated(self) -> int:
+        return sum(1 for e in self.train_set + self.val_set if e.truncated)
+
+
+@dataclass
+class Trainable:
+    """The model in training and what feeds and updates it."""
+
+    model: Any
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    pad_id: int
+    alora: bool
+    prefixes: prefix_mod.PrefixCache | None
+    step_batches: int  # batches per optimizer step, over all processes
+
+
+@dataclass
+class RunState:
+    """Where a run stands after each epoch: what a resumed run needs besides the weights and optimizer."""
+
+    epoch: int = 0
+    best: dict[str, torch.Tensor] | None = None
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, metrics: dict[str, float], weights: dict[str, torch.Tensor]) -> None:
+        """Add an epoch's metrics; keep its weights when its validation loss is the best so far.
+
+        Without a validation set the latest epoch counts as the best.
+        """
+        self.history.append(metrics)
+        score = metrics.get("val_loss", -metrics["epoch"])
+        if score < self.best_val_loss or self.best is None:
+            self.best_val_loss = score
+            self.best = {k: v.detach().clone() for k, v in weights.items()}
+            self.best_epoch = metrics["epoch"]
+        self.epoch = metrics["epoch"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors, numbers, lists and dicts: what `torch.load(weights_only=True)` reads back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
+    """Train an adapter as `config` says and write it to `config.outfile`.
+
+    Under torchrun every process calls this; only rank 0 reports and writes.
+    """
+    config.check()
+    _check_outfile(Path(config.outfile))
+    device = resolve_device(config.device)
+    group, rank_device = distributed.start(device)
+    try:
+        return _train(config, report if group.main else lambda _: None, group, rank_device)
+    finally:
+        distributed.stop(group)
+
+
+def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> TrainResult:
+    started = time.perf_counter()
+
+    # Prepare: read, check and split the data, resolve the base model, encode every example with the
+    # shared renderer, and find the checkpoint to resume from. Every data problem is raised here.
+    prep = prepare(config, report, device)
+
+    # Build the model: the base model with a fresh adapter; under aLoRA, the item prefix caches.
+    model = build_model(config, prep, device)
+    torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
+    pad_id = prep.tokenizer.pad_token_id
+    cache_mode, prefixes = prefix_caches(config, model, prep.train_set + prep.val_set, pad_id, device, report)
+
+    # Optimizer and schedule: AdamW, linear warm-up over the first 5% of the steps, then linear decay.
+    run = optimizer_and_schedule(config, model, pad_id, prefixes, len(prep.train_set), group)
+
+    # Resume or start: an interrupted run of the same command continues after its last finished epoch.
+    checkpoint = partial_dir(config.outfile)
+    state = resume_or_start(config, prep.saved, run, report)
+    distributed.broadcast_params(run.params, group)
+
+    # Train: every epoch runs its optimizer steps over a fresh shuffle of the training set.
+    rng = random.Random(config.seed)
+    for _ in range(state.epoch):
+        batches(prep.train_set, config.batch_size, rng)  # replay the finished epochs' shuffles
+    progress = Progress(report, config.epochs, first_epoch=state.epoch)
+    for epoch in range(state.epoch, config.epochs):
+        metrics = run_epoch(config, run, prep.train_set, rng, epoch, group, device, progress)
+
+        # Evaluate: validation loss and accuracy; the epoch with the best loss keeps its weights.
+        if prep.val_set:
+            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
+            report(
+                f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
+            )
+        state.record(metrics, adapter_weights(model))
+
+        # Save the checkpoint: all that --resume needs to continue after this epoch.
+        if group.main:
+            save_checkpoint(checkpoint, prep.run_key, run, state)
+        distributed.barrier(group)
+
+    # Write the adapter: the best epoch's weights and the manifest, atomically; then drop the checkpoint.
+    load_adapter_weights(model, state.best)
+    manifest = build_manifest(config, prep, state, cache_mode, group.world)
+    if group.main:
+        write_adapter(Path(config.outfile), model, manifest, checkpoint)
+    distributed.barrier(group)
+    (tokens_seen,) = distributed.sum_values([progress.tokens], group, device)
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        Path(config.outfile), manifest, seconds, tokens_seen / max(progress.seconds, 1e-9), group.main
+    )
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+
+def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
+    """Data, split, base model, tokens and run identity: all the checks that need no model weights."""
+    invocation = read_promptfile(config.promptfile) if config.promptfile else None
+    examples, train_examples, val_examples = load_training_data(config)
+    fingerprint = data_mod.fingerprint(examples)
+    ref = resolve_base_model(config.basemodel)
+    report(
+        f"base model {ref.name} on {device}; {len(train_examples)} train / {len(val_examples)} val examples"
+    )
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(ref)
+    spec = PromptSpec(
+        invocation=invocation or default_invocation(tokenizer),
+        renderer=config.renderer.value,
+        requirement_in_prompt=any(e.requirement for e in examples),
+    )
+    names = sorted(data_mod.label_counts(examples))
+    labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
+    prep = Prepared(
+        examples,
+        train_examples,
+        val_examples,
+        fingerprint,
+        ref,
+        tokenizer,
+        spec,
+        invocation_ids(tokenizer, spec.invocation),
+        labels,
+        train_set=encode(train_examples, tokenizer, spec, labels, config.max_length),
+        val_set=encode(val_examples, tokenizer, spec, labels, config.max_length),
+        run_key=_run_key(config, ref, fingerprint),
+    )
+    if prep.truncated:
+        report(
+            f"{prep.truncated} example(s) longer than --max-length {config.max_length} were truncated "
+            "from the start"
+        )
+    if config.resume:
+        prep.saved = read_checkpoint(partial_dir(config.outfile), prep.run_key, device)
+    return prep
 
 
 def read_promptfile(path: Path) -> str:
@@ -145,27 +260,22 @@ def read_promptfile(path: Path) -> str:
     return prompt
 
 
-def _check_config(config: TrainConfig) -> None:
-    if config.adapter not in ADAPTER_TYPES:
-        raise ReqcheckError(f"Unknown adapter type {config.adapter!r}; use alora or lora.")
-    if config.device not in DEVICES:
-        raise ReqcheckError(f"Unknown device {config.device!r}; use auto, cpu, cuda or mps.")
-    if config.renderer not in RENDERERS:
-        raise ReqcheckError(f"Unknown renderer {config.renderer!r}; use one of {', '.join(RENDERERS)}.")
-    for name in ("epochs", "batch_size", "grad_accum", "rank", "alpha"):
-        if getattr(config, name) < 1:
-            raise ReqcheckError(f"--{name.replace('_', '-')} must be at least 1.")
-    if config.learning_rate <= 0:
-        raise ReqcheckError("--learning-rate must be positive.")
-    if config.max_length < 8:
-        raise ReqcheckError("--max-length must be at least 8 tokens.")
-    prefix_mod.check_mode(config.prefix_cache, config.adapter == "alora")
-    if config.prefix_cache_budget_mb is not None and config.prefix_cache_budget_mb < 0:
-        raise ReqcheckError("--prefix-cache-budget-mb must be zero or more.")
-    out = Path(config.outfile)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_reqcheck_adapter(out))):
+def _replaceable(out: Path) -> bool:
+    """True when --outfile is absent, empty, or an adapter reqcheck wrote: replacing it loses nothing."""
+    return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or is_reqcheck_adapter(out)))
+
+
+def _check_outfile(out: Path) -> None:
+    """Refuse an --outfile that is not ours to replace, or that cannot be written, before any work."""
+    if not _replaceable(out):
         raise ReqcheckError(
             f"--outfile {out} exists and is not a reqcheck adapter; choose a new path or remove it yourself."
+        )
+    parent = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReqcheckError(
+            f"--outfile {out} cannot be written: {parent} is not a directory you may write to; choose "
+            "another path."
         )
 
 
@@ -192,143 +302,8 @@ def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example
     return examples, train, val
 
 
-def encode(
-    examples: list[Example], tokenizer: Any, spec: PromptSpec, labels: LabelSet, max_length: int
-) -> list[Encoded]:
-    """Render every example with the shared renderer and check its invocation survived tokenisation."""
-    inv = invocation_ids(tokenizer, spec.invocation)
-    budget = max_length - max(len(ids) for ids in labels.token_ids)
-    encoded: list[Encoded] = []
-    missing: list[str] = []
-    for example in examples:
-        rendered = render(tokenizer, example.item, spec, example.requirement, max_length=budget)
-        if find_subsequence(rendered.input_ids, inv) != rendered.invocation_start:
-            missing.append(f"{example.source}:{example.line}")
-            continue
-        index = labels.names.index(example.label)
-        encoded.append(
-            Encoded(
-                rendered.input_ids,
-                rendered.invocation_start,
-                index,
-                labels.token_ids[index],
-                rendered.truncated,
-            )
-        )
-    if missing:
-        raise ReqcheckError(
-            f"The invocation's token ids are missing after tokenisation in {len(missing)} example(s) "
-            f"({', '.join(missing[:10])}); the adapter would silently run as the base model there; "
-            "choose an invocation_prompt that tokenises the same in context."
-        )
-    return encoded
-
-
-def label_loss(model: Any, batch: list[Encoded], pad_id: int, alora: bool) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the label tokens of a left-padded batch, and how many tokens it covers.
-
-    Left padding aligns every label at the end, so logits are computed only for the last K+1 positions.
-    """
-    device = next(model.parameters()).device
-    sequences = [e.prompt + e.label for e in batch]
-    ids, mask, positions = left_pad(sequences, pad_id, device)
-    k = max(len(e.label) for e in batch)
-    targets = torch.full((len(batch), k), -100, dtype=torch.long)
-    for row, e in enumerate(batch):
-        targets[row, k - len(e.label) :] = torch.tensor(e.label)
-    extra = (
-        {"alora_offsets": [len(s) - e.invocation_start for s, e in zip(sequences, batch, strict=True)]}
-        if alora
-        else {}
-    )
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        logits_to_keep=k + 1,
-        use_cache=False,
-        **extra,
-    )
-    logits = out.logits[:, :-1].float()
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.to(device).reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-    return loss, int((targets != -100).sum())
-
-
-def batches(encoded: list[Encoded], size: int, rng: random.Random | None = None) -> list[list[Encoded]]:
-    """Batches of similar length (little padding); shuffled order when an rng is given."""
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
-    if rng is not None:
-        order = sorted(order, key=lambda i: (encoded[i].length // 16, rng.random()))
-    groups = [[encoded[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
-    if rng is not None:
-        rng.shuffle(groups)
-    return groups
-
-
-@torch.no_grad()
-def _full_eval(
-    model: Any, batch: list[Encoded], labels: LabelSet, pad_id: int, alora: bool
-) -> tuple[float, int, int]:
-    """(summed label loss, label tokens, correct argmax) of a batch, from full-sequence forwards."""
-    loss, tokens = label_loss(model, batch, pad_id, alora)
-    scores = score_labels(
-        model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
-    )
-    correct = sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
-    return float(loss), tokens, correct
-
-
-@torch.no_grad()
-def evaluate(
-    model: Any,
-    val: list[Encoded],
-    labels: LabelSet,
-    pad_id: int,
-    alora: bool,
-    batch_size: int,
-    prefixes: prefix_mod.PrefixCache | None = None,
-    group: Group = distributed.SOLO,
-) -> dict[str, float]:
-    """Validation loss (label tokens) and accuracy (argmax of label scores), over all processes' shares."""
-    model.eval()
-    totals = [0.0, 0.0, 0.0]
-    for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
-        if prefixes is not None:
-            result = prefix_mod.suffix_eval(prefixes, batch, labels)
-        else:
-            result = _full_eval(model, batch, labels, pad_id, alora)
-        totals = [t + r for t, r in zip(totals, result, strict=True)]
-    total, tokens, correct = distributed.sum_values(totals, group, str(next(model.parameters()).device))
-    return {"val_loss": total / max(tokens, 1), "val_accuracy": correct / max(len(val), 1)}
-
-
-def prefix_caches(
-    config: TrainConfig, model: Any, encoded: list[Encoded], pad_id: int, device: str, report: Reporter
-) -> tuple[str, prefix_mod.PrefixCache | None]:
-    """The prefix-cache mode this run uses (reported, and recorded in the manifest) and its caches."""
-    alora = config.adapter == "alora"
-    if not alora or config.prefix_cache == "off":
-        return "off", None
-    needed_mb = (
-        sum(e.invocation_start for e in encoded) * prefix_mod.kv_bytes_per_token(model) / prefix_mod.MB
-    )
-    budget_mb = config.prefix_cache_budget_mb
-    if budget_mb is None:
-        budget_mb = prefix_mod.default_budget_mb(device)
-    plain = prefix_mod.has_plain_kv_cache(model)
-    mode = prefix_mod.resolve_mode(config.prefix_cache, alora, needed_mb, budget_mb, plain)
-    report(f"prefix cache: {mode} (the caches need {needed_mb:.0f} MB; budget {budget_mb} MB)")
-    if mode == "off":
-        return mode, None
-    return mode, prefix_mod.PrefixCache(model, pad_id, keep=mode == "memory")
-
-
 def _run_key(config: TrainConfig, ref: BaseModelRef, fingerprint: str) -> str:
+    """What a resumed run must share with the interrupted one: data, base model and every learning flag."""
     material = json.dumps(
         {
             "hp": config.hyperparameters(),
@@ -349,213 +324,319 @@ def partial_dir(outfile: Path) -> Path:
     return outfile.parent / f".{outfile.name}.reqcheck-partial"
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s"
+def read_checkpoint(checkpoint: Path, run_key: str, device: str) -> dict[str, Any] | None:
+    """The saved state of an interrupted run of this command, or None when there is none.
 
-
-def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
-    """Train an adapter as `config` says and write it to `config.outfile`.
-
-    Under torchrun every process calls this; only rank 0 reports and writes.
+    Read with `weights_only=True`: tensors, numbers, strings, lists and dicts only, so a file planted
+    beside the output cannot run code.
     """
-    _check_config(config)
-    device = resolve_device(config.device)
-    group, rank_device = distributed.start(device)
+    saved = checkpoint / "state.pt"
+    if not saved.exists():
+        return None
+    unusable = f"The resume checkpoint {saved} is damaged or was not written by reqcheck"
     try:
-        return _train(config, report if group.main else lambda _: None, group, rank_device)
-    finally:
-        distributed.stop(group)
-
-
-def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> TrainResult:
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers import get_linear_schedule_with_warmup
-
-    started = time.perf_counter()
-    invocation = read_promptfile(config.promptfile) if config.promptfile else None
-    examples, train_examples, val_examples = load_training_data(config)
-    fingerprint = data_mod.fingerprint(examples)
-    ref = resolve_base_model(config.basemodel)
-    report(
-        f"base model {ref.name} on {device}; {len(train_examples)} train / {len(val_examples)} val examples"
-    )
-
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(ref)
-    spec = PromptSpec(
-        invocation=invocation or default_invocation(tokenizer),
-        renderer=config.renderer,
-        requirement_in_prompt=any(e.requirement for e in examples),
-    )
-    names = sorted(data_mod.label_counts(examples))
-    labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
-    train_set = encode(train_examples, tokenizer, spec, labels, config.max_length)
-    val_set = encode(val_examples, tokenizer, spec, labels, config.max_length)
-    truncated = sum(1 for e in train_set + val_set if e.truncated)
-    if truncated:
-        report(
-            f"{truncated} example(s) longer than --max-length {config.max_length} were truncated from the start"
+        loaded = torch.load(saved, map_location=device, weights_only=True)
+    except Exception as exc:  # damage shows as RuntimeError, KeyError, EOFError, UnicodeDecodeError, ...
+        raise ReqcheckError(
+            f"{unusable} ({type(exc).__name__}); rerun without --resume to start over."
+        ) from exc
+    state_fields = {f.name for f in fields(RunState)}
+    if not (
+        isinstance(loaded, dict)
+        and loaded.keys() >= CHECKPOINT_KEYS
+        and isinstance(loaded["state"], dict)
+        and loaded["state"].keys() == state_fields
+    ):
+        raise ReqcheckError(f"{unusable}; rerun without --resume to start over.")
+    if loaded["run_key"] != run_key:
+        raise ReqcheckError(
+            f"The interrupted run in {checkpoint} used other data, model or flags; rerun without --resume."
         )
+    return loaded
 
-    base = load_model(ref, device, training_dtype(device.split(":")[0]))
-    inv_ids = invocation_ids(tokenizer, spec.invocation)
+
+# --- build the model, optimizer and schedule --------------------------------------------------------
+
+
+def build_model(config: TrainConfig, prep: Prepared, device: str) -> Any:
+    """The base model with a fresh LoRA or aLoRA adapter on `--target-modules`."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(prep.ref, device, training_dtype(device.split(":")[0]))
+    alora = config.adapter == AdapterType.alora
     lora_config = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
         task_type="CAUSAL_LM",
-        alora_invocation_tokens=inv_ids if config.adapter == "alora" else None,
+        alora_invocation_tokens=prep.invocation_ids if alora else None,
     )
     try:
-        model = get_peft_model(base, lora_config)
+        return get_peft_model(base, lora_config)
     except ValueError as exc:
         raise ReqcheckError(
             f"Could not attach the adapter ({exc}); check --target-modules for this model."
         ) from exc
-    torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
-    alora = config.adapter == "alora"
-    pad_id = tokenizer.pad_token_id
-    cache_mode, prefixes = prefix_caches(config, model, train_set + val_set, pad_id, device, report)
+
+
+def prefix_caches(
+    config: TrainConfig, model: Any, encoded: list[Encoded], pad_id: int, device: str, report: Reporter
+) -> tuple[str, prefix_mod.PrefixCache | None]:
+    """The prefix-cache mode this run uses (reported, and recorded in the manifest) and its caches."""
+    alora = config.adapter == AdapterType.alora
+    if not alora or config.prefix_cache == "off":
+        return "off", None
+    needed_mb = (
+        sum(e.invocation_start for e in encoded) * prefix_mod.kv_bytes_per_token(model) / prefix_mod.MB
+    )
+    budget_mb = config.prefix_cache_budget_mb
+    if budget_mb is None:
+        budget_mb = prefix_mod.default_budget_mb(device)
+    plain = prefix_mod.has_plain_kv_cache(model)
+    mode = prefix_mod.resolve_mode(config.prefix_cache.value, alora, needed_mb, budget_mb, plain)
+    report(f"prefix cache: {mode} (the caches need {needed_mb:.0f} MB; budget {budget_mb} MB)")
+    if mode == "off":
+        return mode, None
+    return mode, prefix_mod.PrefixCache(model, pad_id, keep=mode == "memory")
+
+
+def optimizer_and_schedule(
+    config: TrainConfig,
+    model: Any,
+    pad_id: int,
+    prefixes: prefix_mod.PrefixCache | None,
+    n_train: int,
+    group: Group,
+) -> Trainable:
+    """AdamW over the adapter's weights and a linear schedule with warm-up over the whole run."""
+    from transformers import get_linear_schedule_with_warmup
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
-    step_batches = config.grad_accum * group.world  # batches per optimizer step, over all processes
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / step_batches)
+    step_batches = config.grad_accum * group.world
+    steps_per_epoch = math.ceil(math.ceil(n_train / config.batch_size) / step_batches)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+    alora = config.adapter == AdapterType.alora
+    return Trainable(model, params, optimizer, scheduler, pad_id, alora, prefixes, step_batches)
 
-    state: dict[str, Any] = {"epoch": 0, "best": None, "best_val_loss": math.inf, "history": []}
-    checkpoint = partial_dir(config.outfile)
-    run_key = _run_key(config, ref, fingerprint)
-    if config.resume:
-        saved = checkpoint / "state.pt"
-        if saved.exists():
-            loaded = torch.load(saved, map_location=device, weights_only=False)
-            if loaded["run_key"] != run_key:
-                raise ReqcheckError(
-                    f"The interrupted run in {checkpoint} used other data, model or flags; rerun without --resume."
-                )
-            set_peft_model_state_dict(model, loaded["adapter"])
-            optimizer.load_state_dict(loaded["optimizer"])
-            scheduler.load_state_dict(loaded["scheduler"])
-            state = loaded["state"]
-            report(f"resuming after epoch {state['epoch']} from {checkpoint}")
-        else:
+
+# --- resume or start ----------------------------------------------------------------------------------
+
+
+def resume_or_start(
+    config: TrainConfig, saved: dict[str, Any] | None, run: Trainable, report: Reporter
+) -> RunState:
+    """A fresh state, or the interrupted run's weights, optimizer, schedule and state."""
+    if saved is None:
+        if config.resume:
             report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
-    distributed.broadcast_params(params, group)
+        return RunState()
+    load_adapter_weights(run.model, saved["adapter"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    state = RunState(**saved["state"])
+    report(f"resuming after epoch {state.epoch} from {partial_dir(config.outfile)}")
+    return state
 
-    rng = random.Random(config.seed)
-    first_epoch = state["epoch"]
-    for _ in range(first_epoch):
-        batches(train_set, config.batch_size, rng)
-    tokens_seen, train_seconds = 0, 0.0
-    for epoch in range(first_epoch, config.epochs):
-        model.train()
-        epoch_batches = batches(train_set, config.batch_size, rng)
-        steps = [epoch_batches[i : i + step_batches] for i in range(0, len(epoch_batches), step_batches)]
-        epoch_start = time.perf_counter()
-        running, running_tokens, last_report = 0.0, 0, 0.0
-        for index, step in enumerate(steps):
-            for batch in step[group.rank :: group.world]:
-                if prefixes is not None:
-                    loss_sum, n_tokens = prefix_mod.suffix_loss(prefixes, batch)
-                else:
-                    loss_sum, n_tokens = label_loss(model, batch, pad_id, alora)
-                (loss_sum / max(n_tokens, 1) / step_batches).backward()
-                running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
-                tokens_seen += sum(e.length for e in batch)
-            distributed.sum_grads(params, group)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            now = time.perf_counter()
-            if now - last_report > 2.0 or index + 1 == len(steps):
-                last_report = now
-                elapsed = now - epoch_start
-                done = (epoch - first_epoch) * len(steps) + index + 1
-                remaining = (config.epochs - first_epoch) * len(steps) - done
-                eta = (train_seconds + elapsed) / done * remaining
-                report(
-                    f"epoch {epoch + 1}/{config.epochs} step {index + 1}/{len(steps)} "
-                    f"loss {running / max(running_tokens, 1):.4f} eta {_format_eta(eta)}"
-                )
-        train_seconds += time.perf_counter() - epoch_start
-        running, running_tokens = distributed.sum_values([running, running_tokens], group, device)
-        metrics = {"epoch": epoch + 1, "train_loss": running / max(running_tokens, 1)}
-        if val_set:
-            metrics.update(
-                evaluate(model, val_set, labels, pad_id, alora, config.batch_size, prefixes, group)
-            )
-            report(
-                f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
-            )
-        state["history"].append(metrics)
-        score = metrics.get("val_loss", -epoch)
-        if score < state["best_val_loss"] or state["best"] is None:
-            state["best_val_loss"] = score
-            state["best"] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-            state["best_epoch"] = epoch + 1
-        state["epoch"] = epoch + 1
-        if group.main:
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "run_key": run_key,
-                    "adapter": get_peft_model_state_dict(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                },
-                checkpoint / "state.pt.tmp",
-            )
-            (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
-        distributed.barrier(group)
 
-    set_peft_model_state_dict(model, state["best"])
-    best = next(m for m in state["history"] if m["epoch"] == state["best_epoch"])
-    val_counts = data_mod.label_counts(val_examples)
-    majority = max(val_counts.values()) / len(val_examples) if val_examples else None
-    manifest = Manifest(
-        base_model=ref.to_dict(),
-        adapter_type=config.adapter,
-        prompt=spec,
-        invocation_ids=inv_ids,
-        labels=data_mod.label_counts(examples),
-        label_token_ids=dict(zip(labels.names, labels.token_ids, strict=True)),
-        positive_labels=config.positive_labels or default_positive_labels(names),
+# --- one epoch ----------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Step, loss and eta lines, at most every 2 s and at each epoch's last step; tokens and time trained."""
+
+    def __init__(self, report: Reporter, epochs: int, first_epoch: int) -> None:
+        self.report, self.epochs, self.first_epoch = report, epochs, first_epoch
+        self.tokens, self.seconds = 0, 0.0  # over this process's epochs
+        self.epoch, self.steps, self.started, self.last = first_epoch, 0, 0.0, 0.0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps = epoch, steps
+        self.started, self.last = time.perf_counter(), 0.0
+
+    def step(self, index: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self.last <= 2.0 and index + 1 != self.steps:
+            return
+        self.last = now
+        done = (self.epoch - self.first_epoch) * self.steps + index + 1
+        remaining = (self.epochs - self.first_epoch) * self.steps - done
+        eta = (self.seconds + now - self.started) / done * remaining
+        self.report(
+            f"epoch {self.epoch + 1}/{self.epochs} step {index + 1}/{self.steps} "
+            f"loss {loss:.4f} eta {_format_eta(eta)}"
+        )
+
+    def end_epoch(self) -> None:
+        self.seconds += time.perf_counter() - self.started
+
+
+def run_epoch(
+    config: TrainConfig,
+    run: Trainable,
+    train_set: list[Encoded],
+    rng: random.Random,
+    epoch: int,
+    group: Group,
+    device: str,
+    progress: Progress,
+) -> dict[str, float]:
+    """One shuffled pass in optimizer steps of `grad_accum` batches per process; its mean label loss."""
+    run.model.train()
+    epoch_batches = batches(train_set, config.batch_size, rng)
+    size = run.step_batches
+    steps = [epoch_batches[i : i + size] for i in range(0, len(epoch_batches), size)]
+    progress.start_epoch(epoch, len(steps))
+    running, running_tokens = 0.0, 0
+    for index, step in enumerate(steps):
+        for batch in step[group.rank :: group.world]:
+            if run.prefixes is not None:
+                loss_sum, n_tokens = prefix_mod.suffix_loss(run.prefixes, batch)
+            else:
+                loss_sum, n_tokens = label_loss(run.model, batch, run.pad_id, run.alora)
+            (loss_sum / max(n_tokens, 1) / size).backward()
+            running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
+            progress.tokens += sum(e.length for e in batch)
+        distributed.sum_grads(run.params, group)
+        torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        progress.step(index, running / max(running_tokens, 1))
+    progress.end_epoch()
+    running, running_tokens = distributed.sum_values([running, running_tokens], group, device)
+    return {"epoch": epoch + 1, "train_loss": running / max(running_tokens, 1)}
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _full_eval(
+    model: Any, batch: list[Encoded], labels: LabelSet, pad_id: int, alora: bool
+) -> tuple[float, int, int]:
+    """(summed label loss, label tokens, correct argmax) of a batch, from full-sequence forwards."""
+    loss, tokens = label_loss(model, batch, pad_id, alora)
+    scores = score_labels(
+        model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
+    )
+    correct = sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
+    return float(loss), tokens, correct
+
+
+@torch.no_grad()
+def evaluate(
+    run: Trainable, val: list[Encoded], labels: LabelSet, batch_size: int, group: Group = distributed.SOLO
+) -> dict[str, float]:
+    """Validation loss (label tokens) and accuracy (argmax of label scores), over all processes' shares."""
+    run.model.eval()
+    totals = [0.0, 0.0, 0.0]
+    for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
+        if run.prefixes is not None:
+            result = prefix_mod.suffix_eval(run.prefixes, batch, labels)
+        else:
+            result = _full_eval(run.model, batch, labels, run.pad_id, run.alora)
+        totals = [t + r for t, r in zip(totals, result, strict=True)]
+    device = str(next(run.model.parameters()).device)
+    total, tokens, correct = distributed.sum_values(totals, group, device)
+    return {"val_loss": total / max(tokens, 1), "val_accuracy": correct / max(len(val), 1)}
+
+
+# --- save the checkpoint ------------------------------------------------------------------------------
+
+
+def adapter_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable adapter's weights by name (what PEFT saves)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def load_adapter_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, weights)
+
+
+def save_checkpoint(checkpoint: Path, run_key: str, run: Trainable, state: RunState) -> None:
+    """Everything `--resume` needs, replaced in one rename so a crash leaves the previous one whole."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "run_key": run_key,
+            "adapter": adapter_weights(run.model),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "state": state.to_dict(),
+        },
+        checkpoint / "state.pt.tmp",
+    )
+    (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
+
+
+# --- write the adapter and its manifest ---------------------------------------------------------------
+
+
+def build_manifest(
+    config: TrainConfig, prep: Prepared, state: RunState, cache_mode: str, processes: int
+) -> Manifest:
+    """The adapter's reqcheck.json: how to use it exactly as trained, and where it came from."""
+    best = next(m for m in state.history if m["epoch"] == state.best_epoch)
+    val_counts = data_mod.label_counts(prep.val_examples)
+    majority = max(val_counts.values()) / len(prep.val_examples) if prep.val_examples else None
+    return Manifest(
+        base_model=prep.ref.to_dict(),
+        adapter_type=config.adapter.value,
+        prompt=prep.spec,
+        invocation_ids=prep.invocation_ids,
+        labels=data_mod.label_counts(prep.examples),
+        label_token_ids=dict(zip(prep.labels.names, prep.labels.token_ids, strict=True)),
+        positive_labels=config.positive_labels or default_positive_labels(prep.labels.names),
         requirement=config.requirement,
         data={
             "path": str(Path(config.datafile).resolve()),
-            "fingerprint": fingerprint,
-            "n_train": len(train_examples),
-            "n_val": len(val_examples),
-            "truncated": truncated,
+            "fingerprint": prep.fingerprint,
+            "n_train": len(prep.train_examples),
+            "n_val": len(prep.val_examples),
+            "truncated": prep.truncated,
         },
         split_seed=config.seed,
-        hyperparameters={**config.hyperparameters(), "prefix_cache": cache_mode, "processes": group.world},
+        hyperparameters={**config.hyperparameters(), "prefix_cache": cache_mode, "processes": processes},
         metrics={
-            "best_epoch": state["best_epoch"],
+            "best_epoch": state.best_epoch,
             "best_val_loss": best.get("val_loss"),
             "val_accuracy": best.get("val_accuracy"),
             "majority_baseline": majority,
-            "history": state["history"],
+            "history": state.history,
         },
         versions=library_versions(),
     )
-    if group.main:
-        with atomic_directory(config.outfile, replace_existing=True) as tmp:
-            model.save_pretrained(tmp)
-            manifest.write(tmp)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    distributed.barrier(group)
-    (tokens_seen,) = distributed.sum_values([tokens_seen], group, device)
-    seconds = time.perf_counter() - started
-    return TrainResult(
-        Path(config.outfile), manifest, seconds, tokens_seen / max(train_seconds, 1e-9), group.main
-    )
+
+
+def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Path) -> None:
+    """PEFT's files plus reqcheck.json in one rename; the resume checkpoint goes once they are in place.
+
+    --outfile is checked again first: files the user put there during training are never replaced.
+    """
+    if not _replaceable(outfile):
+        raise ReqcheckError(
+            f"--outfile {outfile} now holds files reqcheck did not write, so it was left alone; move them "
+            "away and rerun the same command with --resume to write the trained adapter."
+        )
+    with atomic_directory(outfile, replace_existing=True) as tmp:
+        model.save_pretrained(tmp)
+        manifest.write(tmp)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def summary(result: TrainResult) -> list[str]:

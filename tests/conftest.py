@@ -9,20 +9,10 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
-from reqcheck.training import TrainConfig, TrainResult, train
+from reqcheck.config import TrainConfig
+from reqcheck.training import TrainResult, train
+from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
-
-# The tiny random model needs its MLPs adapted at the invocation to learn reliably; real models do with q/k/v.
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FAST = {
-    "epochs": 4,
-    "learning_rate": 5e-3,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "device": "cpu",
-    "target_modules": ALL_LINEAR,
-}
-PLEASE = "The reply says please."
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import yaml
 
 from reqcheck.adapters import CustomIntrinsicAdapter
 from reqcheck.backend import LocalHFBackend
+from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
 from reqcheck.errors import ReqcheckError
 from reqcheck.requirements import (
@@ -20,8 +21,8 @@ from reqcheck.requirements import (
     req,
 )
 from reqcheck.session import Session
-from reqcheck.training import TrainConfig, train
-from tests.conftest import FAST, PLEASE
+from reqcheck.training import train
+from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 
 POSITIVE = "the reply please is late"

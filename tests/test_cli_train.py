@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ALL_LINEAR
-from tests.helpers import run_cli
+from tests.helpers import ALL_LINEAR, run_cli
 from tests.tiny import marker_task, write_jsonl
 
 ABSENT_DEVICE = "cuda" if not torch.cuda.is_available() else "mps"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from reqcheck.demo import EXAMPLES, DemoConfig, run_demo
-from tests.conftest import ALL_LINEAR, PLEASE
+from tests.helpers import ALL_LINEAR, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
 

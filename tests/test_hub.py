@@ -21,9 +21,8 @@ from reqcheck.intrinsic import generate_io_yaml, read_adapter, validate_io_yaml
 from reqcheck.manifest import content_hash
 from reqcheck.models import short_model_name
 from reqcheck.requirements import ALoraRequirement
-from tests.conftest import PLEASE
 from tests.fake_hub import FakeHub
-from tests.helpers import run_cli
+from tests.helpers import PLEASE, run_cli
 
 POSITIVE = "the reply please is late"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "reqcheck.json"}

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import binomtest
 
 from reqcheck.manifest import content_hash
-from tests.conftest import PLEASE
+from tests.helpers import PLEASE
 
 
 def wilson(successes: int, n: int) -> tuple[float, float]:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.training import TrainConfig, train
+from reqcheck.config import TrainConfig
+from reqcheck.training import train
 from tests.tiny import marker_task, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -6,12 +6,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
 from reqcheck.manifest import Manifest, content_hash
 from reqcheck.prompting import render
 from reqcheck.scoring import LabelSet, score_labels
-from reqcheck.training import TrainConfig, partial_dir, train
-from tests.conftest import FAST
+from reqcheck.training import partial_dir, train
+from tests.helpers import FAST
 from tests.tiny import marker_task, write_jsonl
 
 

@@ -10,16 +10,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reqcheck.config import TrainConfig
 from reqcheck.data import Example
+from reqcheck.encoding import batches, encode, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest
 from reqcheck.prefix_cache import PrefixCache, suffix_eval, suffix_loss
 from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
 from reqcheck.scoring import LabelSet
-from reqcheck.training import TrainConfig, _full_eval, batches, encode, label_loss, train
+from reqcheck.training import _full_eval, train
+from tests.helpers import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUICK = {"epochs": 1, "learning_rate": 5e-3, "batch_size": 8, "device": "cpu", "target_modules": ALL_LINEAR}
 
 

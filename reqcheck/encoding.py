@@ -1,0 +1,111 @@
+"""Labelled examples as token ids for training: encode them, batch them, and the label loss of a batch.
+
+Shared by full-sequence training (`label_loss`) and aLoRA training on cached prefixes (`prefix_cache`),
+so neither imports the trainer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reqcheck.data import Example
+from reqcheck.errors import ReqcheckError
+from reqcheck.prompting import PromptSpec, find_subsequence, invocation_ids, render
+from reqcheck.scoring import LabelSet, left_pad
+
+
+@dataclass
+class Encoded:
+    """One example as token ids: the prompt (ending with the invocation) and its label."""
+
+    prompt: list[int]
+    invocation_start: int
+    label_index: int
+    label: list[int]
+    truncated: int
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.label)
+
+
+def encode(
+    examples: list[Example], tokenizer: Any, spec: PromptSpec, labels: LabelSet, max_length: int
+) -> list[Encoded]:
+    """Render every example with the shared renderer and check its invocation survived tokenisation."""
+    inv = invocation_ids(tokenizer, spec.invocation)
+    budget = max_length - max(len(ids) for ids in labels.token_ids)
+    encoded: list[Encoded] = []
+    missing: list[str] = []
+    for example in examples:
+        rendered = render(tokenizer, example.item, spec, example.requirement, max_length=budget)
+        if find_subsequence(rendered.input_ids, inv) != rendered.invocation_start:
+            missing.append(f"{example.source}:{example.line}")
+            continue
+        index = labels.names.index(example.label)
+        encoded.append(
+            Encoded(
+                rendered.input_ids,
+                rendered.invocation_start,
+                index,
+                labels.token_ids[index],
+                rendered.truncated,
+            )
+        )
+    if missing:
+        raise ReqcheckError(
+            f"The invocation's token ids are missing after tokenisation in {len(missing)} example(s) "
+            f"({', '.join(missing[:10])}); the adapter would silently run as the base model there; "
+            "choose an invocation_prompt that tokenises the same in context."
+        )
+    return encoded
+
+
+def batches(encoded: list[Encoded], size: int, rng: random.Random | None = None) -> list[list[Encoded]]:
+    """Batches of similar length (little padding); shuffled order when an rng is given."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+    if rng is not None:
+        order = sorted(order, key=lambda i: (encoded[i].length // 16, rng.random()))
+    groups = [[encoded[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+    if rng is not None:
+        rng.shuffle(groups)
+    return groups
+
+
+def label_loss(model: Any, batch: list[Encoded], pad_id: int, alora: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the label tokens of a left-padded batch, and how many tokens it covers.
+
+    Left padding aligns every label at the end, so logits are computed only for the last K+1 positions.
+    """
+    device = next(model.parameters()).device
+    sequences = [e.prompt + e.label for e in batch]
+    ids, mask, positions = left_pad(sequences, pad_id, device)
+    k = max(len(e.label) for e in batch)
+    targets = torch.full((len(batch), k), -100, dtype=torch.long)
+    for row, e in enumerate(batch):
+        targets[row, k - len(e.label) :] = torch.tensor(e.label)
+    extra = (
+        {"alora_offsets": [len(s) - e.invocation_start for s, e in zip(sequences, batch, strict=True)]}
+        if alora
+        else {}
+    )
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=k + 1,
+        use_cache=False,
+        **extra,
+    )
+    logits = out.logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.to(device).reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return loss, int((targets != -100).sum())

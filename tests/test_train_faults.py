@@ -1,0 +1,234 @@
+"""`reqcheck train` when things go wrong: planted or damaged checkpoints, values and paths that cannot
+work, a kill -9 at any point, and user files where the adapter goes. One sentence and exit code 2 for
+every user error, before the model loads; nothing the user owns is deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reqcheck.config import TrainConfig
+from reqcheck.errors import ReqcheckError
+from reqcheck.training import partial_dir, train
+from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
+
+FAST_FLAGS = ["--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "--grad-accum", "1"]
+FAST_FLAGS += ["--device", "cpu", "--target-modules", ",".join(ALL_LINEAR)]
+
+
+def _train_cli(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(data), "--basemodel", str(model), "--outfile", str(out), *FAST_FLAGS, *extra]
+
+
+def _assert_one_clear_error(code: int, err: str, expected: str) -> None:
+    """Exit code 2 and a last line `error: ...` naming the problem, without a traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, err
+
+
+class _Planted:
+    """Unpickling this runs `open(path, "w")`: what a planted state.pt could do with any function."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_planted_checkpoint_does_not_run_code(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out, ran = tmp_path / "adapter", tmp_path / "code-ran"
+    partial_dir(out).mkdir()
+    torch.save({"run_key": _Planted(ran)}, partial_dir(out) / "state.pt")
+    code, err = run_cli(_train_cli(marker_data, tiny_model_dir, out, "--resume"), capsys, monkeypatch)
+    assert not ran.exists()
+    _assert_one_clear_error(code, err, "is damaged or was not written by reqcheck")
+    assert "rerun without --resume" in err
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"], ids=["empty", "text", "truncated"]
+)
+def test_a_damaged_checkpoint_is_one_sentence(
+    content: bytes, tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "adapter"
+    partial_dir(out).mkdir()
+    (partial_dir(out) / "state.pt").write_bytes(content)
+    code, err = run_cli(_train_cli(marker_data, tiny_model_dir, out, "--resume"), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, "is damaged or was not written by reqcheck")
+
+
+def test_a_checkpoint_of_plain_values_but_another_shape_is_one_sentence(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "adapter"
+    partial_dir(out).mkdir()
+    torch.save({"weights": torch.zeros(2)}, partial_dir(out) / "state.pt")
+    code, err = run_cli(_train_cli(marker_data, tiny_model_dir, out, "--resume"), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, "is damaged or was not written by reqcheck")
+
+
+def _model_without(tiny_model_dir: Path, where: Path, *names: str) -> Path:
+    shutil.copytree(tiny_model_dir, where)
+    for name in names:
+        (where / name).unlink()
+    return where
+
+
+LATE_FAILURES = {
+    "nan learning rate": (["--learning-rate", "nan"], "--learning-rate must be a finite number, not nan."),
+    "infinite learning rate": (
+        ["--learning-rate", "inf"],
+        "--learning-rate must be a finite number, not inf.",
+    ),
+    "dropout of 1": (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0."),
+    "outfile under a file": ([], "is not a directory you may write to"),
+    "config.json not JSON": ([], "config.json cannot be read"),
+    "config.json of no known model": ([], "config.json cannot be read"),
+    "no tokenizer": ([], "holds no tokenizer that transformers can load"),
+}
+
+
+@pytest.mark.parametrize("case", LATE_FAILURES, ids=list(LATE_FAILURES))
+def test_what_would_fail_after_the_model_loaded_fails_first(
+    case: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    extra, expected = LATE_FAILURES[case]
+    model, out = tiny_model_dir, tmp_path / "adapter"
+    if case == "outfile under a file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out = tmp_path / "notes.txt" / "adapter"
+    elif case.startswith("config.json"):
+        model = _model_without(tiny_model_dir, tmp_path / "model")
+        text = "{not json" if case == "config.json not JSON" else json.dumps({"model_type": "no-such-model"})
+        (model / "config.json").write_text(text)
+    elif case == "no tokenizer":
+        model = _model_without(tiny_model_dir, tmp_path / "model", "tokenizer.json", "tokenizer_config.json")
+    monkeypatch.setattr("reqcheck.training.load_model", _must_not_load)
+    code, err = run_cli(_train_cli(marker_data, model, out, *extra), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, expected)
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def _must_not_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the problem was found")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_a_read_only_outfile_parent_fails_before_training(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        code, err = run_cli(_train_cli(marker_data, tiny_model_dir, parent / "adapter"), capsys, monkeypatch)
+    finally:
+        parent.chmod(0o755)
+    _assert_one_clear_error(code, err, "is not a directory you may write to")
+
+
+_KILLER = """
+import os, signal, sys
+
+import torch
+
+import reqcheck.manifest
+
+where = sys.argv[1]
+steps = 0
+step = torch.optim.AdamW.step
+
+
+def counted(self, *args, **kwargs):
+    global steps
+    steps += 1
+    if where == f"step {steps}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+
+
+def write(self, directory):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+torch.optim.AdamW.step = counted
+if where == "writing the adapter":
+    reqcheck.manifest.Manifest.write = write
+from reqcheck.cli import main
+
+sys.argv = ["reqcheck", *sys.argv[2:]]
+main()
+"""
+STEPS = 4 * 24  # 4 epochs of 192 training examples in batches of 8
+
+
+@pytest.mark.parametrize("where", ["a random step", "writing the adapter"])
+def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
+    where: str, tiny_adapters, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    if where == "a random step":
+        where = f"step {random.randint(1, STEPS)}"
+    out = tmp_path / "adapter"
+    args = _train_cli(marker_data, tiny_model_dir, out, "--requirement", PLEASE)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLER, where, *args], capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == -9, f"killed at {where}: {killed.stderr[-2000:]}"
+    assert not out.exists(), f"killed at {where}"
+    assert list(tmp_path.rglob("reqcheck.json")) == [], f"killed at {where}"
+
+    config = TrainConfig(marker_data, str(tiny_model_dir), out, requirement=PLEASE, resume=True, **FAST)
+    resumed = train(config, report=lambda _: None).manifest.metrics
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4], f"killed at {where}"
+    uninterrupted = tiny_adapters["alora"].manifest.metrics
+    assert resumed["val_accuracy"] >= min(0.9, uninterrupted["val_accuracy"]), f"killed at {where}"
+    assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
+
+
+def test_an_outfile_holding_an_adapter_and_user_files_is_refused_untouched(
+    tiny_adapters, marker_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+    shutil.copytree(tiny_adapters["alora"].outfile, out)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ReqcheckError, match="is not a reqcheck adapter"):
+        train(TrainConfig(marker_data, str(tiny_model_dir), out, **FAST), report=lambda _: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_user_files_put_into_the_outfile_during_training_are_kept(
+    marker_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+
+    def user_writes_a_file(line: str) -> None:
+        if line.startswith("epoch 1/") and not out.exists():
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+
+    config = TrainConfig(marker_data, str(tiny_model_dir), out, **{**FAST, "epochs": 1})
+    with pytest.raises(ReqcheckError, match="--resume"):
+        train(config, report=user_writes_a_file)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+    (out / "notes.txt").rename(tmp_path / "notes.txt")
+    config.resume = True
+    lines: list[str] = []
+    train(config, report=lines.append)
+    assert any(line.startswith("resuming after epoch 1") for line in lines)
+    assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
