@@ -6,13 +6,15 @@ import pytest
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.evaluation import (
+    AdapterRun,
+    Baseline,
     Gate,
     Prediction,
     classification_metrics,
-    evaluate_gates,
     mode_summary,
     percentile,
 )
+from reqcheck.stats import wilson_interval
 
 
 def test_metrics_of_a_known_confusion_matrix() -> None:
@@ -39,7 +41,13 @@ def test_metrics_of_a_known_confusion_matrix() -> None:
 
 def test_a_label_never_predicted_has_zero_precision_not_a_division_error() -> None:
     metrics = classification_metrics(["yes", "no"], ["no", "no"], ["no", "yes"])
-    assert metrics["per_label"]["yes"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert metrics["per_label"]["yes"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "recall_interval": list(wilson_interval(0, 1, 0.95)),
+        "f1": 0.0,
+        "support": 1,
+    }
     assert metrics["accuracy"] == 0.5
 
 
@@ -71,10 +79,21 @@ def test_mode_summary_reports_latency_in_ms_and_throughput() -> None:
     assert summary["cached"] == 1
 
 
-MODES = {
-    "adapter": {"accuracy": 0.9, "per_label": {"yes": {"recall": 0.8}, "no": {"recall": 1.0}}},
-    "judge": {"accuracy": 0.6},
-}
+def gated_run(baseline_modes: dict) -> AdapterRun:
+    """Ten cases: the adapter gets 9 right (recall 0.8 on yes, 1.0 on no), the judge 6; a format-1 baseline."""
+    baseline = Baseline(
+        "base.json", {"report_format": 1, "adapters": [{"name": "a", "modes": baseline_modes}]}
+    )
+    run = AdapterRun("a", "a", "sha256:0", {}, "alora", ["no", "yes"], ["yes"], baseline=baseline)
+    for i in range(10):
+        expected = "yes" if i < 5 else "no"
+        adapter = "no" if i == 0 else expected
+        judge = expected if i < 6 else "yes"
+        for mode, said in (("adapter", adapter), ("judge", judge)):
+            other = "no" if said == "yes" else "yes"
+            run.record(id=f"c{i}", file="t.jsonl", line=i + 1, item=f"item {i}", expected=expected, mode=mode,
+                       prediction=Prediction({said: 0.9, other: 0.1}, 0.01))  # fmt: skip
+    return run
 
 
 @pytest.mark.parametrize(
@@ -92,11 +111,13 @@ MODES = {
     ids=lambda p: p.name if isinstance(p, Gate) else str(p),
 )
 def test_gates_compare_their_metric_with_the_threshold(gate: Gate, value: float, passed: bool) -> None:
-    evaluate_gates([gate], MODES, {"modes": {"adapter": {"accuracy": 0.95}}})
+    gated_run({"adapter": {"accuracy": 0.95}}).evaluate(gate)
     assert gate.value == pytest.approx(value)
     assert gate.passed is passed
 
 
 def test_max_drop_without_a_baseline_accuracy_is_one_clear_error() -> None:
-    with pytest.raises(ReqcheckError, match="baseline report has no adapter accuracy"):
-        evaluate_gates([Gate("max_drop", "adapter", 0.05)], MODES, {"modes": {}})
+    gate = Gate("max_drop", "adapter", 0.05)
+    with pytest.raises(ReqcheckError, match="baseline report base.json has no adapter accuracy for a"):
+        gated_run({}).evaluate(gate)
+    assert gate.passed is False and "no adapter accuracy" in gate.problem
