@@ -185,8 +185,10 @@ class LocalHFBackend:
         names = list(manifest.labels)
         labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
+        # an adapter trained with its requirement in the prompt gets that text when the caller names none
         rendered = [
-            render(self.tokenizer, c, manifest.prompt, r) for c, r in zip(contexts, requirements, strict=True)
+            render(self.tokenizer, c, manifest.prompt, r or manifest.requirement)
+            for c, r in zip(contexts, requirements, strict=True)
         ]
         if self.model.active_adapter != adapter_name:
             self.model.set_adapter(adapter_name)

@@ -52,6 +52,8 @@ def _parameters(config_type: type) -> list[inspect.Parameter]:
             kind, default = str, ",".join(f.default_factory())
         elif meta["free_text"]:
             kind, default = str, default.value
+        elif meta["word"] is not None:
+            kind, default = str, str(default)
         elif kind == list[str]:  # a repeatable option; left out, the config's default applies
             kind, default = list[str] | None, None
         info = typer.Argument if meta["argument"] else typer.Option

@@ -54,6 +54,23 @@ class Renderer(Choice):
     mellea = MELLEA_RENDERER
 
 
+class LRSchedule(Choice):
+    linear = "linear"
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Loss(Choice):
+    lm = "lm"
+    label_set = "label-set"
+    both = "lm+label-set"
+
+
+class ItemRole(Choice):
+    assistant = "assistant"
+    user = "user"
+
+
 class PrefixCacheMode(Choice):
     auto = "auto"
     memory = "memory"
@@ -74,6 +91,7 @@ def option(
     unit: str = "",
     comma_separated: bool = False,
     free_text: bool = False,
+    word: str | None = None,
 ) -> Any:
     """A `TrainConfig` field that is also a command-line option.
 
@@ -82,7 +100,8 @@ def option(
     learns: changes what is learned, so it goes into the manifest's hyper-parameters and the resume key.
     at_least / above / below: limits checked on construction (`unit` is named in the message).
     comma_separated: a list given as one comma-separated value. free_text: a Choice typed as text on the
-    command line (the config names the accepted values when one is wrong).
+    command line (the config names the accepted values when one is wrong). word: a number option that
+    also takes this one word (`--learning-rate auto`).
     A list default is copied for every config. Floats must be finite.
     """
     metadata = {
@@ -96,6 +115,7 @@ def option(
         "unit": unit,
         "comma_separated": comma_separated,
         "free_text": free_text,
+        "word": word,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -117,7 +137,13 @@ class TrainConfig:
     adapter: AdapterType = option(AdapterType.alora, help="Adapter type.")
     device: Device = option(Device.auto, help="Device to train on.")
     epochs: int = option(6, help="Number of training epochs.", learns=True, at_least=1)
-    learning_rate: float = option(6e-6, help="Learning rate.", learns=True, above=0.0)
+    learning_rate: float | str = option(
+        6e-6,
+        help="Learning rate, or auto: a short sweep on the validation split picks it.",
+        learns=True,
+        above=0.0,
+        word="auto",
+    )
     batch_size: int = option(2, help="Per-device batch size.", learns=True, at_least=1)
     max_length: int = option(
         1024, help="Maximum sequence length in tokens.", learns=True, at_least=8, unit=" tokens"
@@ -159,6 +185,35 @@ class TrainConfig:
         None, help="Memory for kept item caches (default: a quarter of free memory).", at_least=0
     )
 
+    lr_schedule: LRSchedule = option(
+        LRSchedule.linear,
+        help="Learning-rate schedule: linear (5% warm-up, then linear decay), constant, or cosine.",
+        learns=True,
+        free_text=True,
+    )
+    loss: Loss = option(
+        Loss.lm,
+        help="lm (label tokens over the whole vocabulary), label-set (the label against the other labels "
+        "only), or lm+label-set.",
+        learns=True,
+        free_text=True,
+    )
+    balance: bool = option(False, help="Weight each example by its label's inverse frequency.", learns=True)
+    item_role: ItemRole = option(
+        ItemRole.assistant,
+        help="Chat role the checked item is rendered as: assistant or user.",
+        free_text=True,
+        learns=True,
+    )
+    system_prompt: str | None = option(
+        None, help="System prompt of every rendered example (default: the chat template's own).", learns=True
+    )
+    requirement_in_prompt: bool = option(
+        False,
+        help="Render --requirement into every example's prompt (training and inference alike).",
+        learns=True,
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
@@ -184,6 +239,13 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     if value is None:
         return value
     name, meta = flag_name(f), f.metadata
+    if meta["word"] is not None and isinstance(value, str):
+        if value == meta["word"]:
+            return value
+        try:
+            value = float(value)
+        except ValueError:
+            raise ReqcheckError(f"{name} must be a number or {meta['word']}, not {value!r}.") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ReqcheckError(f"{name} must be a finite number, not {value}.")
     low, above, high = meta["at_least"], meta["above"], meta["below"]

@@ -76,8 +76,57 @@ def batches(encoded: list[Encoded], size: int, rng: random.Random | None = None)
     return groups
 
 
-def label_loss(model: Any, batch: list[Encoded], pad_id: int, alora: bool) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the label tokens of a left-padded batch, and how many tokens it covers.
+@dataclass(frozen=True)
+class Objective:
+    """What a training step minimises at the label positions.
+
+    `lm`: cross-entropy of the label tokens (and end-of-text) over the whole vocabulary. `label-set`:
+    cross-entropy of the label's first token against the other labels' first tokens only, the
+    distribution the scorer reads (as PET and LM-BFF train). `lm+label-set`: both. `weights` scales each
+    example by its label (inverse label frequency under --balance).
+    """
+
+    kind: str = "lm"
+    first_ids: tuple[int, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, first: torch.Tensor, batch: list[Encoded]
+    ) -> tuple[torch.Tensor, int]:
+        """(loss summed so that dividing by the label-token count gives the mean, label-token count).
+
+        `logits` (B, K, V) predict `targets` (B, K; -100 where a row has no label token); `first[i]` is
+        the position of row i's first label token.
+        """
+        device = logits.device
+        n_tokens = int((targets != -100).sum())
+        index = torch.tensor([e.label_index for e in batch], device=device)
+        weight = (
+            torch.tensor(self.weights, device=device)[index]
+            if self.weights
+            else torch.ones(len(batch), device=device)
+        )
+        total = torch.zeros((), device=device)
+        if self.kind != "label-set":
+            per_token = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+            )
+            total = total + (per_token.sum(-1) * weight).sum()
+        if self.kind != "lm":
+            rows = torch.arange(len(batch), device=device)
+            restricted = logits[rows, first][:, torch.tensor(self.first_ids, device=device)]
+            per_row = torch.nn.functional.cross_entropy(restricted, index, reduction="none")
+            total = total + (per_row * weight).sum() * n_tokens / len(batch)
+        return total, n_tokens
+
+
+LM = Objective()
+
+
+def label_loss(
+    model: Any, batch: list[Encoded], pad_id: int, alora: bool, objective: Objective = LM
+) -> tuple[torch.Tensor, int]:
+    """The objective's summed loss over the label tokens of a left-padded batch, and how many tokens it covers.
 
     Left padding aligns every label at the end, so logits are computed only for the last K+1 positions.
     """
@@ -101,11 +150,5 @@ def label_loss(model: Any, batch: list[Encoded], pad_id: int, alora: bool) -> tu
         use_cache=False,
         **extra,
     )
-    logits = out.logits[:, :-1].float()
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.to(device).reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-    return loss, int((targets != -100).sum())
+    first = torch.tensor([k - len(e.label) for e in batch], device=device)
+    return objective(out.logits[:, :-1].float(), targets.to(device), first, batch)

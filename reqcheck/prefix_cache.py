@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from reqcheck import kvcache
-from reqcheck.encoding import Encoded
+from reqcheck.encoding import LM, Encoded, Objective
 from reqcheck.errors import ReqcheckError
 from reqcheck.scoring import LabelSet, left_pad
 
@@ -142,7 +142,7 @@ def _suffix_forward(
     return out.logits.float()
 
 
-def _label_logprobs(
+def _label_logits(
     model: Any,
     cache: Any,
     prefix_mask: torch.Tensor,
@@ -150,42 +150,42 @@ def _label_logprobs(
     labels: list[list[int]],
     pad_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of `labels[i]` after item i's invocation, and the mask of real tokens."""
+    """Logits predicting `labels[i]` after item i's invocation, and the targets (-100 past each label)."""
     suffixes = [e.prompt[e.invocation_start :] + label for e, label in zip(batch, labels, strict=True)]
     k = max(len(label) for label in labels)
-    logits = _suffix_forward(model, cache, prefix_mask, suffixes, pad_id, k + 1)
-    targets = torch.zeros((len(batch), k), dtype=torch.long)
-    real = torch.zeros((len(batch), k), dtype=torch.bool)
+    logits = _suffix_forward(model, cache, prefix_mask, suffixes, pad_id, k + 1)[:, :-1]
+    targets = torch.full((len(batch), k), -100, dtype=torch.long)
     for row, label in enumerate(labels):
         targets[row, : len(label)] = torch.tensor(label)
-        real[row, : len(label)] = True
-    targets, real = targets.to(logits.device), real.to(logits.device)
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked * real, real
+    return logits, targets.to(logits.device)
 
 
-def suffix_loss(prefixes: PrefixCache, batch: list[Encoded]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the label tokens, forward and backward over invocation + label only."""
+def suffix_loss(
+    prefixes: PrefixCache, batch: list[Encoded], objective: Objective = LM
+) -> tuple[torch.Tensor, int]:
+    """The objective over the label tokens, forward and backward over invocation + label only."""
     cache, mask = prefixes.batch(batch)
-    logp, real = _label_logprobs(
+    logits, targets = _label_logits(
         prefixes.model, cache, mask, batch, [e.label for e in batch], prefixes.pad_id
     )
-    return -logp.sum(), int(real.sum())
+    first = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
+    return objective(logits, targets, first, batch)
 
 
 @torch.no_grad()
-def suffix_eval(prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet) -> tuple[float, int, int]:
-    """(summed label loss, label tokens, correct argmax) of a validation batch, scoring as `score_labels`.
+def suffix_eval(
+    prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet
+) -> tuple[float, int, torch.Tensor]:
+    """(summed label loss, label tokens, label scores) of a validation batch.
 
-    Every label is scored after the same prefix in one batched suffix pass; single-token label sets
-    are scored by their first token, others by their full log-likelihood.
+    Scored as `score_labels` does: every label after the same prefix in one batched suffix pass;
+    single-token label sets by their first token, others by their full log-likelihood.
     """
     cache, mask = prefixes.batch(batch)
     n = len(labels.names)
     cache.batch_repeat_interleave(n)
     rows = [e for e in batch for _ in range(n)]
-    logp, real = _label_logprobs(
+    logits, targets = _label_logits(
         prefixes.model,
         cache,
         mask.repeat_interleave(n, dim=0),
@@ -193,11 +193,12 @@ def suffix_eval(prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet) -
         labels.token_ids * len(batch),
         prefixes.pad_id,
     )
-    logp, real = logp.view(len(batch), n, -1), real.view(len(batch), n, -1)
+    real = targets != -100
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp, real = (picked * real).view(len(batch), n, -1), real.view(len(batch), n, -1)
     scores = logp[:, :, 0] if labels.single_token else logp.sum(-1)
     truth = torch.tensor([e.label_index for e in batch], device=logp.device)
     rows_ = torch.arange(len(batch), device=logp.device)
     loss = -float(logp[rows_, truth].sum())
     tokens = int(real[rows_, truth].sum())
-    correct = int((scores.argmax(-1) == truth).sum())
-    return loss, tokens, correct
+    return loss, tokens, scores

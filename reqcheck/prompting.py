@@ -34,6 +34,8 @@ class PromptSpec:
     invocation: str
     renderer: str = CHAT_RENDERER
     requirement_in_prompt: bool = False
+    item_role: str = "assistant"
+    system_prompt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +46,8 @@ class PromptSpec:
             invocation=data["invocation"],
             renderer=data.get("renderer", CHAT_RENDERER),
             requirement_in_prompt=bool(data.get("requirement_in_prompt", False)),
+            item_role=data.get("item_role", "assistant"),
+            system_prompt=data.get("system_prompt"),
         )
 
 
@@ -149,12 +153,14 @@ def find_subsequence(haystack: list[int], needle: list[int]) -> int:
     return -1
 
 
-def _as_messages(context: str | Messages) -> Messages:
+def _as_messages(context: str | Messages, spec: PromptSpec) -> Messages:
     messages = (
-        [{"role": "assistant", "content": context}]
+        [{"role": spec.item_role, "content": context}]
         if isinstance(context, str)
         else [dict(m) for m in context]
     )
+    if spec.system_prompt is not None and messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": spec.system_prompt}, *messages]
     if not messages or not messages[-1].get("content", "").strip():
         raise ReqcheckError("The context to check is empty; pass the text or conversation to check.")
     return messages
@@ -190,7 +196,7 @@ def render(
     `max_length` bounds the prompt; over-long contexts lose tokens from their start so the
     invocation (and the label after it) always survive.
     """
-    messages = _as_messages(context)
+    messages = _as_messages(context, spec)
     inv = invocation_ids(tokenizer, spec.invocation)
     if spec.renderer == MELLEA_RENDERER:
         return _render_mellea(tokenizer, messages, spec, inv, max_length)

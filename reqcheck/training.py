@@ -13,6 +13,7 @@ reference. Under torchrun each process trains on its share of every step (see `d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,10 +32,10 @@ from reqcheck import data as data_mod
 from reqcheck import distributed
 from reqcheck import prefix_cache as prefix_mod
 from reqcheck.atomic import atomic_directory
-from reqcheck.config import AdapterType, TrainConfig
+from reqcheck.config import AdapterType, Loss, LRSchedule, TrainConfig
 from reqcheck.data import Example
 from reqcheck.distributed import Group
-from reqcheck.encoding import Encoded, batches, encode, label_loss
+from reqcheck.encoding import LM, Encoded, Objective, batches, encode, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
 from reqcheck.models import (
@@ -96,6 +97,7 @@ class Trainable:
     alora: bool
     prefixes: prefix_mod.PrefixCache | None
     step_batches: int  # batches per optimizer step, over all processes
+    objective: Objective = LM
 
 
 @dataclass
@@ -107,6 +109,7 @@ class RunState:
     best_val_loss: float = math.inf
     best_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    sweep: dict[str, Any] | None = None
 
     def record(self, metrics: dict[str, float], weights: dict[str, torch.Tensor]) -> None:
         """Add an epoch's metrics; keep its weights when its validation loss is the best so far.
@@ -154,12 +157,22 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     pad_id = prep.tokenizer.pad_token_id
     cache_mode, prefixes = prefix_caches(config, model, prep.train_set + prep.val_set, pad_id, device, report)
 
-    # Optimizer and schedule: AdamW, linear warm-up over the first 5% of the steps, then linear decay.
-    run = optimizer_and_schedule(config, model, pad_id, prefixes, len(prep.train_set), group)
+    # Objective: the loss over the label positions (--loss), weighted by label under --balance.
+    objective = make_objective(config, prep, report)
+
+    # Learning rate: the given one, the resumed run's, or (auto) the best of a short sweep from this start.
+    sweep = (prep.saved or {}).get("state", {}).get("sweep")
+    if config.learning_rate == "auto" and sweep is None:
+        sweep = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, report)
+    rate = sweep["chosen"] if config.learning_rate == "auto" else config.learning_rate
+
+    # Optimizer and schedule: AdamW, and --lr-schedule over the whole run.
+    run = optimizer_and_schedule(config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group)
 
     # Resume or start: an interrupted run of the same command continues after its last finished epoch.
     checkpoint = partial_dir(config.outfile)
     state = resume_or_start(config, prep.saved, run, report)
+    state.sweep = sweep
     distributed.broadcast_params(run.params, group)
 
     # Train: every epoch runs its optimizer steps over a fresh shuffle of the training set.
@@ -211,10 +224,17 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(ref)
+    if config.requirement_in_prompt:
+        examples, train_examples, val_examples = (
+            [dataclasses.replace(e, requirement=e.requirement or config.requirement) for e in part]
+            for part in (examples, train_examples, val_examples)
+        )
     spec = PromptSpec(
         invocation=invocation or default_invocation(tokenizer),
         renderer=config.renderer.value,
         requirement_in_prompt=any(e.requirement for e in examples),
+        item_role=config.item_role.value,
+        system_prompt=config.system_prompt,
     )
     names = sorted(data_mod.label_counts(examples))
     labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
@@ -401,25 +421,125 @@ def prefix_caches(
     return mode, prefix_mod.PrefixCache(model, pad_id, keep=mode == "memory")
 
 
+def total_steps(config: TrainConfig, n_train: int, group: Group) -> int:
+    """Optimizer steps of the whole run: each takes `grad_accum` batches from every process."""
+    return (
+        math.ceil(math.ceil(n_train / config.batch_size) / (config.grad_accum * group.world)) * config.epochs
+    )
+
+
+def make_scheduler(kind: LRSchedule, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """Constant, or a warm-up over the first 5% of `steps` then linear or cosine decay to zero."""
+    from transformers import (
+        get_constant_schedule,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    if kind == LRSchedule.constant:
+        return get_constant_schedule(optimizer)
+    warmup = max(1, steps // 20)
+    if kind == LRSchedule.cosine:
+        return get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    return get_linear_schedule_with_warmup(optimizer, warmup, steps)
+
+
 def optimizer_and_schedule(
     config: TrainConfig,
     model: Any,
     pad_id: int,
     prefixes: prefix_mod.PrefixCache | None,
+    objective: Objective,
+    rate: float,
     n_train: int,
     group: Group,
+    steps: int | None = None,
 ) -> Trainable:
-    """AdamW over the adapter's weights and a linear schedule with warm-up over the whole run."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """AdamW over the adapter's weights at `rate`, and --lr-schedule over `steps` (default: the whole run)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
-    step_batches = config.grad_accum * group.world
-    steps_per_epoch = math.ceil(math.ceil(n_train / config.batch_size) / step_batches)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+    optimizer = torch.optim.AdamW(params, lr=rate)
+    scheduler = make_scheduler(config.lr_schedule, optimizer, steps or total_steps(config, n_train, group))
     alora = config.adapter == AdapterType.alora
-    return Trainable(model, params, optimizer, scheduler, pad_id, alora, prefixes, step_batches)
+    step_batches = config.grad_accum * group.world
+    return Trainable(model, params, optimizer, scheduler, pad_id, alora, prefixes, step_batches, objective)
+
+
+# --- objective and learning rate ----------------------------------------------------------------------
+
+
+def make_objective(config: TrainConfig, prep: Prepared, report: Reporter) -> Objective:
+    """The loss of --loss, with per-label weights (inverse frequency in the training split) under --balance."""
+    weights: tuple[float, ...] = ()
+    if config.balance:
+        counts = data_mod.label_counts(prep.train_examples)
+        total = sum(counts.values())
+        weights = tuple(total / (len(counts) * counts[name]) for name in prep.labels.names)
+        report(
+            "label weights: "
+            + ", ".join(f"{n} {w:.2f}" for n, w in zip(prep.labels.names, weights, strict=True))
+        )
+    firsts = tuple(ids[0] for ids in prep.labels.token_ids)
+    if config.loss != Loss.lm and len(set(firsts)) != len(firsts):
+        raise ReqcheckError(
+            f"--loss {config.loss} needs labels whose first tokens differ, and two of {prep.labels.names} "
+            "share one; rename a label or use --loss lm."
+        )
+    return Objective(config.loss.value, firsts, weights)
+
+
+LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+SWEEP_SHARE = 0.25  # of the run's steps, per candidate: the sweep costs 1.5 runs' worth of steps
+
+
+def lr_sweep(
+    config: TrainConfig,
+    prep: Prepared,
+    model: Any,
+    pad_id: int,
+    prefixes: prefix_mod.PrefixCache | None,
+    objective: Objective,
+    group: Group,
+    report: Reporter,
+) -> dict[str, Any]:
+    """Train each candidate rate for a quarter of the run from the same start; keep the lowest val loss.
+
+    Every candidate sees the same batches in the same order and reuses the same prefix caches, so the
+    item prefixes are computed once for the whole sweep and the run after it.
+    """
+    if not prep.val_set:
+        raise ReqcheckError("--learning-rate auto needs a validation split; pass --val-fraction above 0.")
+    start = {k: v.detach().clone() for k, v in adapter_weights(model).items()}
+    steps = max(1, round(total_steps(config, len(prep.train_set), group) * SWEEP_SHARE))
+    candidates = []
+    for rate in LR_CANDIDATES:
+        load_adapter_weights(model, start)
+        torch.manual_seed(config.seed + group.rank)
+        run = optimizer_and_schedule(
+            config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group, steps=steps
+        )
+        rng, done = random.Random(config.seed), 0
+        run.model.train()
+        while done < steps:
+            epoch_batches = batches(prep.train_set, config.batch_size, rng)
+            for i in range(0, len(epoch_batches), run.step_batches):
+                if done < steps:
+                    train_step(run, epoch_batches[i : i + run.step_batches], group)
+                    done += 1
+        metrics = evaluate(run, prep.val_set, prep.labels, config.batch_size, group)
+        report(
+            f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
+        )
+        candidates.append({"learning_rate": rate, **{k: metrics[k] for k in ("val_loss", "val_accuracy")}})
+    load_adapter_weights(model, start)
+    torch.manual_seed(config.seed + group.rank)
+    finite = [c for c in candidates if math.isfinite(c["val_loss"])]
+    if not finite:
+        raise ReqcheckError(
+            "Every learning rate of the sweep diverged; check the data, or pass --learning-rate."
+        )
+    chosen = min(finite, key=lambda c: c["val_loss"])["learning_rate"]
+    report(f"lr sweep: chose {chosen:g} ({steps} steps per candidate)")
+    return {"steps": steps, "candidates": candidates, "chosen": chosen}
 
 
 # --- resume or start ----------------------------------------------------------------------------------
@@ -491,23 +611,38 @@ def run_epoch(
     progress.start_epoch(epoch, len(steps))
     running, running_tokens = 0.0, 0
     for index, step in enumerate(steps):
-        for batch in step[group.rank :: group.world]:
-            if run.prefixes is not None:
-                loss_sum, n_tokens = prefix_mod.suffix_loss(run.prefixes, batch)
-            else:
-                loss_sum, n_tokens = label_loss(run.model, batch, run.pad_id, run.alora)
-            (loss_sum / max(n_tokens, 1) / size).backward()
-            running, running_tokens = running + float(loss_sum.detach()), running_tokens + n_tokens
-            progress.tokens += sum(e.length for e in batch)
-        distributed.sum_grads(run.params, group)
-        torch.nn.utils.clip_grad_norm_(run.params, 1.0)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        loss, tokens, seen = train_step(run, step, group)
+        running, running_tokens, progress.tokens = (
+            running + loss,
+            running_tokens + tokens,
+            progress.tokens + seen,
+        )
         progress.step(index, running / max(running_tokens, 1))
     progress.end_epoch()
     running, running_tokens = distributed.sum_values([running, running_tokens], group, device)
     return {"epoch": epoch + 1, "train_loss": running / max(running_tokens, 1)}
+
+
+def train_step(run: Trainable, step: list[list[Encoded]], group: Group) -> tuple[float, int, int]:
+    """One optimizer step over this process's share of `step`: (summed loss, label tokens, item tokens)."""
+    loss, tokens, seen = 0.0, 0, 0
+    for batch in step[group.rank :: group.world]:
+        if run.prefixes is not None:
+            loss_sum, n_tokens = prefix_mod.suffix_loss(run.prefixes, batch, run.objective)
+        else:
+            loss_sum, n_tokens = label_loss(run.model, batch, run.pad_id, run.alora, run.objective)
+        (loss_sum / max(n_tokens, 1) / run.step_batches).backward()
+        loss, tokens, seen = (
+            loss + float(loss_sum.detach()),
+            tokens + n_tokens,
+            seen + sum(e.length for e in batch),
+        )
+    distributed.sum_grads(run.params, group)
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, tokens, seen
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -516,32 +651,48 @@ def run_epoch(
 @torch.no_grad()
 def _full_eval(
     model: Any, batch: list[Encoded], labels: LabelSet, pad_id: int, alora: bool
-) -> tuple[float, int, int]:
-    """(summed label loss, label tokens, correct argmax) of a batch, from full-sequence forwards."""
+) -> tuple[float, int, torch.Tensor]:
+    """(summed label loss, label tokens, label scores) of a batch, from full-sequence forwards."""
     loss, tokens = label_loss(model, batch, pad_id, alora)
     scores = score_labels(
         model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad_id
     )
-    correct = sum(int(s.argmax()) == e.label_index for s, e in zip(scores, batch, strict=True))
-    return float(loss), tokens, correct
+    return float(loss), tokens, scores
 
 
 @torch.no_grad()
 def evaluate(
     run: Trainable, val: list[Encoded], labels: LabelSet, batch_size: int, group: Group = distributed.SOLO
 ) -> dict[str, float]:
-    """Validation loss (label tokens) and accuracy (argmax of label scores), over all processes' shares."""
+    """Validation metrics over all processes' shares, from the label scores the checker reads.
+
+    val_loss: label-token loss; val_label_loss: cross-entropy of the label scores (what --loss label-set
+    trains); val_accuracy; val_recall: per label, the share of its examples scored highest.
+    """
     run.model.eval()
-    totals = [0.0, 0.0, 0.0]
+    n = len(labels.names)
+    totals = [0.0] * (3 + 2 * n)  # loss, tokens, label-set loss, then per label: correct, support
     for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
         if run.prefixes is not None:
-            result = prefix_mod.suffix_eval(run.prefixes, batch, labels)
+            loss, tokens, scores = prefix_mod.suffix_eval(run.prefixes, batch, labels)
         else:
-            result = _full_eval(run.model, batch, labels, run.pad_id, run.alora)
-        totals = [t + r for t, r in zip(totals, result, strict=True)]
+            loss, tokens, scores = _full_eval(run.model, batch, labels, run.pad_id, run.alora)
+        truth = torch.tensor([e.label_index for e in batch])
+        scores = scores.float().cpu()
+        totals[0], totals[1] = totals[0] + loss, totals[1] + tokens
+        totals[2] += float(torch.nn.functional.cross_entropy(scores, truth, reduction="sum"))
+        for guess, true in zip(scores.argmax(-1).tolist(), truth.tolist(), strict=True):
+            totals[3 + true] += guess == true
+            totals[3 + n + true] += 1
     device = str(next(run.model.parameters()).device)
-    total, tokens, correct = distributed.sum_values(totals, group, device)
-    return {"val_loss": total / max(tokens, 1), "val_accuracy": correct / max(len(val), 1)}
+    totals = distributed.sum_values(totals, group, device)
+    correct, support = totals[3 : 3 + n], totals[3 + n :]
+    return {
+        "val_loss": totals[0] / max(totals[1], 1),
+        "val_label_loss": totals[2] / max(len(val), 1),
+        "val_accuracy": sum(correct) / max(len(val), 1),
+        "val_recall": {name: c / s for name, c, s in zip(labels.names, correct, support, strict=True) if s},
+    }
 
 
 # --- save the checkpoint ------------------------------------------------------------------------------
@@ -603,13 +754,20 @@ def build_manifest(
             "truncated": prep.truncated,
         },
         split_seed=config.seed,
-        hyperparameters={**config.hyperparameters(), "prefix_cache": cache_mode, "processes": processes},
+        hyperparameters={
+            **config.hyperparameters(),
+            "learning_rate": state.sweep["chosen"] if state.sweep else config.learning_rate,
+            "prefix_cache": cache_mode,
+            "processes": processes,
+        },
         metrics={
             "best_epoch": state.best_epoch,
             "best_val_loss": best.get("val_loss"),
             "val_accuracy": best.get("val_accuracy"),
+            "val_recall": best.get("val_recall"),
             "majority_baseline": majority,
             "history": state.history,
+            **({"lr_sweep": state.sweep} if state.sweep else {}),
         },
         versions=library_versions(),
     )
@@ -653,12 +811,21 @@ def summary(result: TrainResult) -> list[str]:
             f"best epoch {m['best_epoch']}: val loss {m['best_val_loss']:.4f}, val accuracy "
             f"{m['val_accuracy']:.3f} (majority-class baseline {m['majority_baseline']:.3f})"
         )
+        if m.get("val_recall"):
+            lines.append(
+                "val recall per label: " + ", ".join(f"{k} {v:.3f}" for k, v in m["val_recall"].items())
+            )
+        if m.get("lr_sweep"):
+            tried = ", ".join(
+                f"{c['learning_rate']:g} ({c['val_loss']:.3f})" for c in m["lr_sweep"]["candidates"]
+            )
+            lines.append(f"learning rate {m['lr_sweep']['chosen']:g} chosen by val loss from: {tried}")
         if m["val_accuracy"] <= m["majority_baseline"]:
             lr = result.manifest.hyperparameters["learning_rate"]
             lines.append(
                 f"warning: validation accuracy does not beat the majority-class baseline; the adapter has not "
-                f"learned the task. Raise --learning-rate (now {lr:g}; 1e-4 to 5e-4 suits models under 1B, "
-                "the default 6e-6 suits 8B models), train more --epochs, or add data."
+                f"learned the task (--learning-rate {lr:g}). Rerun with --learning-rate auto, which tries "
+                "rates on the validation split and keeps the best; or train more --epochs, or add data."
             )
     lines.append(
         f"examples truncated: {result.manifest.data['truncated']}; {result.tokens_per_second:.0f} tokens/s; "

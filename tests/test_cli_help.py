@@ -24,7 +24,13 @@ TRAIN_OPTIONS = [
     (["--adapter"], ["alora", "lora"], "alora", False, "Adapter type."),
     (["--device"], ["auto", "cpu", "cuda", "mps"], "auto", False, "Device to train on."),
     (["--epochs"], "int", 6, False, "Number of training epochs."),
-    (["--learning-rate"], "float", 6e-06, False, "Learning rate."),
+    (
+        ["--learning-rate"],
+        "str",
+        "6e-06",
+        False,
+        "Learning rate, or auto: a short sweep on the validation split picks it.",
+    ),
     (["--batch-size"], "int", 2, False, "Per-device batch size."),
     (["--max-length"], "int", 1024, False, "Maximum sequence length in tokens."),
     (["--grad-accum"], "int", 4, False, "Gradient accumulation steps."),
@@ -71,6 +77,49 @@ TRAIN_OPTIONS = [
         None,
         False,
         "Memory for kept item caches (default: a quarter of free memory).",
+    ),
+    (
+        ["--lr-schedule"],
+        "str",
+        "linear",
+        False,
+        "Learning-rate schedule: linear (5% warm-up, then linear decay), constant, or cosine.",
+    ),
+    (
+        ["--loss"],
+        "str",
+        "lm",
+        False,
+        "lm (label tokens over the whole vocabulary), label-set (the label against the other labels only), "
+        "or lm+label-set.",
+    ),
+    (
+        ["--balance", "--no-balance"],
+        "bool",
+        False,
+        False,
+        "Weight each example by its label's inverse frequency.",
+    ),
+    (
+        ["--item-role"],
+        "str",
+        "assistant",
+        False,
+        "Chat role the checked item is rendered as: assistant or user.",
+    ),
+    (
+        ["--system-prompt"],
+        "str",
+        None,
+        False,
+        "System prompt of every rendered example (default: the chat template's own).",
+    ),
+    (
+        ["--requirement-in-prompt", "--no-requirement-in-prompt"],
+        "bool",
+        False,
+        False,
+        "Render --requirement into every example's prompt (training and inference alike).",
     ),
 ]
 
@@ -143,6 +192,12 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
         "resume": False,
         "prefix_cache": "auto",
         "prefix_cache_budget_mb": None,
+        "lr_schedule": "linear",
+        "loss": "lm",
+        "balance": False,
+        "item_role": "assistant",
+        "system_prompt": None,
+        "requirement_in_prompt": False,
     }
 
 
@@ -151,6 +206,11 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
     [
         (["--adapter", "lora", "--device", "cpu"], {"adapter": "lora", "device": "cpu"}),
         (["--epochs", "3", "--learning-rate", "1e-4"], {"epochs": 3, "learning_rate": 1e-4}),
+        (["--learning-rate", "auto"], {"learning_rate": "auto"}),
+        (
+            ["--loss", "lm+label-set", "--lr-schedule", "constant"],
+            {"loss": "lm+label-set", "lr_schedule": "constant"},
+        ),
         (["--positive-label", "ok", "--positive-label", "fine"], {"positive_labels": ["ok", "fine"]}),
         (["--target-modules", " q_proj, ,o_proj "], {"target_modules": ["q_proj", "o_proj"]}),
         (

@@ -95,6 +95,12 @@ def test_hyperparameters_are_the_options_that_change_what_is_learned() -> None:
         "target_modules",
         "seed",
         "val_fraction",
+        "lr_schedule",
+        "loss",
+        "balance",
+        "item_role",
+        "system_prompt",
+        "requirement_in_prompt",
     }
 
 

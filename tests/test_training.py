@@ -88,6 +88,8 @@ def test_manifest_holds_what_design_lists(tiny_adapters, marker_data: Path) -> N
         "invocation": "<|start_of_role|>check_requirement<|end_of_role|>",
         "renderer": "chat-v1",
         "requirement_in_prompt": False,
+        "item_role": "assistant",
+        "system_prompt": None,
     }
     assert data["labels"] == {"no": 120, "yes": 120}
     assert data["positive_labels"] == ["yes"]

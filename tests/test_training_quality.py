@@ -1,0 +1,172 @@
+"""Training choices for quality: --learning-rate auto, the label-set objective, --balance, prompt options."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reqcheck import prefix_cache
+from reqcheck.config import TrainConfig
+from reqcheck.data import load_examples
+from reqcheck.encoding import Encoded, Objective
+from reqcheck.errors import ReqcheckError
+from reqcheck.manifest import Manifest
+from reqcheck.prompting import render
+from reqcheck.training import LR_CANDIDATES, train
+from tests.helpers import FAST, PLEASE
+from tests.tiny import marker_task, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One --learning-rate auto run on the tiny model, counting the item prefixes computed."""
+    computed: list[int] = []
+    original = prefix_cache.PrefixCache._compute
+
+    def counting(self, batch):
+        computed.extend(id(e) for e in batch)
+        return original(self, batch)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(prefix_cache.PrefixCache, "_compute", counting)
+    try:
+        out = tmp_path_factory.mktemp("swept") / "adapter"
+        result = train(
+            TrainConfig(
+                datafile=marker_data,
+                basemodel=str(tiny_model_dir),
+                outfile=out,
+                requirement=PLEASE,
+                prefix_cache="memory",
+                **{**FAST, "learning_rate": "auto"},
+            ),
+            report=lambda _: None,
+        )
+    finally:
+        patch.undo()
+    return result, computed
+
+
+def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(swept) -> None:
+    result, _ = swept
+    sweep = result.manifest.metrics["lr_sweep"]
+    assert [c["learning_rate"] for c in sweep["candidates"]] == list(LR_CANDIDATES)
+    losses = {c["learning_rate"]: c["val_loss"] for c in sweep["candidates"]}
+    finite = {rate: loss for rate, loss in losses.items() if math.isfinite(loss)}
+    assert sweep["chosen"] == min(finite, key=finite.__getitem__)
+    assert result.manifest.hyperparameters["learning_rate"] == sweep["chosen"]
+    assert len(set(losses.values())) > 1  # the candidates really trained differently
+    assert result.manifest.metrics["val_accuracy"] >= 0.9
+
+
+def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
+    """Every item's prefix is computed once for the whole sweep and the run after it."""
+    result, computed = swept
+    n_items = result.manifest.data["n_train"] + result.manifest.data["n_val"]
+    assert len(computed) == len(set(computed)) == n_items
+
+
+def test_auto_learning_rate_needs_a_validation_split(
+    tiny_model_dir: Path, marker_data: Path, tmp_path
+) -> None:
+    config = TrainConfig(
+        datafile=marker_data,
+        basemodel=str(tiny_model_dir),
+        outfile=tmp_path / "a",
+        val_fraction=0.0,
+        **{**FAST, "learning_rate": "auto"},
+    )
+    with pytest.raises(ReqcheckError, match="validation split"):
+        train(config, report=lambda _: None)
+
+
+@pytest.mark.parametrize("value", ["fast", "1e-3x", ""])
+def test_learning_rate_is_a_number_or_auto(value: str, tmp_path) -> None:
+    with pytest.raises(ReqcheckError, match="--learning-rate must be a number or auto"):
+        TrainConfig(datafile=tmp_path, basemodel="m", outfile=tmp_path, learning_rate=value)
+    assert (
+        TrainConfig(datafile=tmp_path, basemodel="m", outfile=tmp_path, learning_rate="2e-4").learning_rate
+        == 2e-4
+    )
+
+
+def _rows(labels: list[int]) -> list[Encoded]:
+    return [Encoded([1, 2], 1, label, [10 + label, 0], 0) for label in labels]
+
+
+def test_label_set_loss_is_the_cross_entropy_over_the_labels_first_tokens() -> None:
+    torch.manual_seed(0)
+    logits, batch = torch.randn(3, 2, 20), _rows([0, 1, 1])
+    targets = torch.tensor([[e.label[0], e.label[1]] for e in batch])
+    first = torch.zeros(3, dtype=torch.long)
+    loss, tokens = Objective("label-set", (10, 11))(logits, targets, first, batch)
+    expected = torch.nn.functional.cross_entropy(logits[:, 0][:, [10, 11]], torch.tensor([0, 1, 1]))
+    assert tokens == 6
+    torch.testing.assert_close(loss / tokens, expected)
+    lm, _ = Objective("lm", (10, 11))(logits, targets, first, batch)
+    both, _ = Objective("lm+label-set", (10, 11))(logits, targets, first, batch)
+    torch.testing.assert_close(both, lm + loss)
+
+
+def test_balance_weights_each_example_by_its_label() -> None:
+    torch.manual_seed(0)
+    logits, batch = torch.randn(3, 2, 20), _rows([0, 1, 1])
+    targets = torch.tensor([[e.label[0], e.label[1]] for e in batch])
+    first = torch.zeros(3, dtype=torch.long)
+    plain = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(-1)
+    loss, _ = Objective("lm", (10, 11), (3.0, 0.5))(logits, targets, first, batch)
+    torch.testing.assert_close(loss, 3.0 * plain[0] + 0.5 * plain[1] + 0.5 * plain[2])
+
+
+@pytest.mark.parametrize("loss", ["lm", "lm+label-set"])
+def test_the_predicted_label_is_the_models_top_next_token(
+    loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path
+) -> None:
+    """Mellea and granite-common read a label by generation: it must win over the whole vocabulary."""
+    result = train(
+        TrainConfig(
+            datafile=marker_data, basemodel=str(tiny_model_dir), outfile=tmp_path / "a", loss=loss, **FAST
+        ),
+        report=lambda _: None,
+    )
+    from peft import PeftModel
+
+    manifest = Manifest.read(result.outfile)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.outfile
+    ).eval()
+    first_tokens = {manifest.label_token_ids[name][0]: name for name in manifest.labels}
+    held_out = write_jsonl(tmp_path / "held.jsonl", marker_task(60, seed=7))
+    top_is_right = 0
+    for example in load_examples(held_out):
+        ids = render(tokenizer, example.item, manifest.prompt).input_ids
+        with torch.no_grad():
+            top = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        top_is_right += first_tokens.get(top) == example.label
+    assert top_is_right / 60 >= 0.9
+
+
+def test_requirement_in_prompt_renders_the_requirement_for_training_and_inference(
+    tiny_model_dir: Path, marker_data: Path, tmp_path
+) -> None:
+    result = train(
+        TrainConfig(
+            datafile=marker_data,
+            basemodel=str(tiny_model_dir),
+            outfile=tmp_path / "a",
+            requirement=PLEASE,
+            requirement_in_prompt=True,
+            **{**FAST, "epochs": 1},
+        ),
+        report=lambda _: None,
+    )
+    spec = Manifest.read(result.outfile).prompt
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with_req = render(tokenizer, "the reply", spec, PLEASE).input_ids
+    assert spec.requirement_in_prompt
+    assert len(with_req) > len(render(tokenizer, "the reply", spec).input_ids)
