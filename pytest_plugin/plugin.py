@@ -83,7 +83,48 @@ def setting(config: pytest.Config, name: str) -> Any:
     kind = SETTINGS[name][0]
     if value is None or value == "":
         return False if kind is bool else None
-    return kind(value) if kind is not bool else bool(value)
+    if kind is bool:
+        return bool(value)
+    try:
+        return kind(value)
+    except ValueError:
+        raise pytest.UsageError(f"reqcheck_{name} = {value!r} is not a {kind.__name__}; fix it.") from None
+
+
+# gate thresholds: accuracy and recall are fractions; a gain or a drop is a difference of two of them
+THRESHOLD_RANGES = {
+    "min_accuracy": (0.0, 1.0),
+    "min_recall": (0.0, 1.0),
+    "max_drop": (0.0, 1.0),
+    "min_gain": (-1.0, 1.0),
+}
+
+
+def check_gate_settings(config: pytest.Config) -> None:
+    """Refuse thresholds no accuracy can meet, and a baseline that is not used or cannot be read, up front."""
+    for name, (low, high) in THRESHOLD_RANGES.items():
+        value = setting(config, name)
+        if value is not None and not low <= value <= high:
+            raise pytest.UsageError(
+                f"--reqcheck-{name.replace('_', '-')} {value} is outside [{low:g}, {high:g}]; pass a fraction "
+                "such as 0.9."
+            )
+    baseline, max_drop = setting(config, "baseline"), setting(config, "max_drop")
+    if max_drop is not None and not baseline:
+        raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
+    if baseline and max_drop is None:
+        raise pytest.UsageError(
+            "--reqcheck-baseline is used only with --reqcheck-max-drop X (how far the adapter's accuracy may "
+            "drop below the baseline's); add it or drop the baseline."
+        )
+    if baseline:
+        from reqcheck.errors import ReqcheckError
+        from reqcheck.evaluation import read_report, report_entries
+
+        try:
+            report_entries(read_report(baseline), baseline)
+        except ReqcheckError as exc:
+            raise pytest.UsageError(f"--reqcheck-baseline: {exc}") from None
 
 
 class ReqcheckFailure(Exception):
@@ -106,6 +147,8 @@ class ReqcheckPlugin:
         self.results: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
         self.files: dict[str, list[dict[str, Any]]] = {}
         self.gates: list[Any] = []
+        self.ungated: dict[str, list[str]] = {}
+        check_gate_settings(config)
         from reqcheck.errors import ReqcheckError
 
         try:
@@ -118,9 +161,9 @@ class ReqcheckPlugin:
     def _locate(self) -> dict[str, Any]:
         """Adapter name -> its files, manifest and cache fingerprint, found without loading a model."""
         from reqcheck import __version__
-        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter
-        from reqcheck.manifest import Manifest, content_hash
-        from reqcheck.models import resolve_base_model
+        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter, resolve_adapter
+        from reqcheck.manifest import MANIFEST_NAME, Manifest, content_hash
+        from reqcheck.models import load_tokenizer, resolve_base_model
 
         specs = self.config.getoption("adapter")
         base = self.config.getoption("basemodel") or _base_spec(specs[0])
@@ -129,7 +172,11 @@ class ReqcheckPlugin:
         for spec in specs:
             adapter = CustomIntrinsicAdapter(model_id=spec)
             path = locate_adapter(adapter, self.base_model.short_name)
-            manifest = Manifest.read(path)
+            if (path / MANIFEST_NAME).exists():
+                manifest = Manifest.read(path)
+            else:  # trained by Mellea: labels and prompt format need the tokenizer (no model is loaded)
+                tokenizer = load_tokenizer(self.base_model)
+                manifest = resolve_adapter(adapter, self.base_model.short_name, tokenizer).manifest
             fingerprint = {
                 "adapter": content_hash(path),
                 "base": self.base_model.revision,
@@ -148,11 +195,17 @@ class ReqcheckPlugin:
         """The session's LocalHFBackend, loaded on the first case that is not in the cache."""
         if self._backend is None:
             from reqcheck.backend import LocalHFBackend
+            from reqcheck.errors import ReqcheckError
 
-            backend = LocalHFBackend(self.base_model.spec, device=self.config.getoption("reqcheck_device"))
-            for name, adapter in self.adapters.items():
-                adapter["spec"].intrinsic_name = name
-                backend.add_adapter(adapter["spec"])
+            try:
+                backend = LocalHFBackend(
+                    self.base_model.spec, device=self.config.getoption("reqcheck_device")
+                )
+                for name, adapter in self.adapters.items():
+                    adapter["spec"].intrinsic_name = name
+                    backend.add_adapter(adapter["spec"])
+            except ReqcheckError as exc:  # every case would fail the same way: stop once, as a usage error
+                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
             self._backend = backend
         return self._backend
 
@@ -187,9 +240,10 @@ class ReqcheckPlugin:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         """Gates run after every case, whatever -k selected, so they appear in -v output and JUnit."""
-        if not any(isinstance(item, ReqcheckCase) for item in items):
+        cases = [item for item in items if isinstance(item, ReqcheckCase)]
+        if not cases:
             return
-        self.gates = self._make_gates()
+        self.gates = self._make_gates(cases)
         items.extend(
             GateItem.from_parent(
                 session,
@@ -200,7 +254,8 @@ class ReqcheckPlugin:
             for a, g in self.gates
         )
 
-    def _make_gates(self) -> list[tuple[str, Any]]:
+    def _make_gates(self, cases: list[ReqcheckCase]) -> list[tuple[str, Any]]:
+        """The gates of each adapter; a recall gate only for labels that have cases (others are listed)."""
         from reqcheck.evaluation import Gate
 
         gates = []
@@ -210,21 +265,28 @@ class ReqcheckPlugin:
             if (value := setting(self.config, "min_gain")) is not None:
                 gates.append((name, Gate("min_gain", "adapter-judge", value)))
             if (value := setting(self.config, "max_drop")) is not None:
-                if not setting(self.config, "baseline"):
-                    raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
                 gates.append((name, Gate("max_drop", "adapter", value)))
             if (value := setting(self.config, "min_recall")) is not None:
-                for label in self.adapters[name]["manifest"].labels:
-                    gates.append((name, Gate("min_recall", "adapter", value, label=label)))
+                present = {c.example.label for c in cases if c.adapter == name}
+                labels = self.adapters[name]["manifest"].labels
+                gates += [
+                    (name, Gate("min_recall", "adapter", value, label=x)) for x in labels if x in present
+                ]
+                self.ungated[name] = [label for label in labels if label not in present]
         return gates
 
     # running
 
     def prediction(self, case: ReqcheckCase) -> Any:
         """The case's prediction; on the first miss, every selected case is predicted in batches."""
+        from reqcheck.errors import ReqcheckError
+
         key = (case.adapter, case.mode, case.key)
         if key not in self.predictions:
-            self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
+            try:
+                self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
+            except ReqcheckError as exc:  # the whole batch failed: one message, not one per case
+                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         return self.predictions[key]
 
     def _predict_all(self, cases: list[ReqcheckCase]) -> None:
@@ -241,8 +303,13 @@ class ReqcheckPlugin:
                 mode: (self.config.cache.get(slot, None) if use_cache else None) or {}
                 for mode, slot in slots.items()
             }
+            # the same item under two requirements is two predictions (the cache key holds both)
             missing = list(
-                {c.example.item: c.example for c in members if c.key not in stored[c.mode]}.values()
+                {
+                    (c.example.item, c.example.requirement): c.example
+                    for c in members
+                    if c.key not in stored[c.mode]
+                }.values()
             )
             fresh: set[str] = set()
             if missing:
@@ -285,13 +352,13 @@ class ReqcheckPlugin:
         return modes
 
     def baseline_entry(self, adapter: str) -> dict[str, Any] | None:
-        from reqcheck.evaluation import read_report
+        from reqcheck.evaluation import read_report, report_entries
 
         path = setting(self.config, "baseline")
         if not path:
             return None
-        entries = read_report(path)["adapters"]
-        return next((e for e in entries if e["name"] == adapter), None)
+        entries = report_entries(read_report(path), path)
+        return next((e for e in entries if e.get("name") == adapter), None)
 
     # reporting
 
@@ -353,16 +420,38 @@ class ReqcheckPlugin:
                 value = "-" if gate.value is None else f"{gate.value:.3f}"
                 label = f"[{gate.label}]" if gate.label else ""
                 write(f"  gate {gate.name}{label}: {value} vs {gate.threshold} -> {verdict}")
+            for label in self.ungated.get(entry.name, []):
+                write(f"  gate min_recall[{label}]: no cases -> not gated")
 
 
 def _base_spec(adapter: str) -> str:
     """The base model an adapter directory names (reqcheck.json, else PEFT's adapter_config.json)."""
-    path = Path(adapter)
-    if (path / "reqcheck.json").exists():
-        return json.loads((path / "reqcheck.json").read_text())["base_model"]["spec"]
-    if (path / "adapter_config.json").exists():
-        return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    raise pytest.UsageError(f"Cannot tell the base model of {adapter}; pass --basemodel.")
+    from reqcheck.errors import ReqcheckError
+    from reqcheck.manifest import MANIFEST_NAME, Manifest
+    from reqcheck.models import is_hub_id
+
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        if is_hub_id(adapter):
+            raise pytest.UsageError(f"Cannot tell the base model of Hub adapter {adapter}; pass --basemodel.")
+        raise pytest.UsageError(
+            f"--adapter {adapter} does not exist; pass the directory reqcheck train wrote (with =, as "
+            "--adapter=PATH) or a Hub repo id."
+        )
+    try:
+        if (path / MANIFEST_NAME).exists():
+            return str(Manifest.read(path).base_model["spec"])
+        spec = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except ReqcheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        spec = None
+    if not isinstance(spec, str) or not spec:
+        raise pytest.UsageError(
+            f"Cannot tell the base model of {adapter} (it holds no reqcheck.json or adapter_config.json "
+            "naming one); pass --basemodel."
+        )
+    return spec
 
 
 class ReqcheckFile(pytest.File):

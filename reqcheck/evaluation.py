@@ -150,7 +150,7 @@ def evaluate_gates(
         elif gate.name == "min_gain":
             gate.value = modes["adapter"]["accuracy"] - modes["judge"]["accuracy"]
         elif gate.name == "max_drop":
-            before = ((baseline or {}).get("modes") or {}).get("adapter", {}).get("accuracy")
+            before = _adapter_accuracy(baseline)
             if before is None:
                 raise ReqcheckError(
                     "The baseline report has no adapter accuracy for this adapter; regenerate it."
@@ -165,6 +165,37 @@ def evaluate_gates(
         )
 
 
+def _adapter_accuracy(entry: dict[str, Any] | None) -> float | None:
+    """The adapter-mode accuracy of a report entry, if it has a number there."""
+    modes = (entry or {}).get("modes")
+    adapter = modes.get("adapter") if isinstance(modes, dict) else None
+    accuracy = adapter.get("accuracy") if isinstance(adapter, dict) else None
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not math.isfinite(accuracy):
+        return None
+    return float(accuracy)
+
+
+def report_entries(report: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
+    """The adapter entries of a gate report, checked for the shape `upload` and the baseline gate read."""
+    entries = report.get("adapters")
+    if not isinstance(entries, list):
+        raise ReqcheckError(f"{path} has no list of 'adapters'; regenerate it with pytest --reqcheck-report.")
+    for number, entry in enumerate(entries, start=1):
+        modes = entry.get("modes", {}) if isinstance(entry, dict) else None
+        gates = entry.get("gates", []) if isinstance(entry, dict) else None
+        if not (
+            isinstance(modes, dict)
+            and all(isinstance(m, dict) for m in modes.values())
+            and isinstance(gates, list)
+            and all(isinstance(g, dict) for g in gates)
+        ):
+            raise ReqcheckError(
+                f"{path}: adapter entry {number} is not an object with 'modes' and 'gates' as the plugin "
+                "writes them; regenerate it with pytest --reqcheck-report."
+            )
+    return entries
+
+
 def read_report(path: str | Path) -> dict[str, Any]:
     """A gate report written by the pytest plugin, or one clear error."""
     try:
@@ -173,9 +204,14 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise ReqcheckError(
             f"Report {path} does not exist; write one with pytest --reqcheck-report {path}."
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
         raise ReqcheckError(
-            f"Report {path} is not valid JSON ({exc}); regenerate it with pytest --reqcheck-report."
+            f"Report {path} is a directory; pass the JSON file pytest --reqcheck-report wrote."
+        ) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
+        raise ReqcheckError(
+            f"Report {path} is not valid JSON ({str(exc).split(';')[0]}); regenerate it with pytest "
+            "--reqcheck-report."
         ) from exc
     if not isinstance(report, dict) or report.get("report_format") != REPORT_FORMAT:
         raise ReqcheckError(f"{path} is not a reqcheck gate report of format {REPORT_FORMAT}; regenerate it.")

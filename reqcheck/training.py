@@ -36,6 +36,7 @@ from reqcheck.models import (
     BaseModelRef,
     load_model,
     load_tokenizer,
+    quiet_peft_wrap,
     resolve_base_model,
     resolve_device,
     training_dtype,
@@ -197,11 +198,11 @@ def encode(
 ) -> list[Encoded]:
     """Render every example with the shared renderer and check its invocation survived tokenisation."""
     inv = invocation_ids(tokenizer, spec.invocation)
-    budget = max_length - max(len(ids) for ids in labels.token_ids)
+    reserve = max(len(ids) for ids in labels.token_ids)
     encoded: list[Encoded] = []
     missing: list[str] = []
     for example in examples:
-        rendered = render(tokenizer, example.item, spec, example.requirement, max_length=budget)
+        rendered = render(tokenizer, example.item, spec, example.requirement, max_length, reserve)
         if find_subsequence(rendered.input_ids, inv) != rendered.invocation_start:
             missing.append(f"{example.source}:{example.line}")
             continue
@@ -410,7 +411,8 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
         alora_invocation_tokens=inv_ids if config.adapter == "alora" else None,
     )
     try:
-        model = get_peft_model(base, lora_config)
+        with quiet_peft_wrap():
+            model = get_peft_model(base, lora_config)
     except ValueError as exc:
         raise ReqcheckError(
             f"Could not attach the adapter ({exc}); check --target-modules for this model."

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
@@ -57,3 +58,23 @@ def tiny_adapters(
         )
         for kind in ("alora", "lora")
     }
+
+
+@pytest.fixture(scope="session")
+def mellea_adapter(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter as Mellea's `m alora train` leaves it: Mellea's prompt format, PEFT files, labels in io.yaml."""
+    out = tmp_path_factory.mktemp("mellea") / "mellea"
+    train(
+        TrainConfig(marker_data, str(tiny_model_dir), out, renderer="mellea-v1", **FAST),
+        report=lambda _: None,
+    )
+    (out / "reqcheck.json").unlink()
+    io = {
+        "model": None,
+        "response_format": '{"type": "object"}',
+        "transformations": [
+            {"type": "likelihood", "input_path": [], "categories_to_values": {"yes": 1.0, "no": 0.0}}
+        ],
+    }
+    (out / "io.yaml").write_text(yaml.safe_dump(io))
+    return out
