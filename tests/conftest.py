@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
@@ -24,6 +25,23 @@ FAST = {
     "target_modules": ALL_LINEAR,
 }
 PLEASE = "The reply says please."
+
+# The fuzz suite (tests/test_fuzz.py): `ci` is what .ci/run gets (the same cases every run, well under
+# 30 s); `pytest tests/test_fuzz.py --hypothesis-profile thorough` searches much longer.
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=600, derandomize=False)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

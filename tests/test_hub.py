@@ -491,3 +491,14 @@ def test_a_report_about_another_adapter_says_so(hub, tiny_adapters, adapter, tmp
     report.write_text(json.dumps({**data, "adapters": [{**entry, "path": str(adapter)}]}))
     code, err = upload([str(adapter), "--name", "acme/x", "--gate", str(report)], capsys, monkeypatch)
     assert code == 2 and "they changed since the report was written" in err
+
+
+def test_package_of_truncated_weights_is_one_sentence(adapter, tmp_path, capsys, monkeypatch):
+    """A half-copied adapter_model.safetensors is refused before it is packaged or uploaded."""
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, err = run_cli(
+        ["package", str(adapter), "--name", "acme/p", "--out", str(tmp_path / "p")], capsys, monkeypatch
+    )
+    assert code == 2 and "adapter_model.safetensors is damaged" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
