@@ -333,3 +333,17 @@ def test_a_folder_without_an_adapter_says_so_in_pytest_terms(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*notes holds no adapter (no adapter_config.json in it)*"])
     assert "base_model_name=" not in result.stderr.str()
+
+
+def test_a_base_model_that_cannot_load_stops_the_run_once(
+    pytester: pytest.Pytester, tiny_adapters, tiny_model_dir
+) -> None:
+    """A backend that cannot load would fail every case the same way: one usage error instead."""
+    broken = pytester.path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in CASES))
+    result = pytester.runpytest(f"--adapter={tiny_adapters['alora'].outfile}", f"--basemodel={broken}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stdout.str().count("reqcheck: Could not load base model") == 1
+    assert "failed" not in result.parseoutcomes()
