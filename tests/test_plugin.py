@@ -89,7 +89,7 @@ def test_gates_pass_and_fail_with_the_right_exit_code(
 
 
 def test_gain_gate_compares_adapter_with_judge(suite) -> None:
-    result = run(suite, "--reqcheck-min-gain", "1.01", "--reqcheck-report", "report.json")
+    result = run(suite, "--reqcheck-min-gain", "1.0", "--reqcheck-report", "report.json")
     assert result.ret == 1
     report = json.loads((suite[0].path / "report.json").read_text())
     gate = report["adapters"][0]["gates"][0]
