@@ -121,7 +121,34 @@ def setting(config: pytest.Config, name: str) -> Any:
     kind = SETTINGS[name][0]
     if value is None or value == "":
         return False if kind is bool else None
-    return kind(value) if kind is not bool else bool(value)
+    if kind is bool:
+        return bool(value)
+    try:
+        return kind(value)
+    except ValueError:
+        raise pytest.UsageError(f"reqcheck_{name} = {value!r} is not a {kind.__name__}; fix it.") from None
+
+
+# gate thresholds: accuracy and recall are fractions; a gain or a drop is a difference of two of them
+THRESHOLD_RANGES = {
+    "min_accuracy": (0.0, 1.0),
+    "min_recall": (0.0, 1.0),
+    "max_drop": (0.0, 1.0),
+    "min_gain": (-1.0, 1.0),
+}
+
+
+def check_gate_settings(config: pytest.Config) -> None:
+    """Refuse thresholds no accuracy can meet, and a max-drop gate without a baseline, up front."""
+    for name, (low, high) in THRESHOLD_RANGES.items():
+        value = setting(config, name)
+        if value is not None and not low <= value <= high:
+            raise pytest.UsageError(
+                f"--reqcheck-{name.replace('_', '-')} {value} is outside [{low:g}, {high:g}]; pass a fraction "
+                "such as 0.9."
+            )
+    if setting(config, "max_drop") is not None and not setting(config, "baseline"):
+        raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
 
 
 class ReqcheckFailure(Exception):
@@ -158,6 +185,8 @@ class ReqcheckPlugin:
         self.gates: list[tuple[str, Gate]] = []
         self.report: dict[str, Any] | None = None
         self.problems: list[str] = []
+        self.ungated: dict[str, list[str]] = {}
+        check_gate_settings(config)
         try:
             self.settings = self._settings()
             self.adapters = self._locate()
@@ -179,10 +208,10 @@ class ReqcheckPlugin:
     def _locate(self) -> dict[str, AdapterUnderTest]:
         """Adapter name -> its files, manifest, fingerprint and run, found without loading a model."""
         from reqcheck import __version__
-        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter
+        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter, resolve_adapter
         from reqcheck.evaluation import AdapterRun, Baseline
-        from reqcheck.manifest import Manifest, content_hash
-        from reqcheck.models import resolve_base_model
+        from reqcheck.manifest import MANIFEST_NAME, Manifest, content_hash
+        from reqcheck.models import load_tokenizer, resolve_base_model
 
         baseline_path = setting(self.config, "baseline")
         baseline = Baseline.read(baseline_path) if baseline_path else None
@@ -193,7 +222,11 @@ class ReqcheckPlugin:
         for spec in specs:
             adapter = CustomIntrinsicAdapter(model_id=spec)
             path = locate_adapter(adapter, self.base_model.short_name)
-            manifest = Manifest.read(path)
+            if (path / MANIFEST_NAME).exists():
+                manifest = Manifest.read(path)
+            else:  # trained by Mellea: labels and prompt format need the tokenizer (no model is loaded)
+                tokenizer = load_tokenizer(self.base_model)
+                manifest = resolve_adapter(adapter, self.base_model.short_name, tokenizer).manifest
             fingerprint = {
                 "adapter": content_hash(path),
                 "base": self.base_model.revision,
@@ -219,11 +252,17 @@ class ReqcheckPlugin:
         """The session's LocalHFBackend, loaded on the first case that is not in the cache."""
         if self._backend is None:
             from reqcheck.backend import LocalHFBackend
+            from reqcheck.errors import ReqcheckError
 
-            backend = LocalHFBackend(self.base_model.spec, device=self.config.getoption("reqcheck_device"))
-            for name, adapter in self.adapters.items():
-                adapter.spec.intrinsic_name = name
-                backend.add_adapter(adapter.spec)
+            try:
+                backend = LocalHFBackend(
+                    self.base_model.spec, device=self.config.getoption("reqcheck_device")
+                )
+                for name, adapter in self.adapters.items():
+                    adapter.spec.intrinsic_name = name
+                    backend.add_adapter(adapter.spec)
+            except ReqcheckError as exc:  # every case would fail the same way: stop once, as a usage error
+                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
             self._backend = backend
         return self._backend
 
@@ -258,9 +297,10 @@ class ReqcheckPlugin:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         """Gates run after every case, whatever -k selected, so they appear in -v output and JUnit."""
-        if not any(isinstance(item, ReqcheckCase) for item in items):
+        cases = [item for item in items if isinstance(item, ReqcheckCase)]
+        if not cases:
             return
-        self.gates = self._make_gates()
+        self.gates = self._make_gates(cases)
         items.extend(
             GateItem.from_parent(
                 session,
@@ -271,7 +311,8 @@ class ReqcheckPlugin:
             for a, g in self.gates
         )
 
-    def _make_gates(self) -> list[tuple[str, Gate]]:
+    def _make_gates(self, cases: list[ReqcheckCase]) -> list[tuple[str, Gate]]:
+        """The gates of each adapter; a recall gate only for labels that have cases (others are listed)."""
         from reqcheck.evaluation import Gate
 
         gates = []
@@ -281,12 +322,14 @@ class ReqcheckPlugin:
             if (value := setting(self.config, "min_gain")) is not None:
                 gates.append((name, Gate("min_gain", "adapter-judge", value)))
             if (value := setting(self.config, "max_drop")) is not None:
-                if not setting(self.config, "baseline"):
-                    raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
                 gates.append((name, Gate("max_drop", "adapter", value)))
             if (value := setting(self.config, "min_recall")) is not None:
-                for label in adapter.manifest.labels:
-                    gates.append((name, Gate("min_recall", "adapter", value, label=label)))
+                present = {c.example.label for c in cases if c.adapter == name}
+                labels = adapter.manifest.labels
+                gates += [
+                    (name, Gate("min_recall", "adapter", value, label=x)) for x in labels if x in present
+                ]
+                self.ungated[name] = [label for label in labels if label not in present]
             adapter.run.gates = [g for a, g in gates if a == name]
         return gates
 
@@ -294,9 +337,14 @@ class ReqcheckPlugin:
 
     def prediction(self, case: ReqcheckCase) -> Any:
         """The case's prediction; on the first miss, every selected case is predicted in batches."""
+        from reqcheck.errors import ReqcheckError
+
         key = (case.adapter, case.mode, case.key)
         if key not in self.predictions:
-            self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
+            try:
+                self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
+            except ReqcheckError as exc:  # the whole batch failed: one message, not one per case
+                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         return self.predictions[key]
 
     def _predict_all(self, cases: list[ReqcheckCase]) -> None:
@@ -314,8 +362,13 @@ class ReqcheckPlugin:
                 mode: (self.config.cache.get(slot, None) if use_cache else None) or {}
                 for mode, slot in slots.items()
             }
+            # the same item under two requirements is two predictions (the cache key holds both)
             missing = list(
-                {c.example.item: c.example for c in members if c.key not in stored[c.mode]}.values()
+                {
+                    (c.example.item, c.example.requirement): c.example
+                    for c in members
+                    if c.key not in stored[c.mode]
+                }.values()
             )
             fresh: set[str] = set()
             if missing:
@@ -399,18 +452,40 @@ class ReqcheckPlugin:
         for entry in self.report["adapters"]:
             for line in terminal_lines(entry):
                 terminalreporter.write_line(line)
+            for label in self.ungated.get(entry["name"], []):
+                terminalreporter.write_line(f"  gate min_recall[{label}]: no cases -> not gated")
         for problem in self.problems:
             terminalreporter.write_line(f"reqcheck: {problem}", red=True)
 
 
 def _base_spec(adapter: str) -> str:
     """The base model an adapter directory names (reqcheck.json, else PEFT's adapter_config.json)."""
-    path = Path(adapter)
-    if (path / "reqcheck.json").exists():
-        return json.loads((path / "reqcheck.json").read_text())["base_model"]["spec"]
-    if (path / "adapter_config.json").exists():
-        return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    raise pytest.UsageError(f"Cannot tell the base model of {adapter}; pass --basemodel.")
+    from reqcheck.errors import ReqcheckError
+    from reqcheck.manifest import MANIFEST_NAME, Manifest
+    from reqcheck.models import is_hub_id
+
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        if is_hub_id(adapter):
+            raise pytest.UsageError(f"Cannot tell the base model of Hub adapter {adapter}; pass --basemodel.")
+        raise pytest.UsageError(
+            f"--adapter {adapter} does not exist; pass the directory reqcheck train wrote (with =, as "
+            "--adapter=PATH) or a Hub repo id."
+        )
+    try:
+        if (path / MANIFEST_NAME).exists():
+            return str(Manifest.read(path).base_model["spec"])
+        spec = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except ReqcheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        spec = None
+    if not isinstance(spec, str) or not spec:
+        raise pytest.UsageError(
+            f"Cannot tell the base model of {adapter} (it holds no reqcheck.json or adapter_config.json "
+            "naming one); pass --basemodel."
+        )
+    return spec
 
 
 class ReqcheckFile(pytest.File):

@@ -50,6 +50,19 @@ class CustomIntrinsicAdapter:
     revision: str | None = None
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model_id, os.PathLike):
+            self.model_id = os.fspath(self.model_id)
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise ReqcheckError(
+                "CustomIntrinsicAdapter needs model_id: an adapter directory or a Hub repo id (org/name)."
+            )
+        if not Path(self.model_id).expanduser().exists() and not is_hub_id(self.model_id):
+            raise ReqcheckError(
+                f"Adapter {self.model_id} is neither an existing directory nor a Hub repo id (org/name); "
+                "pass the directory reqcheck train wrote, or a repo id."
+            )
+
     @property
     def name(self) -> str:
         return self.intrinsic_name or Path(self.model_id.rstrip("/")).name
@@ -93,10 +106,14 @@ def _find_adapter_dir(root: Path, intrinsic: str | None, base_short: str) -> Pat
                 if (base_dir / kind / "adapter_config.json").exists():
                     return base_dir / kind
     found = sorted(str(p.parent.relative_to(root)) for p in root.rglob("adapter_config.json"))
-    where = f"it holds adapters for {', '.join(found)}" if found else "it holds no adapter_config.json"
+    if not found:
+        raise ReqcheckError(
+            f"{root} holds no adapter (no adapter_config.json in it); pass the directory reqcheck train "
+            "wrote, or a folder in the intrinsic layout."
+        )
     raise ReqcheckError(
-        f"{root} has no adapter for base model {base_short} ({where}); pass base_model_name= matching "
-        "the backend's model or load the backend with the adapter's base model."
+        f"{root} has no adapter for base model {base_short} (it holds {', '.join(found)}); use the base "
+        "model those were trained on, or an adapter trained on this one."
     )
 
 
@@ -104,18 +121,31 @@ def _io_yaml_labels(path: Path) -> tuple[list[str], list[str]] | None:
     """Labels and positive labels from an io.yaml likelihood transformation, if there is one."""
     for candidate in (path / IO_YAML, path.parent / IO_YAML):
         if candidate.exists():
-            config = yaml.safe_load(candidate.read_text()) or {}
-            for step in config.get("transformations") or []:
-                values = step.get("categories_to_values") if isinstance(step, dict) else None
-                if values:
-                    labels = [str(k) for k in values]
-                    return labels, [str(k) for k, v in values.items() if float(v) >= 0.5]
+            try:
+                config = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+                steps = config.get("transformations") if isinstance(config, dict) else None
+                for step in steps if isinstance(steps, list) else []:
+                    values = step.get("categories_to_values") if isinstance(step, dict) else None
+                    if values and isinstance(values, dict):
+                        labels = [str(k) for k in values]
+                        return labels, [str(k) for k, v in values.items() if float(v) >= 0.5]
+            except (yaml.YAMLError, UnicodeDecodeError, TypeError, ValueError) as exc:
+                raise ReqcheckError(
+                    f"{candidate} cannot be read for the adapter's labels ({type(exc).__name__}); fix it or "
+                    "pass labels=[...] to CustomIntrinsicAdapter."
+                ) from exc
     return None
 
 
 def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any) -> Manifest:
-    """A manifest for an adapter trained by Mellea: its prompt format, labels from io.yaml or arguments."""
-    config = json.loads((path / "adapter_config.json").read_text())
+    """A manifest for an adapter trained by Mellea: its prompt format, labels from io.yaml or arguments.
+
+    Its labels are scored by their own tokens, without the end-of-text token that reqcheck's adapters
+    learn after a label: Mellea trains with TRL's SFTTrainer on `prompt + label` without special
+    tokens, so its adapters never learnt where a label ends, and scoring that token would mix the base
+    model's guess into the score. This difference from reqcheck's own adapters is deliberate.
+    """
+    config = _adapter_config(path)
     ids = config.get("alora_invocation_tokens")
     invocation = adapter.invocation_prompt or (tokenizer.decode(ids) if ids else DEFAULT_INVOCATION)
     from_yaml = _io_yaml_labels(path)
@@ -139,8 +169,38 @@ def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any
     )
 
 
+def _adapter_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReqcheckError(
+            f"{path / 'adapter_config.json'} is not valid JSON; retrain or re-download the adapter."
+        ) from exc
+    if not isinstance(config, dict):
+        raise ReqcheckError(
+            f"{path / 'adapter_config.json'} is not a PEFT adapter config; retrain the adapter."
+        )
+    return config
+
+
+def check_weights(path: Path) -> None:
+    """Refuse a truncated or corrupt `adapter_model.safetensors` before PEFT reads it (reads the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = path / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except SafetensorError as exc:
+        raise ReqcheckError(
+            f"{weights} is damaged ({exc}); it was probably cut short while copying or downloading, so "
+            "copy, download or train the adapter again."
+        ) from exc
+
+
 def _check_files(path: Path, model_id: str) -> None:
     if (path / "adapter_model.safetensors").exists():
+        check_weights(path)
         return
     if (path / "adapter_model.bin").exists():
         raise ReqcheckError(

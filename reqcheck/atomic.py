@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from reqcheck.errors import ReqcheckError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -25,27 +28,51 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_directory(target: str | Path, replace_existing: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | Path, replace_existing: bool = False, concurrent_ok: bool = False
+) -> Iterator[Path]:
     """Yield a temp directory beside `target`; on success it becomes `target` in one rename.
 
-    On any error (KeyboardInterrupt included) the temp directory is removed and `target` is untouched.
-    `replace_existing` swaps out an existing `target` (the caller has checked it owns it); an existing
-    empty directory is always replaced.
+    On any error (KeyboardInterrupt and a failed final rename included) the temp directory is removed
+    and `target` is untouched. `replace_existing` swaps out an existing `target` (the caller has checked
+    it owns it); an existing empty directory is always replaced. When another process fills `target`
+    first (every torchrun rank converts the bundled model), the rename fails with EEXIST/ENOTEMPTY: as
+    pytest does for its cache directory, `concurrent_ok` keeps the other process's directory and drops
+    ours; without it that is an error.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
+        _move_into_place(tmp, target, replace_existing, concurrent_ok)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed away on success
+
+
+def _move_into_place(tmp: Path, target: Path, replace_existing: bool, concurrent_ok: bool) -> None:
+    if target.is_dir():
+        with suppress(OSError):  # not empty (any more): handled below
+            target.rmdir()
     if target.exists() and replace_existing:
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
         os.replace(target, old / "previous")
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            os.replace(old / "previous", target)
+            old.rmdir()
+            raise
         shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    try:
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        if concurrent_ok:
+            return
+        raise ReqcheckError(
+            f"{target} appeared while reqcheck was writing it; another process writes the same path, so "
+            "rerun when it has finished or choose another path."
+        ) from exc

@@ -3,8 +3,11 @@
 A requirement is routed to an adapter, the base-model judge, or its Python function (see `route`).
 aLoRA checks reuse the base model's KV cache of the context: the adapter only runs from the
 invocation on, so the context's keys and values are the base model's. An LRU keyed by token ids keeps
-those caches, so checking several requirements on one output, or the output just generated, costs
-only the invocation and label tokens. LoRA adapters change the context's KV too, so they recompute it.
+those caches, so after the first check of an output, checking more requirements on it costs only the
+invocation and label tokens. LoRA adapters change the context's KV too, so they recompute it.
+
+A context longer than the model's positions, or than the `--max-length` the adapter was trained with,
+loses tokens from its start exactly as a long training item did; the result's `reason` says so.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from reqcheck.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_a
 from reqcheck.errors import ReqcheckError
 from reqcheck.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
 from reqcheck.kvcache import KV
-from reqcheck.models import load_model, load_tokenizer, resolve_base_model, resolve_device, training_dtype
-from reqcheck.prompting import Messages, Rendered, render
+from reqcheck.models import (
+    load_model,
+    load_tokenizer,
+    quiet_peft_wrap,
+    resolve_base_model,
+    resolve_device,
+    training_dtype,
+)
+from reqcheck.prompting import Messages, PromptSpec, Rendered, as_messages, render
 from reqcheck.requirements import (
     ALoraRequirement,
     LLMaJRequirement,
@@ -87,7 +97,10 @@ class LocalHFBackend:
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(resolved.path), adapter_name=resolved.name, is_trainable=False)
         else:
-            self.model = PeftModel.from_pretrained(self.model, str(resolved.path), adapter_name=resolved.name)
+            with quiet_peft_wrap():
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(resolved.path), adapter_name=resolved.name
+                )
         self.model.eval()
         self.adapters[resolved.name] = resolved
         return resolved
@@ -137,6 +150,13 @@ class LocalHFBackend:
         """Check requirement i on context i, batching the model calls of each route."""
         if len(requirements) != len(contexts):
             raise ReqcheckError("check_batch needs one context per requirement; pass lists of equal length.")
+        for requirement, context in zip(requirements, contexts, strict=True):
+            if not isinstance(requirement, Requirement):
+                raise ReqcheckError(
+                    f"A requirement is a {type(requirement).__name__}, not a Requirement; wrap its text "
+                    "in req('...') or check('...')."
+                )
+            as_messages(context)
         routes = [self.route(r) for r in requirements]
         results: list[ValidationResult | None] = [None] * len(requirements)
         groups: dict[tuple[str, str | None], list[int]] = {}
@@ -144,29 +164,29 @@ class LocalHFBackend:
             groups.setdefault((route.via, route.adapter), []).append(index)
         for (via, name), indices in groups.items():
             started = time.perf_counter()
+            cut = [""] * len(indices)
             if via == "function":
                 produced = [_run_function(requirements[i], contexts[i]) for i in indices]
             else:
                 adapter = self.adapters[name] if name else None
                 labels, positives = _label_sets(adapter)
+                chosen = [contexts[i] for i in indices]
+                described = [requirements[i].description for i in indices]
                 if via == "adapter":
-                    probs = self.classify(
-                        name, [contexts[i] for i in indices], [requirements[i].description for i in indices]
-                    )
+                    probs, rendered, limit = self._classify(name, chosen, described)
                 else:
-                    probs = self.judge(
-                        [contexts[i] for i in indices], [requirements[i].description for i in indices], labels
-                    )
+                    probs, rendered, limit = self._judge(chosen, described, labels)
                 produced = [_result(p, positives, adapter) for p in probs]
+                cut = [_truncation_note(r, limit) for r in rendered]
             each = (time.perf_counter() - started) / len(indices)
-            for i, result in zip(indices, produced, strict=True):
+            for i, result, note in zip(indices, produced, cut, strict=True):
                 tag = f"adapter:{routes[i].adapter}" if via == "adapter" else via
                 results[i] = ValidationResult(
                     result.passed,
                     result.score,
                     result.label,
                     result.probabilities,
-                    routes[i].reason,
+                    routes[i].reason + note,
                     tag,
                     each,
                 )
@@ -176,6 +196,11 @@ class LocalHFBackend:
         self, adapter_name: str, contexts: Sequence[Context], requirements: Sequence[str | None] | None = None
     ) -> list[dict[str, float]]:
         """The adapter's probability for each of its labels, per context."""
+        return self._classify(adapter_name, contexts, requirements)[0]
+
+    def _classify(
+        self, adapter_name: str, contexts: Sequence[Context], requirements: Sequence[str | None] | None
+    ) -> tuple[list[dict[str, float]], list[Rendered], int | None]:
         adapter = self.adapters.get(adapter_name)
         if adapter is None:
             raise ReqcheckError(
@@ -186,30 +211,40 @@ class LocalHFBackend:
         labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
         # an adapter trained with its requirement in the prompt gets that text when the caller names none
-        rendered = [
-            render(self.tokenizer, c, manifest.prompt, r or manifest.requirement)
-            for c, r in zip(contexts, requirements, strict=True)
-        ]
+        requirements = [r or manifest.requirement for r in requirements]
+        limit = self._token_limit(manifest.hyperparameters.get("max_length"))
+        rendered = self._render(contexts, manifest.prompt, requirements, limit, labels)
         if self.model.active_adapter != adapter_name:
             self.model.set_adapter(adapter_name)
         scores = self._score(rendered, labels, reuse_context=adapter.is_alora and self.use_caches)
-        return [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(scores, dim=-1)]
+        probs = [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(scores, dim=-1)]
+        return probs, rendered, limit
 
     def judge(
         self, contexts: Sequence[Context], requirements: Sequence[str | None], labels: list[str] | None = None
     ) -> list[dict[str, float]]:
         """The base model's probability for each label, asked as a question about each context."""
+        return self._judge(contexts, requirements, labels)[0]
+
+    def _judge(
+        self, contexts: Sequence[Context], requirements: Sequence[str | None], labels: list[str] | None
+    ) -> tuple[list[dict[str, float]], list[Rendered], int | None]:
         labels = labels or JUDGE_LABELS
         variants, owner = judge_labels(self.tokenizer, labels)
         spec = judge_spec(self.tokenizer, labels)
-        rendered = [render(self.tokenizer, c, spec, r) for c, r in zip(contexts, requirements, strict=True)]
+        limit = self._token_limit(None)
+        rendered = self._render(contexts, spec, requirements, limit, variants)
         with self._base():
             scores = self._score(rendered, variants, reuse_context=self.use_caches)
         pooled = torch.softmax(pool_variants(scores, owner, len(labels)), dim=-1)
-        return [dict(zip(labels, row.tolist(), strict=True)) for row in pooled]
+        return [dict(zip(labels, row.tolist(), strict=True)) for row in pooled], rendered, limit
 
     def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
-        """Greedy generation with the base model; the conversation's KV is kept for the checks that follow."""
+        """Greedy generation with the base model.
+
+        The conversation's KV is not kept: a check renders the output as a turn of its own (as the
+        adapter was trained), so the conversation is never a prefix of what is checked.
+        """
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(
             self.device
@@ -220,16 +255,32 @@ class LocalHFBackend:
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        sequence = out.sequences[0].tolist()
-        if self.use_caches and out.cache is not None:
-            kv = kvcache.tensors(out.cache)
-            self._remember(tuple(sequence[: kvcache.length(kv)]), kv)
-        return self.tokenizer.decode(sequence[ids.shape[1] :], skip_special_tokens=True).strip()
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
     # internals
+
+    def _token_limit(self, trained: object) -> int | None:
+        """Tokens a prompt plus its label may take: the model's positions, and the adapter's --max-length."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        limits = [n for n in (positions, trained) if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+        return min(limits) if limits else None
+
+    def _render(
+        self,
+        contexts: Sequence[Context],
+        spec: PromptSpec,
+        requirements: Sequence[str | None],
+        limit: int | None,
+        labels: LabelSet,
+    ) -> list[Rendered]:
+        """Prompts cut to `limit` with room for the longest label, as training cuts its items."""
+        reserve = max(len(ids) for ids in labels.token_ids)
+        return [
+            render(self.tokenizer, c, spec, r, max_length=limit, reserve=reserve)
+            for c, r in zip(contexts, requirements, strict=True)
+        ]
 
     @contextmanager
     def _base(self) -> Iterator[None]:
@@ -318,6 +369,15 @@ class LocalHFBackend:
         return rows
 
 
+def _truncation_note(rendered: Rendered, limit: int | None) -> str:
+    if not rendered.truncated:
+        return ""
+    return (
+        f"; the context's first {rendered.truncated} tokens were dropped to fit the {limit}-token limit "
+        "(the model's positions or the adapter's --max-length), as training drops them"
+    )
+
+
 def _label_sets(adapter: ResolvedAdapter | None) -> tuple[list[str], list[str]]:
     """The labels and positive labels a requirement is read with: the adapter's, else yes/no."""
     if adapter is None:
@@ -340,7 +400,7 @@ def _result(
 
 
 def _run_function(requirement: Requirement, context: Context) -> ValidationResult:
-    text = context if isinstance(context, str) else context[-1]["content"]
+    text = as_messages(context)[-1]["content"]
     outcome = requirement.validation_fn(text)  # type: ignore[misc]
     if isinstance(outcome, ValidationResult):
         return outcome

@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train small adapters that check LLM output against requirements, gate them, ship them.",
 )
-_state = {"debug": False}
+_state = {"debug": False, "training": False}
 
 
 def _say(message: str) -> None:
@@ -39,6 +39,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+    _state["training"] = False
 
 
 def _parameters(config_type: type) -> list[inspect.Parameter]:
@@ -98,6 +99,7 @@ def train(**options: Any) -> None:
     from reqcheck.training import summary
     from reqcheck.training import train as run_training
 
+    _state["training"] = True  # an interrupted run can be resumed
     result = run_training(_config_from(TrainConfig, options), report=_say)
     for line in summary(result):
         _say(line)
@@ -187,20 +189,31 @@ def _confirm_public(built: Package, ask: bool) -> None:
     from reqcheck.hub import scan_file
 
     manifest = built.facts.manifest
-    data_path = Path(manifest.data["path"]) if manifest and manifest.data.get("path") else None
-    findings = scan_file(data_path) if data_path else []
-    if not findings:
+    recorded = manifest.data.get("path") if manifest else None
+    data_path = Path(recorded) if isinstance(recorded, str) and recorded else None
+    findings = scan_file(data_path) if data_path else None
+    if findings == []:
         return
-    _say(f"The training data {data_path} seems to hold personal data or secrets:")
-    for finding in findings:
-        _say(f"  {finding.describe()}")
+    if findings is None:
+        where = (
+            f"{data_path}, named in reqcheck.json, cannot be read on this machine"
+            if data_path
+            else f"of {built.facts.path} is not named in a reqcheck.json"
+        )
+        _say(f"The training data {where}, so it could not be scanned for personal data or secrets.")
+        concern = "whose training data could not be scanned"
+    else:
+        _say(f"The training data {data_path} seems to hold personal data or secrets:")
+        for finding in findings:
+            _say(f"  {finding.describe()}")
+        concern = "whose training data looks personal"
     _say("A public adapter can leak what it was trained on.")
     if not ask:
         return
     if sys.stdin is None or not sys.stdin.isatty():
         raise ReqcheckError(
-            "A public upload of an adapter whose training data looks personal needs confirmation; rerun "
-            "in a terminal, or pass --yes if the data may be published."
+            f"A public upload of an adapter {concern} needs confirmation; rerun in a terminal, or pass "
+            "--yes if the data may be published."
         )
     if not typer.confirm("Upload publicly anyway?", default=False, err=True):
         _say("Nothing was uploaded.")
@@ -231,8 +244,13 @@ def package(
         raise ReqcheckError(
             f"{out} exists and was not written by reqcheck package; pass an empty or new --out directory."
         )
-    with atomic_directory(out, replace_existing=ours) as tmp:
-        built.write(tmp)
+    try:
+        with atomic_directory(out, replace_existing=ours) as tmp:
+            built.write(tmp)
+    except OSError as exc:
+        raise ReqcheckError(
+            f"Cannot write --out {out} ({exc.strerror or type(exc).__name__}); pass a directory you may write to."
+        ) from exc
     for path in file_tree(out):
         _say(f"  {out / path}")
     _say(f"packaged {weight_path} as {name} in {out}")
@@ -282,6 +300,12 @@ def main() -> None:
             raise
         _say(f"error: {exc}")
         sys.exit(2)
-    except KeyboardInterrupt:
-        _say("interrupted; rerun the same command with --resume to continue training from the last epoch")
-        sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into exit code 130 without a word
+            if _state["training"]:
+                _say(
+                    "interrupted; rerun the same command with --resume to continue from the last finished epoch"
+                )
+            else:
+                _say("interrupted")
+        raise

@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reqcheck.errors import ReqcheckError
 
@@ -56,26 +57,60 @@ def _check_object(obj: object) -> str | None:
     ident = obj.get("id")
     if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int))):
         return "'id' must be a string or an integer when present"
+    for key in ("item", "label", "requirement", "id"):
+        value = obj.get(key)
+        if isinstance(value, str) and not _is_utf8(value):
+            return f"'{key}' holds an unpaired surrogate escape such as \\ud800, which is not text"
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse(raw: str) -> tuple[Any, str | None]:
+    """The JSON value of one line, or why it is not one (json raises more than JSONDecodeError)."""
+    try:
+        return json.loads(raw), None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deeply)"
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"not valid JSON ({str(exc).split(';')[0]})"
+
+
+def _read_text(path: Path) -> tuple[str | None, str | None]:
+    """The file's text (a UTF-8 byte-order mark is dropped), or a `file[:line]: reason` problem."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return None, f"{path}:{line}: is not UTF-8 text (byte {data[exc.start]:#04x}); save the file as UTF-8"
 
 
 def parse_lines(path: Path) -> tuple[list[Example], list[str]]:
     """Parse a JSONL file into examples and a list of `file:line: reason` problems."""
     examples: list[Example] = []
     problems: list[str] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return [], [f"{path}: is not UTF-8 text"]
-    for number, raw in enumerate(text.splitlines(), start=1):
+    text, problem = _read_text(path)
+    if text is None:
+        return [], [str(problem)]
+    # JSON Lines ends lines with \n only: U+2028, U+2029 and U+0085 are valid inside JSON strings
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-            continue
-        reason = _check_object(obj)
+        obj, reason = _parse(raw)
+        if reason is None:
+            reason = _check_object(obj)
         if reason:
             problems.append(f"{path}:{number}: {reason}")
             continue

@@ -8,29 +8,39 @@ settings are unchanged, the pytest cache for the gate).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from reqcheck.config import TrainConfig
 from reqcheck.data import fingerprint, load_examples
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import MANIFEST_NAME, Manifest
+from reqcheck.models import resolve_base_model
 from reqcheck.training import summary, train
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_PROMPT = "Write a two-sentence reply to a customer whose parcel arrived a week late."
+PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no cases collected"}
+
+
+def examples_dir() -> Path:
+    """The example folders, shipped inside the package (the checkout's examples/ in an editable install)."""
+    return Path(str(files("reqcheck.examples")))
 
 
 @dataclass
 class DemoConfig:
     """What the demo trains, gates and checks; the defaults reach the README's accuracy on SmolLM2."""
 
-    example: Path = EXAMPLES / "support-polite"
+    example: Path = field(default_factory=lambda: examples_dir() / "support-polite")
     basemodel: str = "smollm2-135m-instruct"
     workdir: Path = Path("reqcheck-demo")
     epochs: int = 6
@@ -69,28 +79,94 @@ def _train_once(config: DemoConfig, requirement: str, say: Callable[[str], None]
         target_modules=config.target_modules,
     )
     if (out / MANIFEST_NAME).exists():
-        built = Manifest.read(out)
-        same_data = built.data.get("fingerprint") == fingerprint(load_examples(train_config.datafile))
-        same_settings = all(
-            built.hyperparameters.get(k) == v for k, v in train_config.hyperparameters().items()
-        )
-        if same_data and same_settings:
-            say(f"reusing the adapter in {out} (same data and settings)")
+        changed = changed_since_training(out, train_config)
+        if not changed:
+            say(f"reusing the adapter in {out} (same data, base model, requirement and settings)")
             return out
+        say(f"retraining: the {', '.join(changed)} changed since {out} was trained")
     for line in summary(train(train_config, report=say)):
         say(line)
     return out
 
 
-def _run(command: list[str], say: Callable[[str], None]) -> int:
+def changed_since_training(adapter: Path, config: TrainConfig) -> list[str]:
+    """What differs between the adapter in `adapter` and the one `config` would train (empty: reuse it)."""
+    built = Manifest.read(adapter)
+    base = resolve_base_model(config.basemodel)
+    same = {
+        "data": built.data.get("fingerprint") == fingerprint(load_examples(config.datafile)),
+        "base model": (built.base_model.get("name"), built.base_model.get("revision"))
+        == (base.name, base.revision),
+        "requirement": built.requirement == config.requirement,
+        "adapter type": built.adapter_type == config.adapter,
+        "settings": all(built.hyperparameters.get(k) == v for k, v in config.hyperparameters().items()),
+    }
+    return [what for what, equal in same.items() if not equal]
+
+
+def _run(command: list[str], say: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a step, showing its output as it comes; returns its exit code and its last lines."""
     say("$ " + " ".join(command))
-    return subprocess.run(command, check=False).returncode
+    tail: deque[str] = deque(maxlen=200)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        for line in process.stdout or ():
+            say(line.rstrip("\n"))
+            tail.append(line.rstrip("\n"))
+    return process.returncode, list(tail)
+
+
+def _cause(lines: list[str]) -> str | None:
+    """The one line of a failed step that says why: a missing module, a usage error, an `error:` line."""
+    for line in reversed(lines):
+        if found := re.search(r"No module named '?([\w.]+)'?", line):
+            return f"No module named {found.group(1)}; install it into this environment ({sys.executable})"
+        if found := re.match(r"(?:ERROR|error): (.+)", line):
+            return found.group(1)
+        if found := re.search(r"Exit: (.+?) !*$", line):
+            return found.group(1)
+    return None
+
+
+def _gate_failure(code: int, lines: list[str], report: Path) -> str:
+    """One sentence saying why the gate step failed: what stopped pytest, or which gates missed."""
+    cause = _cause(lines)
+    if cause:
+        return f"The gate could not run: {cause.rstrip('.')}."
+    if report.exists():
+        entries = json.loads(report.read_text(encoding="utf-8"))["adapters"]
+        missed = [
+            f"{g['name']}{'[' + g['label'] + ']' if g.get('label') else ''} "
+            f"{'-' if g['value'] is None else format(g['value'], '.3f')} against a threshold of {g['threshold']}"
+            for entry in entries
+            for g in entry["gates"]
+            if not g["passed"]
+        ]
+        if missed:
+            return f"The gate failed: {'; '.join(missed)} (details in {report})."
+    meaning = PYTEST_EXIT.get(code, "cases failed")
+    return f"The gate failed: pytest exited with code {code} ({meaning}); its output above says why."
+
+
+def _check_gate_can_run() -> None:
+    """The gate is a pytest run: say so before training for minutes when pytest is missing."""
+    if importlib.util.find_spec("pytest") is None:
+        raise ReqcheckError(
+            f"The demo's gate step runs pytest, which is not installed in this environment ({sys.executable}); "
+            "reinstall reqcheck with pip, which installs pytest with it."
+        )
 
 
 def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the five steps; returns what a test or a user wants to know about the run."""
-    if not (config.example / "train.jsonl").exists():
-        raise ReqcheckError(f"{config.example} has no train.jsonl; run the demo from a reqcheck checkout.")
+    """Run the four steps; returns what a test or a user wants to know about the run."""
+    for name in ("train.jsonl", "test.reqcheck.jsonl"):
+        if not (config.example / name).is_file():
+            raise ReqcheckError(
+                f"{config.example} has no {name}; pass --example a folder with train.jsonl and "
+                "test.reqcheck.jsonl."
+            )
+    _check_gate_can_run()
     config.workdir.mkdir(parents=True, exist_ok=True)
     requirement = _requirement(config.example)
     started = time.perf_counter()
@@ -100,12 +176,14 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 
     say("[2/4] gating it with pytest: every held-out case through the adapter and through the judge")
     report = config.workdir / "report.json"
-    gate = _run(
+    report.unlink(missing_ok=True)  # a report left from an earlier run must not speak for this one
+    gate, output = _run(
         [
             sys.executable,
             "-m",
             "pytest",
             str(config.example / "test.reqcheck.jsonl"),
+            f"--rootdir={config.workdir}",  # the case cache goes to the workdir, not beside the examples
             f"--adapter={adapter}",
             f"--basemodel={config.basemodel}",
             f"--reqcheck-min-accuracy={config.min_accuracy}",
@@ -121,11 +199,11 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         say,
     )
     if gate != 0:
-        raise ReqcheckError(f"The gate failed (pytest exit code {gate}); see the table above and {report}.")
+        raise ReqcheckError(_gate_failure(gate, output, report))
 
     say("[3/4] packaging it as an intrinsic (upload --dry-run: no token, no network)")
     name = f"reqcheck-demo/{config.example.name}"
-    packaged = _run(
+    packaged, output = _run(
         [
             sys.executable,
             "-m",
@@ -142,7 +220,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         say,
     )
     if packaged != 0:
-        raise ReqcheckError(f"Packaging failed (exit code {packaged}); see the message above.")
+        cause = _cause(output) or f"reqcheck upload exited with code {packaged}"
+        raise ReqcheckError(f"Packaging failed: {cause.rstrip('.')}.")
 
     say("[4/4] a Session: generate a reply, then check it through the adapter and through the judge")
     checks = _session(config, adapter, requirement, say)

@@ -38,11 +38,11 @@ def encode(
 ) -> list[Encoded]:
     """Render every example with the shared renderer and check its invocation survived tokenisation."""
     inv = invocation_ids(tokenizer, spec.invocation)
-    budget = max_length - max(len(ids) for ids in labels.token_ids)
+    reserve = max(len(ids) for ids in labels.token_ids)
     encoded: list[Encoded] = []
     missing: list[str] = []
     for example in examples:
-        rendered = render(tokenizer, example.item, spec, example.requirement, max_length=budget)
+        rendered = render(tokenizer, example.item, spec, example.requirement, max_length, reserve)
         if find_subsequence(rendered.input_ids, inv) != rendered.invocation_start:
             missing.append(f"{example.source}:{example.line}")
             continue

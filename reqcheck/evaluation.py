@@ -326,7 +326,9 @@ class Baseline:
 
     @classmethod
     def read(cls, path: str | Path) -> Baseline:
-        return cls(str(path), read_report(path))
+        report = read_report(path)
+        report_entries(report, path)
+        return cls(str(path), report)
 
     def entry(self, adapter: str) -> dict[str, Any]:
         entries = self.report["adapters"]
@@ -446,8 +448,8 @@ class AdapterRun:
             if self.baseline is None:
                 raise ReqcheckError("Gate max_drop needs --reqcheck-baseline REPORT.")
             if self.baseline.report["report_format"] < 2 and gate.on == "point":
-                before = self.baseline.entry(self.name).get("modes", {}).get("adapter", {}).get("accuracy")
-                if not isinstance(before, (int, float)):
+                before = _adapter_accuracy(self.baseline.entry(self.name))
+                if before is None:
                     raise ReqcheckError(
                         f"The baseline report {self.baseline.path} has no adapter accuracy for {self.name}; "
                         "regenerate it."
@@ -510,6 +512,35 @@ class AdapterRun:
         return entry
 
 
+def _adapter_accuracy(entry: dict[str, Any] | None) -> float | None:
+    """The adapter-mode accuracy of a report entry, if it has a number there."""
+    modes = (entry or {}).get("modes")
+    adapter = modes.get("adapter") if isinstance(modes, dict) else None
+    accuracy = adapter.get("accuracy") if isinstance(adapter, dict) else None
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not math.isfinite(accuracy):
+        return None
+    return float(accuracy)
+
+
+def report_entries(report: dict[str, Any], path: str | Path) -> list[dict[str, Any]]:
+    """The adapter entries of a report `read_report` returned, checked for the shape `upload` and the
+    baseline gate read."""
+    entries = report["adapters"]
+    for number, entry in enumerate(entries, start=1):
+        modes, gates = entry.get("modes", {}), entry.get("gates", [])
+        if not (
+            isinstance(modes, dict)
+            and all(isinstance(m, dict) for m in modes.values())
+            and isinstance(gates, list)
+            and all(isinstance(g, dict) for g in gates)
+        ):
+            raise ReqcheckError(
+                f"{path}: adapter entry {number} is not an object with 'modes' and 'gates' as the plugin "
+                "writes them; regenerate it with pytest --reqcheck-report."
+            )
+    return entries
+
+
 def read_report(path: str | Path) -> dict[str, Any]:
     """A gate report written by the pytest plugin (any format this reqcheck reads), or one clear error."""
     try:
@@ -518,9 +549,14 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise ReqcheckError(
             f"Report {path} does not exist; write one with pytest --reqcheck-report {path}."
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
         raise ReqcheckError(
-            f"Report {path} is not valid JSON ({exc}); regenerate it with pytest --reqcheck-report."
+            f"Report {path} is a directory; pass the JSON file pytest --reqcheck-report wrote."
+        ) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
+        raise ReqcheckError(
+            f"Report {path} is not valid JSON ({str(exc).split(';')[0]}); regenerate it with pytest "
+            "--reqcheck-report."
         ) from exc
     if not isinstance(report, dict) or "report_format" not in report:
         raise ReqcheckError(

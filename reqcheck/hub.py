@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.evaluation import read_report
+from reqcheck.evaluation import read_report, report_entries
 from reqcheck.intrinsic import (
     AdapterFacts,
     CardContext,
@@ -34,11 +34,10 @@ _MAX_LINES_SHOWN = 10
 def gate_entry(report_path: Path, adapter_hash: str, weight_path: Path) -> dict[str, Any]:
     """The report's entry for these exact weights, if it passed every gate; else refuse, saying what to run."""
     rerun = f"run `pytest --adapter={weight_path} --reqcheck-report {report_path}`"
-    report = read_report(report_path)
-    entries = [e for e in report.get("adapters") or [] if isinstance(e, dict)]
+    entries = report_entries(read_report(report_path), report_path)
     entry = next((e for e in entries if e.get("content_hash") == adapter_hash), None)
     if entry is None:
-        return _refuse_mismatch(report_path, adapter_hash, entries, rerun)
+        return _refuse_mismatch(report_path, adapter_hash, entries, rerun, weight_path)
     gates = entry.get("gates") or []
     if not gates:
         raise ReqcheckError(
@@ -57,12 +56,29 @@ def gate_entry(report_path: Path, adapter_hash: str, weight_path: Path) -> dict[
     return entry
 
 
-def _refuse_mismatch(report_path: Path, adapter_hash: str, entries: list[dict], rerun: str) -> Any:
+def _refuse_mismatch(
+    report_path: Path, adapter_hash: str, entries: list[dict], rerun: str, weight_path: Path
+) -> Any:
+    """Say whether these weights changed since they were gated, or the report gated another adapter."""
     vouched = ", ".join(str(e.get("content_hash"))[:19] for e in entries) or "no adapter"
+    if any(_same_path(e.get("path"), weight_path) for e in entries):
+        raise ReqcheckError(
+            f"{report_path} vouches for {weight_path} as {vouched}, but its files now hash to "
+            f"{adapter_hash[:19]}: they changed since the report was written, so {rerun}."
+        )
+    paths = ", ".join(str(e.get("path")) for e in entries) or "no adapter"
     raise ReqcheckError(
-        f"{report_path} vouches for {vouched}, not these weights ({adapter_hash[:19]}); they changed since "
-        f"the report was written, so {rerun}."
+        f"{report_path} gated another adapter ({paths}), not {weight_path}; gate this one: {rerun}."
     )
+
+
+def _same_path(recorded: object, weight_path: Path) -> bool:
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    try:
+        return Path(recorded).resolve() == weight_path.resolve()
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -190,13 +206,13 @@ def scan_text(lines: list[str]) -> list[Finding]:
     return [f for f in findings.values() if f.lines]
 
 
-def scan_file(path: Path) -> list[Finding]:
-    """`scan_text` over a file (the training data a public upload might leak); a missing file finds nothing."""
+def scan_file(path: Path) -> list[Finding] | None:
+    """`scan_text` over a file (the training data a public upload might leak); None when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
-        return []
-    return scan_text(text.splitlines())
+    except OSError:
+        return None
+    return scan_text(text.split("\n"))  # JSONL line numbers: U+2028 inside a string does not end a line
 
 
 def hub_token() -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reqcheck.adapters import IO_YAML
+from reqcheck.adapters import IO_YAML, check_weights
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import ADAPTER_FILES, MANIFEST_NAME, PEFT_FILES, Manifest
 from reqcheck.models import is_hub_id, short_model_name
@@ -71,10 +71,15 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
         )
     try:
         config = json.loads((weight_path / "adapter_config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReqcheckError(
             f"{weight_path / 'adapter_config.json'} is not valid JSON ({exc}); retrain the adapter."
         ) from exc
+    if not isinstance(config, dict):
+        raise ReqcheckError(
+            f"{weight_path / 'adapter_config.json'} is not a PEFT config; retrain the adapter."
+        )
+    check_weights(weight_path)
     manifest = Manifest.read(weight_path) if (weight_path / MANIFEST_NAME).is_file() else None
     base = (manifest.base_model.get("name") if manifest else None) or config.get("base_model_name_or_path")
     if not base:
@@ -87,22 +92,44 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
 
 
 def check_repo_id(name: str) -> str:
-    """`--name` must be `org/repo`, as the Hub and Mellea's `--name` expect."""
-    if not is_hub_id(name):
+    """`--name` must be `org/repo` by huggingface_hub's own rules, checked before anything is written."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    problem = None if name.count("/") == 1 else "it is not of the form org/repo"
+    if problem is None:
+        try:
+            validate_repo_id(name)
+        except HFValidationError as exc:
+            problem = str(exc).split(":")[0].rstrip(".")
+    if problem:
         raise ReqcheckError(
-            f"--name {name!r} is not a Hub repo id; pass it as org/repo, e.g. my-org/polite-check."
+            f"--name {name[:100]!r} is not a Hub repo id ({problem}); pass org/repo made of letters, digits, "
+            "'-', '_' and '.', e.g. my-org/polite-check."
         )
     return name
 
 
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_](?:[\w.-]{0,94}\w)?")
+
+
 def adapter_subdir(intrinsic_name: str, facts: AdapterFacts) -> str:
-    """`<intrinsic_name>/<base_model_short_name>/<alora|lora>`: where Mellea and granite-common look."""
-    if not re.fullmatch(r"[\w.-]+", intrinsic_name):
+    """`<intrinsic_name>/<base_model_short_name>/<alora|lora>`: where Mellea and granite-common look.
+
+    Both folder names are checked so that no `..` or separator can move the files out of the package.
+    """
+    if not _FOLDER_NAME.fullmatch(intrinsic_name) or ".." in intrinsic_name:
         raise ReqcheckError(
-            f"Intrinsic name {intrinsic_name!r} is not a folder name; pass --intrinsic-name with letters, "
-            "digits, '-', '_' or '.'."
+            f"Intrinsic name {intrinsic_name[:100]!r} is not a folder name; pass --intrinsic-name (or a --name "
+            "repo part) of letters, digits, '-', '_' and '.', not starting or ending with '-' or '.'."
         )
-    return f"{intrinsic_name}/{facts.base_short}/{facts.adapter_type}"
+    base = facts.base_short
+    if base in ("", ".", "..") or any(sep in base for sep in ("/", "\\", "\0")):
+        raise ReqcheckError(
+            f"{facts.path} names base model {facts.base_model!r}, which is not a folder name; retrain the "
+            "adapter with reqcheck train."
+        )
+    return f"{intrinsic_name}/{base}/{facts.adapter_type}"
 
 
 def generate_io_yaml(facts: AdapterFacts) -> str:
@@ -229,6 +256,8 @@ def _check_transformations(value: Any, source: str) -> None:
 def stage(facts: AdapterFacts, dest: Path, card: str, subdir: str | None, io_yaml: str | None) -> None:
     """Write the repo's files into `dest`: the adapter (at the root or under `subdir`) and the card."""
     target = dest / subdir if subdir else dest
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise ReqcheckError(f"The folder {subdir} would leave {dest}; pass another --intrinsic-name.")
     target.mkdir(parents=True, exist_ok=True)
     for name in facts.files:
         shutil.copyfile(facts.path / name, target / name)
@@ -343,7 +372,7 @@ def _gate_section(entry: dict[str, Any] | None) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for mode, metrics in (entry.get("modes") or {}).items():
-        latency = metrics.get("latency_ms") or {}
+        latency = metrics.get("latency_ms") if isinstance(metrics.get("latency_ms"), dict) else {}
         lines.append(
             f"| {mode} | {metrics.get('n', '')} | {_fmt(metrics.get('accuracy'))}"
             f"{_interval(metrics.get('accuracy_interval'), entry.get('confidence'))} | "

@@ -90,8 +90,8 @@ class Manifest:
             raise ReqcheckError(
                 f"{directory} has no {MANIFEST_NAME}; pass a directory written by reqcheck train."
             ) from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ReqcheckError(f"{path} is damaged ({exc}); retrain the adapter.") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
+            raise ReqcheckError(f"{path} is damaged ({exc!r:.200}); retrain the adapter.") from exc
 
 
 def library_versions() -> dict[str, str]:

@@ -12,6 +12,9 @@ import importlib.metadata
 import json
 import os
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +126,7 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
     model.load_state_dict(loaded.state_dict())
     sha = _sha256_file(gguf)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, concurrent_ok=True) as tmp:  # other ranks may convert it too
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": sha, "name": name}))
@@ -239,3 +242,17 @@ def load_model(ref: BaseModelRef, device: str, dtype: Any = None) -> Any:
     except OSError as exc:
         raise ReqcheckError(f"Could not load base model from {ref.path} ({exc}); check --basemodel.") from exc
     return model.to(device).eval()
+
+
+@contextmanager
+def quiet_peft_wrap() -> Iterator[None]:
+    """Wrap a model with PEFT without transformers' FutureWarning about `is_gradient_checkpointing`.
+
+    PEFT reads that deprecated property whenever it wraps a model, so transformers 5 warned on every
+    run; the warning is about PEFT's code and tells a reqcheck user nothing they can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield

@@ -153,15 +153,29 @@ def find_subsequence(haystack: list[int], needle: list[int]) -> int:
     return -1
 
 
-def _as_messages(context: str | Messages, spec: PromptSpec) -> Messages:
-    messages = (
-        [{"role": spec.item_role, "content": context}]
-        if isinstance(context, str)
-        else [dict(m) for m in context]
+def _is_message(message: object) -> bool:
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("role"), str)
+        and isinstance(message.get("content"), str)
     )
-    if spec.system_prompt is not None and messages and messages[0]["role"] != "system":
+
+
+def as_messages(context: object, spec: PromptSpec | None = None) -> Messages:
+    """The context as messages: a text is checked as one turn (the adapter's item role, by default the
+    assistant's), a conversation on its last turn; the adapter's system prompt goes first."""
+    if isinstance(context, str):
+        messages = [{"role": spec.item_role if spec else "assistant", "content": context}]
+    elif isinstance(context, list) and all(_is_message(m) for m in context):
+        messages = [dict(m) for m in context]
+    else:
+        raise ReqcheckError(
+            f"The context to check is a {type(context).__name__}; pass the output as a str, or a "
+            "conversation as a list of {'role': ..., 'content': ...} dicts."
+        )
+    if spec and spec.system_prompt is not None and messages and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": spec.system_prompt}, *messages]
-    if not messages or not messages[-1].get("content", "").strip():
+    if not messages or not messages[-1]["content"].strip():
         raise ReqcheckError("The context to check is empty; pass the text or conversation to check.")
     return messages
 
@@ -190,16 +204,18 @@ def render(
     spec: PromptSpec,
     requirement: str | None = None,
     max_length: int | None = None,
+    reserve: int = 0,
 ) -> Rendered:
     """Token ids for checking `context` (a text, or a conversation whose last turn is checked).
 
-    `max_length` bounds the prompt; over-long contexts lose tokens from their start so the
-    invocation (and the label after it) always survive.
+    `max_length` bounds the prompt plus the `reserve` tokens that follow it (the label); over-long
+    contexts lose tokens from their start so the invocation (and the label after it) always survive.
+    Training and inference pass the same bound, so a long item is cut the same way in both.
     """
-    messages = _as_messages(context, spec)
+    messages = as_messages(context, spec)
     inv = invocation_ids(tokenizer, spec.invocation)
     if spec.renderer == MELLEA_RENDERER:
-        return _render_mellea(tokenizer, messages, spec, inv, max_length)
+        return _render_mellea(tokenizer, messages, spec, requirement, inv, max_length, reserve)
     if spec.renderer != CHAT_RENDERER:
         raise ReqcheckError(f"Unknown prompt renderer {spec.renderer!r}; use one of {', '.join(RENDERERS)}.")
     head, content, tail = _chat_context(tokenizer, messages)
@@ -209,24 +225,39 @@ def render(
     suffix += inv
     truncated = 0
     if max_length is not None:
-        truncated = max(0, len(head) + len(content) + len(tail) + len(suffix) - max_length)
-        if truncated > len(content):
-            raise ReqcheckError(
-                f"--max-length {max_length} is too small to hold the prompt's framing, requirement and "
-                f"invocation ({len(head) + len(tail) + len(suffix)} tokens); raise --max-length."
-            )
+        truncated = max(0, len(head) + len(content) + len(tail) + len(suffix) + reserve - max_length)
+        if truncated and truncated >= len(content):
+            _too_small(max_length, len(head) + len(tail) + len(suffix), reserve)
         content = content[truncated:]
     context_ids = head + content + tail
     ids = context_ids + suffix
     return Rendered(ids, len(context_ids), len(ids) - len(inv), truncated)
 
 
+def _too_small(max_length: int, framing: int, reserve: int) -> None:
+    raise ReqcheckError(
+        f"--max-length {max_length} is too small to keep any of the item: the prompt's framing, requirement "
+        f"and invocation take {framing} tokens and the label {reserve}; raise --max-length."
+    )
+
+
 def _render_mellea(
-    tokenizer: Any, messages: Messages, spec: PromptSpec, inv: list[int], max_length: int | None
+    tokenizer: Any,
+    messages: Messages,
+    spec: PromptSpec,
+    requirement: str | None,
+    inv: list[int],
+    max_length: int | None,
+    reserve: int,
 ) -> Rendered:
-    """Mellea's `m alora train` rendering, tokenised as one string as Mellea does."""
+    """Mellea's `m alora train` rendering, tokenised as one string as Mellea does.
+
+    Mellea leaves the `Requirement:` slot empty; an adapter trained by reqcheck on lines that carry a
+    requirement (`requirement_in_prompt`) has it written there, in training and inference alike.
+    """
     item = "\n".join(m["content"] for m in messages)
-    ids = tokenize(tokenizer, f"{item}\nRequirement: <|end_of_text|>\n{spec.invocation}")
+    shown = requirement if spec.requirement_in_prompt and requirement else ""
+    ids = tokenize(tokenizer, f"{item}\nRequirement: {shown}<|end_of_text|>\n{spec.invocation}")
     start = find_subsequence(ids, inv)
     if start < 0:
         raise ReqcheckError(
@@ -234,10 +265,10 @@ def _render_mellea(
             "adapter would silently run as the base model; use an invocation that tokenises stably."
         )
     truncated = 0
-    if max_length is not None and len(ids) > max_length:
-        truncated = len(ids) - max_length
-        if truncated > start:
-            raise ReqcheckError(f"--max-length {max_length} is too small to hold the invocation; raise it.")
+    if max_length is not None and len(ids) + reserve > max_length:
+        truncated = len(ids) + reserve - max_length
+        if truncated >= start:
+            _too_small(max_length, len(ids) - len(tokenize(tokenizer, item)), reserve)
         ids = ids[truncated:]
         start -= truncated
     return Rendered(ids, start, start, truncated)

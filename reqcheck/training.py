@@ -42,6 +42,7 @@ from reqcheck.models import (
     BaseModelRef,
     load_model,
     load_tokenizer,
+    quiet_peft_wrap,
     resolve_base_model,
     resolve_device,
     training_dtype,
@@ -393,7 +394,8 @@ def build_model(config: TrainConfig, prep: Prepared, device: str) -> Any:
         alora_invocation_tokens=prep.invocation_ids if alora else None,
     )
     try:
-        return get_peft_model(base, lora_config)
+        with quiet_peft_wrap():
+            return get_peft_model(base, lora_config)
     except ValueError as exc:
         raise ReqcheckError(
             f"Could not attach the adapter ({exc}); check --target-modules for this model."

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
@@ -13,6 +15,23 @@ from reqcheck.config import TrainConfig
 from reqcheck.training import TrainResult, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
+
+# The fuzz suite (tests/test_fuzz.py): `ci` is what .ci/run gets (the same cases every run, well under
+# 30 s); `pytest tests/test_fuzz.py --hypothesis-profile thorough` searches much longer.
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=600, derandomize=False)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +66,23 @@ def tiny_adapters(
         )
         for kind in ("alora", "lora")
     }
+
+
+@pytest.fixture(scope="session")
+def mellea_adapter(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter as Mellea's `m alora train` leaves it: Mellea's prompt format, PEFT files, labels in io.yaml."""
+    out = tmp_path_factory.mktemp("mellea") / "mellea"
+    train(
+        TrainConfig(marker_data, str(tiny_model_dir), out, renderer="mellea-v1", **FAST),
+        report=lambda _: None,
+    )
+    (out / "reqcheck.json").unlink()
+    io = {
+        "model": None,
+        "response_format": '{"type": "object"}',
+        "transformations": [
+            {"type": "likelihood", "input_path": [], "categories_to_values": {"yes": 1.0, "no": 0.0}}
+        ],
+    }
+    (out / "io.yaml").write_text(yaml.safe_dump(io))
+    return out

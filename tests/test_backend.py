@@ -1,17 +1,20 @@
 """LocalHFBackend: routing, KV reuse, loading forms and bad input, on the tiny model."""
 
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 
 from reqcheck.adapters import CustomIntrinsicAdapter
 from reqcheck.backend import LocalHFBackend
 from reqcheck.config import TrainConfig
-from reqcheck.data import load_examples
+from reqcheck.data import Example, load_examples
+from reqcheck.encoding import encode
 from reqcheck.errors import ReqcheckError
+from reqcheck.prompting import tokenize
 from reqcheck.requirements import (
     ALoraRequirement,
     LLMaJRequirement,
@@ -20,6 +23,7 @@ from reqcheck.requirements import (
     check,
     req,
 )
+from reqcheck.scoring import LabelSet
 from reqcheck.session import Session
 from reqcheck.training import train
 from tests.helpers import FAST, PLEASE
@@ -200,27 +204,20 @@ def test_hub_repo_loads_from_the_local_cache_offline(
 
 
 def test_adapter_trained_by_mellea_loads_with_io_yaml(
-    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, held_out
+    tiny_model_dir: Path, mellea_adapter: Path, held_out
 ) -> None:
     """A Mellea-style adapter: Mellea's prompt format, PEFT files only, labels from io.yaml."""
-    out = tmp_path / "mellea"
-    train(
-        TrainConfig(marker_data, str(tiny_model_dir), out, renderer="mellea-v1", **FAST),
-        report=lambda _: None,
-    )
-    (out / "reqcheck.json").unlink()
-    io = {
-        "model": None,
-        "response_format": json.dumps({"type": "object"}),
-        "transformations": [
-            {"type": "likelihood", "input_path": [], "categories_to_values": {"yes": 1.0, "no": 0.0}}
-        ],
-    }
-    (out / "io.yaml").write_text(yaml.safe_dump(io))
     backend = LocalHFBackend(str(tiny_model_dir), device="cpu")
-    resolved = backend.add_adapter(CustomIntrinsicAdapter(model_id=str(out), intrinsic_name="mellea"))
+    resolved = backend.add_adapter(
+        CustomIntrinsicAdapter(model_id=str(mellea_adapter), intrinsic_name="mellea")
+    )
     assert resolved.source == "mellea" and resolved.manifest.positive_labels == ["yes"]
     assert accuracy(backend, held_out, req(PLEASE)) >= 0.9
+    # Fault 5, deliberate: Mellea trained `prompt + label` without special tokens, so its labels are
+    # scored without the end-of-text token that reqcheck's own adapters learn after a label.
+    tokenizer = backend.tokenizer
+    assert resolved.manifest.label_token_ids == {label: tokenize(tokenizer, label) for label in ("yes", "no")}
+    assert tokenizer.eos_token_id not in resolved.manifest.label_token_ids["yes"]
 
 
 def test_bad_adapters_are_clear_errors(tiny_model_dir: Path, tiny_adapters, tmp_path: Path) -> None:
@@ -230,7 +227,7 @@ def test_bad_adapters_are_clear_errors(tiny_model_dir: Path, tiny_adapters, tmp_
     (no_weights / "adapter_model.safetensors").unlink()
     with pytest.raises(ReqcheckError, match="no adapter_model.safetensors"):
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(no_weights)))
-    with pytest.raises(ReqcheckError, match="neither a directory nor a Hub repo id"):
+    with pytest.raises(ReqcheckError, match="neither an existing directory nor a Hub repo id"):
         backend.add_adapter(CustomIntrinsicAdapter(model_id="not a repo"))
     with pytest.raises(ReqcheckError, match="is for base model other-model"):
         backend.add_adapter(
@@ -286,3 +283,84 @@ def test_session_validates_and_repairs_until_the_requirements_hold(backend, monk
 def test_session_validate_goes_through_the_adapter(backend) -> None:
     validated = Session(backend).validate([req(PLEASE), check(PLEASE)], POSITIVE)
     assert [(r.passed, r.via) for r in validated] == [(True, "adapter:please")] * 2
+
+
+def test_long_contexts_are_cut_at_inference_as_in_training(
+    tiny_model_dir: Path, tiny_adapters, tmp_path: Path
+) -> None:
+    """Fault 5: training cuts items to --max-length from their start; inference now cuts them the same way."""
+    adapter = Path(shutil.copytree(tiny_adapters["alora"].outfile, tmp_path / "short"))
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    manifest["hyperparameters"]["max_length"] = 32  # as if trained with --max-length 32
+    (adapter / "reqcheck.json").write_text(json.dumps(manifest))
+    backend = LocalHFBackend(str(tiny_model_dir), device="cpu", use_caches=False)
+    resolved = backend.add_adapter(CustomIntrinsicAdapter(model_id=str(adapter), intrinsic_name="short"))
+    seen: list[list[int]] = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
+    item = " ".join(["the"] * 60 + ["please"])
+    try:
+        result = backend.check(req(PLEASE), item)
+    finally:
+        hook.remove()
+    spec, ids = resolved.manifest.prompt, resolved.manifest.label_token_ids
+    labels = LabelSet(list(ids), list(ids.values()))
+    (trained,) = encode([Example(item, "yes")], backend.tokenizer, spec, labels, max_length=32)
+    assert seen[0] == trained.prompt and trained.truncated > 0
+    assert f"first {trained.truncated} tokens were dropped to fit the 32-token limit" in result.reason
+
+
+def test_contexts_longer_than_the_model_are_cut_and_say_so(backend) -> None:
+    """Fault 17: a context past the model's positions (512 here) gave a confident label without a word."""
+    words = ["the"] * 700 + ["please"]
+    result = backend.check(req(PLEASE), " ".join(words))
+    dropped = int(re.search(r"first (\d+) tokens were dropped to fit the 512-token limit", result.reason)[1])
+    kept = backend.check(req(PLEASE), " ".join(words[dropped:]))
+    assert "dropped" not in kept.reason
+    assert result.score == pytest.approx(kept.score, abs=1e-5)
+
+
+def test_generate_keeps_no_conversation_cache(backend) -> None:
+    """Fault 6: the conversation's KV was stored but never served a check (the output is checked bare)."""
+    before = list(backend._prefixes)
+    backend.generate([{"role": "user", "content": "the reply"}], max_new_tokens=4)
+    assert list(backend._prefixes) == before
+
+
+def test_loading_and_training_show_no_future_warning(
+    tiny_model_dir: Path, tiny_adapters, marker_data: Path, tmp_path: Path
+) -> None:
+    """Fault 10: every run printed transformers' `is_gradient_checkpointing is deprecated`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh = LocalHFBackend(str(tiny_model_dir), device="cpu")
+        fresh.add_adapter(CustomIntrinsicAdapter(model_id=str(tiny_adapters["alora"].outfile)))
+        train(
+            TrainConfig(marker_data, str(tiny_model_dir), tmp_path / "a", **{**FAST, "epochs": 1}),
+            report=lambda _: None,
+        )
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def test_truncated_weights_are_one_clear_error(bare, tiny_adapters, tmp_path: Path) -> None:
+    """Fault 16: a cut adapter_model.safetensors raised SafetensorError from deep inside PEFT."""
+    cut = Path(shutil.copytree(tiny_adapters["alora"].outfile, tmp_path / "cut"))
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(
+        ReqcheckError, match=r"adapter_model.safetensors is damaged .*copy, download or train"
+    ):
+        bare.add_adapter(CustomIntrinsicAdapter(model_id=str(cut)))
+    assert bare.adapters == {}
+
+
+def test_bad_arguments_fail_at_once_with_one_sentence(backend, tmp_path: Path) -> None:
+    """Fault 19: a missing model_id was accepted until add_adapter; None or bytes raised TypeError."""
+    with pytest.raises(ReqcheckError, match="neither an existing directory nor a Hub repo id"):
+        CustomIntrinsicAdapter(model_id=str(tmp_path / "missing"))
+    for context in (None, b"the reply please"):
+        with pytest.raises(ReqcheckError, match="pass the output as a str"):
+            backend.check(req(PLEASE), context)
+    with pytest.raises(ReqcheckError, match=r"wrap its text in req\('...'\)"):
+        backend.check(PLEASE, POSITIVE)

@@ -1,3 +1,5 @@
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,41 @@ def test_fingerprint_ignores_formatting_but_not_content(tmp_path: Path) -> None:
     b = load_examples(write(tmp_path, '{ "label" : "yes",  "item":"a" }\n\n'))
     c = load_examples(write(tmp_path, '{"item": "a", "label": "no"}\n'))
     assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
+def test_unicode_line_separators_inside_strings_and_a_bom_are_valid(tmp_path: Path) -> None:
+    """Fault 13: U+2028, U+2029 and U+0085 are valid in JSON strings (json.dumps writes them raw)."""
+    rows = [{"item": f"one{sep}two", "label": "yes"} for sep in ("\u2028", "\u2029", "\u0085")]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows) + "not json\n"
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    with pytest.raises(ReqcheckError) as info:
+        load_examples(path)
+    assert str(info.value).endswith(f"{path}:4: not valid JSON (Expecting value)")
+    path.write_bytes(b"\xef\xbb\xbf" + text.rsplit("not json", 1)[0].encode("utf-8"))
+    examples = load_examples(path)
+    assert [(e.item, e.line) for e in examples] == [(row["item"], n) for n, row in enumerate(rows, start=1)]
+
+
+HOSTILE = {
+    "deep nesting": ("[" * 100_000, "nested too deeply"),
+    "5,000-digit id": ('{"item": "a", "label": "yes", "id": ' + "9" * 5000 + "}", "4300 digits"),
+    "lone surrogate": ('{"item": "a \\ud800 b", "label": "yes"}', "unpaired surrogate"),
+    "NUL in a string": ('{"item": "a\x00b", "label": "yes"}', "not valid JSON (Invalid control character"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_hostile_lines_are_bad_lines_not_tracebacks(tmp_path: Path, case: str) -> None:
+    """Fault 14: lines that made json or fingerprint() raise are reported as file:line: reason."""
+    line, reason = HOSTILE[case]
+    path = write(tmp_path, '{"item": "fine", "label": "no"}\n' + line + "\n")
+    with pytest.raises(ReqcheckError, match=f"{re.escape(str(path))}:2: .*{re.escape(reason)}"):
+        load_examples(path)
+
+
+def test_invalid_utf8_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"item": "a", "label": "yes"}\n{"item": "\xff", "label": "no"}\n')
+    with pytest.raises(ReqcheckError, match=f"{re.escape(str(path))}:2: is not UTF-8 text"):
+        load_examples(path)

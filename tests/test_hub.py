@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_user_io_yaml_is_uploaded_verbatim(hub, adapter, tmp_path, capsys, monke
     [
         ("missing", "pytest --adapter"),
         ("failed", "failed its gate"),
-        ("mismatch", "vouches for"),
+        ("mismatch", "changed since the report was written"),
         ("ungated", "--reqcheck-min-accuracy"),
         ("absent-file", "does not exist"),
     ],
@@ -444,3 +445,80 @@ def test_upload_reads_a_format_2_report_and_the_card_shows_intervals(
     card = hub.repos["acme/please"].files()["README.md"].decode()
     assert "| adapter | 40 | 0.950 (95%: 0.835–0.986) |" in card
     assert "| min_accuracy | adapter | 0.900 | 0.950 (95%: 0.835–0.986) | yes |" in card
+
+
+def test_public_upload_whose_training_data_cannot_be_read_says_so_and_asks(hub, adapter, capsys, monkeypatch):
+    """Fault 3: a training-data file missing on this machine skipped the personal-data scan without a word."""
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    manifest["data"]["path"] = "/nowhere/train.jsonl"
+    (adapter / "reqcheck.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    args = [str(adapter), "--name", "acme/unscanned", "--no-gate", "--public"]
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and "/nowhere/train.jsonl" in err and "could not be scanned" in err and "--yes" in err
+    assert hub.requests == []
+    code, err = upload([*args, "--yes"], capsys, monkeypatch)
+    assert code == 0 and "could not be scanned" in err
+    assert hub.repos["acme/unscanned"].private is False
+
+
+ESCAPING_NAMES = {
+    "repo ..": ["--name", "org/.."],
+    "leading dash": ["--name", "org/-bad-"],
+    "double dash": ["--name", "org/x--y"],
+    "200 characters": ["--name", "org/" + "a" * 200],
+    "intrinsic name ..": ["--name", "acme/ok", "--intrinsic-name", ".."],
+}
+
+
+@pytest.mark.parametrize("case", ESCAPING_NAMES, ids=list(ESCAPING_NAMES))
+def test_names_that_escape_the_output_or_that_the_hub_rejects_are_refused(
+    adapter, tmp_path, capsys, monkeypatch, case
+):
+    """Fault 11: `--name org/..` wrote outside --out, and ids the Hub rejects crashed the real upload."""
+    before, files = sorted(p.name for p in tmp_path.iterdir()), tree_digest(adapter)
+    args = ESCAPING_NAMES[case]
+    out = tmp_path / "build" / "out"
+    code, err = run_cli(["package", str(adapter), *args, "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and ("is not a Hub repo id" in err or "is not a folder name" in err), err
+    code, err = upload([str(adapter), *args, "--intrinsic", "--no-gate", "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and ("is not a Hub repo id" in err or "is not a folder name" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and tree_digest(adapter) == files
+
+
+def test_package_to_an_unwritable_out_is_one_sentence(adapter, tmp_path, capsys, monkeypatch):
+    """Fault 15: `package --out` on a read-only path ended in a PermissionError traceback."""
+    if os.geteuid() == 0:  # root may write to any mode bits; sysfs refuses new entries even to root
+        out = Path("/sys/reqcheck-test/out")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        out = locked / "out"
+    code, err = run_cli(["package", str(adapter), "--name", "acme/p", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and f"Cannot write --out {out}" in err and "Traceback" not in err
+
+
+def test_a_report_about_another_adapter_says_so(hub, tiny_adapters, adapter, tmp_path, capsys, monkeypatch):
+    """Fault 19: a report for other weights always said "they changed since the report was written"."""
+    other = Path(shutil.copytree(tiny_adapters["lora"].outfile, tmp_path / "other"))
+    report = write_report(tmp_path / "report.json", other)
+    code, err = upload([str(adapter), "--name", "acme/x", "--gate", str(report)], capsys, monkeypatch)
+    assert code == 2 and f"gated another adapter ({other}), not {adapter}" in err
+    assert "changed since" not in err
+    (adapter / "adapter_model.safetensors").write_bytes((other / "adapter_model.safetensors").read_bytes())
+    report = write_report(tmp_path / "report.json", other)
+    (entry,) = (data := json.loads(report.read_text()))["adapters"]
+    report.write_text(json.dumps({**data, "adapters": [{**entry, "path": str(adapter)}]}))
+    code, err = upload([str(adapter), "--name", "acme/x", "--gate", str(report)], capsys, monkeypatch)
+    assert code == 2 and "they changed since the report was written" in err
+
+
+def test_package_of_truncated_weights_is_one_sentence(adapter, tmp_path, capsys, monkeypatch):
+    """A half-copied adapter_model.safetensors is refused before it is packaged or uploaded."""
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, err = run_cli(
+        ["package", str(adapter), "--name", "acme/p", "--out", str(tmp_path / "p")], capsys, monkeypatch
+    )
+    assert code == 2 and "adapter_model.safetensors is damaged" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()

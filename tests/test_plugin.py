@@ -97,7 +97,7 @@ def test_gates_pass_and_fail_with_the_right_exit_code(
 
 
 def test_gain_gate_compares_adapter_with_judge(suite) -> None:
-    result = run(suite, "--reqcheck-min-gain", "1.01", "--reqcheck-report", "report.json")
+    result = run(suite, "--reqcheck-min-gain", "1.0", "--reqcheck-report", "report.json")
     assert result.ret == 1
     report = json.loads((suite[0].path / "report.json").read_text())
     gate = report["adapters"][0]["gates"][0]
@@ -231,10 +231,13 @@ def test_without_adapter_the_plugin_is_idle_and_imports_no_torch(pytester: pytes
 
 
 def test_missing_adapter_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """Fault 19: a missing folder said "cannot tell the base model"."""
     pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
     result = pytester.runpytest(f"--adapter={Path(pytester.path) / 'nope'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*Cannot tell the base model*--basemodel*"])
+    result.stderr.fnmatch_lines(
+        ["*--adapter */nope does not exist; pass the directory reqcheck train wrote*"]
+    )
 
 
 def test_several_adapters_take_the_lines_of_their_requirement(
@@ -262,3 +265,127 @@ def test_several_adapters_take_the_lines_of_their_requirement(
     unclear.stdout.fnmatch_lines(
         ["*cannot tell which of the adapters (alora, other-adapter) checks this line*"]
     )
+
+
+def test_recall_gate_skips_labels_without_cases(pytester: pytest.Pytester, tiny_adapters) -> None:
+    """Fault 1: a label with no case got recall 0.0 and a gate that could never pass."""
+    no_only = [c for c in CASES if c["label"] == "no" and c["id"] != "c3"]
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in no_only))
+    args = [f"--adapter={tiny_adapters['alora'].outfile}", "--reqcheck-validation", "on"]
+    result = pytester.runpytest(*args, "--reqcheck-min-recall", "0.9", "-v")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["*reqcheck-gate::min_recall?alora-no?*PASSED*", "*min_recall?yes?: no cases*"]
+    )
+    assert "min_recall[alora-yes]" not in result.stdout.str()
+
+
+def test_the_same_item_under_two_requirements_is_predicted_twice(
+    pytester: pytest.Pytester, tiny_adapters
+) -> None:
+    """Fault 2: missing cases were de-duplicated by item only, so the second requirement's case hit KeyError."""
+    lines = [
+        {"id": "a", "item": PLEASE_ITEM, "label": "yes", "requirement": PLEASE},
+        {"id": "b", "item": PLEASE_ITEM, "label": "yes", "requirement": "The reply is kind."},
+    ]
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in lines))
+    result = pytester.runpytest(f"--adapter={tiny_adapters['alora'].outfile}")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes.get("passed", 0) + outcomes.get("xfailed", 0) == 4
+
+
+def test_an_adapter_trained_by_mellea_is_gated(
+    pytester: pytest.Pytester, mellea_adapter: Path, tiny_model_dir
+) -> None:
+    """Fault 9: the plugin required reqcheck.json although LocalHFBackend loads Mellea's adapters."""
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in CASES))
+    result = pytester.runpytest(
+        f"--adapter={mellea_adapter}",
+        f"--basemodel={tiny_model_dir}",
+        "--reqcheck-validation",
+        "on",
+        "--reqcheck-min-accuracy",
+        "0.7",
+        "--reqcheck-report",
+        "r.json",
+    )
+    assert result.ret == 0
+    entry = json.loads((pytester.path / "r.json").read_text())["adapters"][0]
+    assert sorted(entry["labels"]) == ["no", "yes"] and entry["modes"]["adapter"]["accuracy"] >= 0.75
+
+
+def test_truncated_weights_are_one_usage_error(pytester: pytest.Pytester, tiny_adapters) -> None:
+    """Fault 16: each case failed with pages of pluggy internals ending in SafetensorError."""
+    cut = pytester.path / "cut"
+    shutil.copytree(tiny_adapters["alora"].outfile, cut)
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in CASES))
+    result = pytester.runpytest(f"--adapter={cut}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*cut/adapter_model.safetensors is damaged*train the adapter again."])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+BAD_GATE_OPTIONS = {
+    "accuracy above 1": (["--reqcheck-min-accuracy", "2"], "--reqcheck-min-accuracy 2.0 is outside [0, 1]"),
+    "negative accuracy": (["--reqcheck-min-accuracy=-5"], "--reqcheck-min-accuracy -5.0 is outside [0, 1]"),
+    "recall nan": (["--reqcheck-min-recall", "nan"], "--reqcheck-min-recall nan is outside [0, 1]"),
+    "max-drop without baseline": (
+        ["--reqcheck-max-drop", "0.1"],
+        "--reqcheck-max-drop needs --reqcheck-baseline",
+    ),
+    "malformed baseline": (
+        ["--reqcheck-baseline", "bad.json", "--reqcheck-max-drop", "0.1"],
+        "bad.json is not valid JSON",
+    ),
+    "baseline without adapters": (
+        ["--reqcheck-baseline", "empty.json", "--reqcheck-max-drop", "0.1"],
+        "empty.json holds no list of adapter entries",
+    ),
+    "baseline entry without modes": (
+        ["--reqcheck-baseline", "entry.json", "--reqcheck-max-drop", "0.1"],
+        "entry.json: adapter entry 1 is not an object with 'modes' and 'gates'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GATE_OPTIONS, ids=list(BAD_GATE_OPTIONS))
+def test_bad_gate_options_are_usage_errors(suite, case: str) -> None:
+    """Fault 18: impossible thresholds were accepted, and a baseline without adapters (or with an entry
+    that is not shaped like one) gave a KeyError traceback."""
+    pytester, _ = suite
+    (pytester.path / "bad.json").write_text("{not json")
+    (pytester.path / "empty.json").write_text('{"report_format": 1}')
+    (pytester.path / "entry.json").write_text('{"report_format": 2, "adapters": [{"modes": []}]}')
+    args, message = BAD_GATE_OPTIONS[case]
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_folder_without_an_adapter_says_so_in_pytest_terms(
+    pytester: pytest.Pytester, tiny_model_dir
+) -> None:
+    """Fault 19: a non-adapter folder suggested base_model_name= (a Python argument) to a pytest user."""
+    (pytester.path / "notes").mkdir()
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
+    result = pytester.runpytest(f"--adapter={pytester.path / 'notes'}", f"--basemodel={tiny_model_dir}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*notes holds no adapter (no adapter_config.json in it)*"])
+    assert "base_model_name=" not in result.stderr.str()
+
+
+def test_a_base_model_that_cannot_load_stops_the_run_once(
+    pytester: pytest.Pytester, tiny_adapters, tiny_model_dir
+) -> None:
+    """A backend that cannot load would fail every case the same way: one usage error instead."""
+    broken = pytester.path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(c) for c in CASES))
+    result = pytester.runpytest(f"--adapter={tiny_adapters['alora'].outfile}", f"--basemodel={broken}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stdout.str().count("reqcheck: Could not load base model") == 1
+    assert "failed" not in result.parseoutcomes()

@@ -10,6 +10,7 @@ from reqcheck.prompting import (
     invocation_ids,
     label_ids,
     render,
+    tokenize,
 )
 from tests.tiny import build_tiny_tokenizer
 
@@ -86,3 +87,29 @@ def test_mellea_rendering_is_one_string(granite) -> None:
     rendered = render(granite, "the reply", spec)
     assert granite.decode(rendered.input_ids).startswith("the reply")
     assert rendered.invocation_start == len(rendered.input_ids) - 3
+
+
+def test_mellea_rendering_carries_the_requirement_only_when_trained_with_it(granite) -> None:
+    """Fault 5: requirement_in_prompt holds for the Mellea format too; Mellea's own adapters keep its string."""
+    mellea = PromptSpec(DEFAULT_INVOCATION, renderer=MELLEA_RENDERER)
+    plain = render(granite, "the reply", mellea, requirement="polite")
+    expected = tokenize(granite, f"the reply\nRequirement: <|end_of_text|>\n{DEFAULT_INVOCATION}")
+    assert plain.input_ids == expected
+    spec = PromptSpec(DEFAULT_INVOCATION, renderer=MELLEA_RENDERER, requirement_in_prompt=True)
+    with_req = render(granite, "the reply", spec, requirement="polite")
+    expected = tokenize(granite, f"the reply\nRequirement: polite<|end_of_text|>\n{DEFAULT_INVOCATION}")
+    assert with_req.input_ids == expected
+    assert with_req.invocation_start == len(expected) - 3
+
+
+def test_too_small_max_length_names_the_flag_value(granite) -> None:
+    """Fault 19: --max-length 8 used to say '6 is too small' (the value less the label's tokens)."""
+    with pytest.raises(ReqcheckError, match=r"^--max-length 8 is too small .* and the label 2;"):
+        render(granite, "the reply please", PromptSpec(DEFAULT_INVOCATION), max_length=8, reserve=2)
+
+
+@pytest.mark.parametrize("context", [None, b"the reply", 3, [{"role": "user"}], [("user", "hi")]])
+def test_a_context_that_is_not_text_or_messages_is_a_clear_error(granite, context) -> None:
+    """Fault 19: check(req, None) or bytes raised TypeError."""
+    with pytest.raises(ReqcheckError, match="pass the output as a str"):
+        render(granite, context, PromptSpec(DEFAULT_INVOCATION))
