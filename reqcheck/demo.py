@@ -33,7 +33,13 @@ PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no c
 
 def examples_dir() -> Path:
     """The example folders, shipped inside the package (the checkout's examples/ in an editable install)."""
-    return Path(str(files("reqcheck.examples")))
+    try:
+        return Path(str(files("reqcheck.examples")))
+    except ModuleNotFoundError:  # an editable install made before the examples became package data
+        raise ReqcheckError(
+            "reqcheck's example data is not installed with it; reinstall reqcheck (`pip install -e .` in a "
+            "checkout)."
+        ) from None
 
 
 @dataclass
