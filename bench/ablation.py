@@ -10,14 +10,13 @@ through `LocalHFBackend.classify` (see `quality.train_and_score`). Every finishe
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATA, REQUIREMENTS, train_and_score  # noqa: E402
+from quality import data_arguments, train_and_score  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -51,13 +50,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--sets", nargs="+", default=sorted(REQUIREMENTS))
-    parser.add_argument("--basemodel", default="smollm2-135m-instruct")
-    parser.add_argument("--device", default="cpu")
+    parser = data_arguments(__doc__)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--rates", nargs="+", default=["2e-4"], help="numbers, or auto")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -84,14 +84,18 @@ def _option(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), json.loads(value) if value[:1] in "0123456789-[{tf" else value
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def data_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every quality benchmark takes: where the data is, which sets, which model."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sets", nargs="+", default=sorted(REQUIREMENTS))
     parser.add_argument("--basemodel", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main() -> None:
+    parser = data_arguments(__doc__)
     parser.add_argument("--adapters", nargs="+", default=["alora", "lora"])
     parser.add_argument("--set-option", nargs="*", default=[], type=_option, help="e.g. loss=lm epochs=3")
     parser.add_argument("--no-judge", action="store_true")
