@@ -183,7 +183,7 @@ class LocalHFBackend:
             )
         manifest = adapter.manifest
         names = list(manifest.labels)
-        labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
+        labels = manifest.label_set(self.tokenizer)
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
         rendered = [
             render(self.tokenizer, c, manifest.prompt, r) for c, r in zip(contexts, requirements, strict=True)
@@ -241,10 +241,10 @@ class LocalHFBackend:
         for start in range(0, len(rendered), self.batch_size):
             chunk = rendered[start : start + self.batch_size]
             if reuse_context:
-                prefix = self._prefix([r.input_ids[: r.context_len] for r in chunk])
-                suffixes = [r.input_ids[r.context_len :] for r in chunk]
-                starts = [r.invocation_start - r.context_len for r in chunk]
-                rows.append(score_labels(self.model, suffixes, starts, labels, pad, prefix))
+                # everything before the invocation (context, requirement, instruction) is base-model KV
+                prefix = self._prefix([r.input_ids[: r.invocation_start] for r in chunk])
+                suffixes = [r.input_ids[r.invocation_start :] for r in chunk]
+                rows.append(score_labels(self.model, suffixes, [0] * len(chunk), labels, pad, prefix))
             else:
                 rows.append(
                     score_labels(

@@ -81,8 +81,12 @@ def train(
         str, typer.Option(help="Comma-separated modules to adapt.")
     ] = "q_proj,k_proj,v_proj",
     renderer: Annotated[
-        str, typer.Option(help="Prompt rendering: chat-v1, or mellea-v1 (Mellea's format).")
-    ] = "chat-v1",
+        str,
+        typer.Option(
+            help="Prompt and output: intrinsic-v1 (granite-common's prompt, JSON output, runs in Mellea), "
+            "chat-v1 (bare label), or mellea-v1 (Mellea's training format)."
+        ),
+    ] = "intrinsic-v1",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run of the same command.")] = False,
     prefix_cache: Annotated[
         str,

@@ -193,7 +193,7 @@ def suffix_eval(prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet) -
     """(summed label loss, label tokens, correct argmax) of a validation batch, scoring as `score_labels`.
 
     Every label is scored after the same prefix in one batched suffix pass; single-token label sets
-    are scored by their first token, others by their full log-likelihood.
+    are scored by their first token after the shared lead, others by their full log-likelihood.
     """
     cache, mask = prefixes.batch(batch)
     n = len(labels.names)
@@ -208,7 +208,7 @@ def suffix_eval(prefixes: PrefixCache, batch: list[Encoded], labels: LabelSet) -
         prefixes.pad_id,
     )
     logp, real = logp.view(len(batch), n, -1), real.view(len(batch), n, -1)
-    scores = logp[:, :, 0] if labels.single_token else logp.sum(-1)
+    scores = logp[:, :, labels.lead] if labels.single_token else logp[:, :, labels.lead :].sum(-1)
     truth = torch.tensor([e.label_index for e in batch], device=logp.device)
     rows_ = torch.arange(len(batch), device=logp.device)
     loss = -float(logp[rows_, truth].sum())

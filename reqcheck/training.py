@@ -40,14 +40,13 @@ from reqcheck.models import (
     resolve_device,
     training_dtype,
 )
+from reqcheck.output import check_labels, contract
 from reqcheck.prompting import (
-    CHAT_RENDERER,
+    INTRINSIC_RENDERER,
     RENDERERS,
     PromptSpec,
-    default_invocation,
     find_subsequence,
     invocation_ids,
-    label_ids,
     render,
 )
 from reqcheck.scoring import LabelSet, left_pad, score_labels
@@ -80,7 +79,7 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
-    renderer: str = CHAT_RENDERER
+    renderer: str = INTRINSIC_RENDERER
     resume: bool = False
     prefix_cache: str = "auto"
     prefix_cache_budget_mb: int | None = None
@@ -384,13 +383,13 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(ref)
-    spec = PromptSpec(
-        invocation=invocation or default_invocation(tokenizer),
-        renderer=config.renderer,
-        requirement_in_prompt=any(e.requirement for e in examples),
-    )
     names = sorted(data_mod.label_counts(examples))
-    labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
+    positives = config.positive_labels or default_positive_labels(names)
+    spec, output = contract(
+        tokenizer, config.renderer, invocation, any(e.requirement for e in examples), positives
+    )
+    labels = output.label_set(tokenizer, names)
+    check_labels(output, tokenizer, labels)
     train_set = encode(train_examples, tokenizer, spec, labels, config.max_length)
     val_set = encode(val_examples, tokenizer, spec, labels, config.max_length)
     truncated = sum(1 for e in train_set + val_set if e.truncated)
@@ -525,7 +524,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
         invocation_ids=inv_ids,
         labels=data_mod.label_counts(examples),
         label_token_ids=dict(zip(labels.names, labels.token_ids, strict=True)),
-        positive_labels=config.positive_labels or default_positive_labels(names),
+        positive_labels=positives,
         requirement=config.requirement,
         data={
             "path": str(Path(config.datafile).resolve()),
@@ -544,10 +543,12 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
             "history": state["history"],
         },
         versions=library_versions(),
+        output=output,
     )
     if group.main:
         with atomic_directory(config.outfile, replace_existing=True) as tmp:
             model.save_pretrained(tmp)
+            _name_base_model(tmp, ref.name)
             manifest.write(tmp)
         shutil.rmtree(checkpoint, ignore_errors=True)
     distributed.barrier(group)
@@ -556,6 +557,16 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     return TrainResult(
         Path(config.outfile), manifest, seconds, tokens_seen / max(train_seconds, 1e-9), group.main
     )
+
+
+def _name_base_model(directory: Path, name: str) -> None:
+    """adapter_config.json names the base model as the Hub and Mellea do, never by this machine's path.
+
+    Set after PEFT saved it: PEFT looks a name that is not a local path up on the Hub while saving.
+    """
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True) + "\n")
 
 
 def summary(result: TrainResult) -> list[str]:

@@ -159,8 +159,8 @@ def test_a_cached_context_costs_only_the_invocation(backend) -> None:
         backend.check(req(PLEASE), "we will help you today please")
     finally:
         hook.remove()
-    assert max(first) > 3
-    assert seen == [3]  # the three invocation tokens; the context came from the cache
+    assert max(first) > 7
+    assert seen == [7]  # the three invocation tokens and the JSON lead; the context came from the cache
 
 
 def test_lora_adapters_recompute_the_context(tiny_model_dir: Path, tiny_adapters, held_out) -> None:

@@ -24,6 +24,8 @@ PROMPT_WORDS = (
     "Requirement : Does message above meet requirement ? Answer or . Which one of these labels fits "
     "with label only , The says"
 ).split()
+# the pieces of reqcheck's JSON output (`{"score": "yes"}`), as the whitespace pre-tokenizer splits them
+JSON_WORDS = ['{"', '":', '"', '"}', "score", "label"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
     "{{ message['content'] }}<|end_of_text|>\n{% endfor %}"
@@ -44,7 +46,7 @@ def build_tiny_tokenizer(chatml: bool = False):
     from transformers import PreTrainedTokenizerFast
 
     specials = CHATML_SPECIALS if chatml else SPECIALS
-    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS
+    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS + JSON_WORDS
     vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
