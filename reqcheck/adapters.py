@@ -23,7 +23,6 @@ from reqcheck.prompting import (
     MELLEA_RENDERER,
     PromptSpec,
     invocation_ids,
-    label_ids,
     tokenize,
 )
 
@@ -244,7 +243,7 @@ def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer:
                 f"Adapter {adapter.name} was trained on {trained_on} but the backend runs {base_short}; "
                 f"load the backend with {trained_on} or retrain the adapter."
             )
-        expected = {label: label_ids(tokenizer, label) for label in manifest.labels}
+        expected = {label: manifest.output.output_ids(tokenizer, label) for label in manifest.labels}
         if invocation_ids(tokenizer, manifest.prompt.invocation) != manifest.invocation_ids or any(
             manifest.label_token_ids[label] != ids for label, ids in expected.items()
         ):

@@ -208,7 +208,7 @@ class LocalHFBackend:
             )
         manifest = adapter.manifest
         names = list(manifest.labels)
-        labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
+        labels = manifest.label_set(self.tokenizer)
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
         # an adapter trained with its requirement in the prompt gets that text when the caller names none
         requirements = [r or manifest.requirement for r in requirements]
@@ -294,10 +294,10 @@ class LocalHFBackend:
         for start in range(0, len(rendered), self.batch_size):
             chunk = rendered[start : start + self.batch_size]
             if reuse_context:
-                prefix = self._prefix([r.input_ids[: r.context_len] for r in chunk])
-                suffixes = [r.input_ids[r.context_len :] for r in chunk]
-                starts = [r.invocation_start - r.context_len for r in chunk]
-                rows.append(score_labels(self.model, suffixes, starts, labels, pad, prefix))
+                # everything before the invocation (context, requirement, instruction) is base-model KV
+                prefix = self._prefix([r.input_ids[: r.invocation_start] for r in chunk])
+                suffixes = [r.input_ids[r.invocation_start :] for r in chunk]
+                rows.append(score_labels(self.model, suffixes, [0] * len(chunk), labels, pad, prefix))
             else:
                 rows.append(
                     score_labels(

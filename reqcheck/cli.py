@@ -254,6 +254,22 @@ def package(
     for path in file_tree(out):
         _say(f"  {out / path}")
     _say(f"packaged {weight_path} as {name} in {out}")
+    _say_intrinsic_notes(built)
+
+
+def _say_intrinsic_notes(built: Package) -> None:
+    """The base-model name Mellea and granite-common look the adapter up by, and whether they can run it."""
+    short = built.facts.base_short
+    _say(
+        f"base model folder: {short}; Mellea and granite-common find the adapter when the base model's id "
+        f'ends in it (or pass base_model_name="{short}" to Mellea\'s CustomIntrinsicAdapter)'
+    )
+    manifest = built.facts.manifest
+    if manifest is not None and not manifest.output.is_json:
+        _say(
+            "warning: this adapter emits a bare label, which granite-common and Mellea cannot parse; "
+            "retrain it with the default --renderer intrinsic-v1 to run it there"
+        )
 
 
 @app.command("report")

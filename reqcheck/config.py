@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import CHAT_RENDERER, MELLEA_RENDERER
+from reqcheck.prompting import CHAT_RENDERER, INTRINSIC_RENDERER, MELLEA_RENDERER
 
 
 class Choice(str, Enum):
@@ -50,6 +50,7 @@ class Device(Choice):
 
 
 class Renderer(Choice):
+    intrinsic = INTRINSIC_RENDERER
     chat = CHAT_RENDERER
     mellea = MELLEA_RENDERER
 
@@ -172,7 +173,10 @@ class TrainConfig:
         comma_separated=True,
     )
     renderer: Renderer = option(
-        Renderer.chat, help="Prompt rendering: chat-v1, or mellea-v1 (Mellea's format).", free_text=True
+        Renderer.intrinsic,
+        help="Prompt and output: intrinsic-v1 (granite-common's prompt, JSON output, runs in Mellea), "
+        "chat-v1 (bare label), or mellea-v1 (Mellea's training format).",
+        free_text=True,
     )
     resume: bool = option(False, help="Continue an interrupted run of the same command.")
     prefix_cache: PrefixCacheMode = option(

@@ -83,12 +83,15 @@ class Objective:
     `lm`: cross-entropy of the label tokens (and end-of-text) over the whole vocabulary. `label-set`:
     cross-entropy of the label's first token against the other labels' first tokens only, the
     distribution the scorer reads (as PET and LM-BFF train). `lm+label-set`: both. `weights` scales each
-    example by its label (inverse label frequency under --balance).
+    example by its label (inverse label frequency under --balance). `lead` counts the output tokens
+    shared by every label before its value (the JSON `{"score": "` of the json-v1 contract): the
+    label-set loss reads the position after them, where `score_labels` reads the labels.
     """
 
     kind: str = "lm"
     first_ids: tuple[int, ...] = ()
     weights: tuple[float, ...] = ()
+    lead: int = 0
 
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, first: torch.Tensor, batch: list[Encoded]
@@ -96,7 +99,7 @@ class Objective:
         """(loss summed so that dividing by the label-token count gives the mean, label-token count).
 
         `logits` (B, K, V) predict `targets` (B, K; -100 where a row has no label token); `first[i]` is
-        the position of row i's first label token.
+        the position of row i's first output token (the lead's first, when there is a lead).
         """
         device = logits.device
         n_tokens = int((targets != -100).sum())
@@ -114,7 +117,7 @@ class Objective:
             total = total + (per_token.sum(-1) * weight).sum()
         if self.kind != "lm":
             rows = torch.arange(len(batch), device=device)
-            restricted = logits[rows, first][:, torch.tensor(self.first_ids, device=device)]
+            restricted = logits[rows, first + self.lead][:, torch.tensor(self.first_ids, device=device)]
             per_row = torch.nn.functional.cross_entropy(restricted, index, reduction="none")
             total = total + (per_row * weight).sum() * n_tokens / len(batch)
         return total, n_tokens

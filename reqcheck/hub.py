@@ -18,6 +18,7 @@ from reqcheck.intrinsic import (
     AdapterFacts,
     CardContext,
     adapter_subdir,
+    check_fits,
     check_repo_id,
     file_tree,
     generate_io_yaml,
@@ -92,12 +93,13 @@ class Package:
     card: str
     adapter_hash: str
     gate: dict[str, Any] | None
+    packaged_hash: str
 
     def write(self, dest: Path) -> None:
         """Stage the files in `dest`, then check the staged weights are the ones the gate vouched for."""
         stage(self.facts, dest, self.card, self.subdir, self.io_yaml)
         staged = content_hash(dest / self.subdir if self.subdir else dest)
-        if staged != self.adapter_hash:
+        if staged != self.packaged_hash:
             raise ReqcheckError(
                 f"{self.facts.path} changed while it was being packaged; wait for whatever writes it and retry."
             )
@@ -123,14 +125,15 @@ def build_package(
     subdir = adapter_subdir(name, facts) if intrinsic else None
     io_text = _io_yaml_text(facts, io_yaml) if intrinsic else None
     card = model_card(facts, CardContext(repo_id, subdir, name, gate))
-    return Package(facts, repo_id, subdir, io_text, card, adapter_hash, gate)
+    packaged_hash = content_hash(weight_path, facts.packaged_config())
+    return Package(facts, repo_id, subdir, io_text, card, adapter_hash, gate, packaged_hash)
 
 
 def _io_yaml_text(facts: AdapterFacts, path: Path | None) -> str:
     """The user's io.yaml after validation, or one written from the manifest."""
     if path is None:
         text = generate_io_yaml(facts)
-        validate_io_yaml(text, "the generated io.yaml")
+        check_fits(validate_io_yaml(text, "the generated io.yaml"), facts, "the generated io.yaml")
         return text
     try:
         text = path.read_text(encoding="utf-8")
@@ -138,7 +141,7 @@ def _io_yaml_text(facts: AdapterFacts, path: Path | None) -> str:
         raise ReqcheckError(
             f"Cannot read --io-yaml {path} ({type(exc).__name__}); pass an io.yaml file."
         ) from exc
-    validate_io_yaml(text, str(path))
+    check_fits(validate_io_yaml(text, str(path)), facts, str(path))
     return text
 
 

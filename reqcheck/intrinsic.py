@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from reqcheck.adapters import IO_YAML, check_weights
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import ADAPTER_FILES, MANIFEST_NAME, PEFT_FILES, Manifest
 from reqcheck.models import is_hub_id, short_model_name
+from reqcheck.output import RESULT_FIELD, max_tokens, response_schema, transformations
 
 IO_YAML_KEYS = ("model", "response_format", "transformations", "parameters", "instruction")
 IO_YAML_REQUIRED = ("model", "response_format", "transformations")
@@ -46,10 +47,25 @@ class AdapterFacts:
     adapter_type: str
     base_model: str
     manifest: Manifest | None
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_short(self) -> str:
+        """The base-model folder name Mellea and granite-common look up: the last part of the model id."""
         return short_model_name(self.base_model)
+
+    @property
+    def portable_base(self) -> str:
+        """The base model as another machine can name it: its Hub id, else its short name, never a path."""
+        hub = is_hub_id(self.base_model) and not Path(self.base_model).exists()
+        return self.base_model if hub else self.base_short
+
+    def packaged_config(self) -> dict[str, bytes]:
+        """adapter_config.json rewritten to name the portable base model, when it names another (a local path)."""
+        if self.config.get("base_model_name_or_path") == self.portable_base:
+            return {}
+        config = {**self.config, "base_model_name_or_path": self.portable_base}
+        return {"adapter_config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
 
     @property
     def files(self) -> list[str]:
@@ -88,7 +104,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
             "base_model_name_or_path); retrain the adapter with reqcheck train."
         )
     kind = "alora" if config.get("alora_invocation_tokens") else "lora"
-    return AdapterFacts(weight_path, kind, str(base), manifest)
+    return AdapterFacts(weight_path, kind, str(base), manifest, config)
 
 
 def check_repo_id(name: str) -> str:
@@ -145,6 +161,8 @@ def generate_io_yaml(facts: AdapterFacts) -> str:
             f"{facts.path} has no {MANIFEST_NAME} to read its labels from; pass --io-yaml with a "
             "likelihood transformation listing them."
         )
+    if manifest.output.is_json:
+        return _json_io_yaml(manifest)
     longest_label = max((len(ids) for ids in manifest.label_token_ids.values()), default=1)
     config = {
         "model": None,
@@ -164,6 +182,29 @@ def generate_io_yaml(facts: AdapterFacts) -> str:
         "instruction": manifest.prompt.invocation,
     }
     header = "# Written by reqcheck from reqcheck.json."
+    if manifest.requirement:
+        header += f"\n# Requirement checked: {' '.join(manifest.requirement.split())}"
+    return f"{header}\n{yaml.dump(config, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)}"
+
+
+def _json_io_yaml(manifest: Manifest) -> str:
+    """The io.yaml granite-common needs for a json-v1 adapter (see `reqcheck.output`).
+
+    `response_format` is the schema of the raw output, `instruction` the one the adapter was trained
+    with, and greedy decoding (`temperature: 0.0`) emits the most probable label.
+    """
+    labels, spec = list(manifest.labels), manifest.output
+    config = {
+        "model": None,
+        "response_format": json.dumps(response_schema(spec, labels), indent=2),
+        "transformations": transformations(spec, labels, manifest.positive_labels),
+        "parameters": {
+            "max_completion_tokens": max_tokens(spec, manifest.label_token_ids),
+            "temperature": 0.0,
+        },
+        "instruction": manifest.prompt.instruction,
+    }
+    header = f"# Written by reqcheck from reqcheck.json (output contract {spec.format})."
     if manifest.requirement:
         header += f"\n# Requirement checked: {' '.join(manifest.requirement.split())}"
     return f"{header}\n{yaml.dump(config, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)}"
@@ -253,14 +294,116 @@ def _check_transformations(value: Any, source: str) -> None:
             )
 
 
+def check_fits(config: dict[str, Any], facts: AdapterFacts, source: str) -> None:
+    """Refuse an io.yaml that cannot describe or read this adapter's output, naming the field at fault.
+
+    Applies to json-v1 adapters, whose raw output is known: `{"<field>": "<label>"}`.
+    """
+    manifest = facts.manifest
+    if manifest is None or not manifest.output.is_json:
+        return
+    field_name, labels = manifest.output.field or "", list(manifest.labels)
+    _schema_fits(json.loads(config["response_format"]), field_name, labels, source)
+    result: Any = {field_name: _LABEL}
+    for index, step in enumerate(config["transformations"] or [], start=1):
+        result = _apply_step(result, step, index, labels, source)
+    if config.get("instruction") != manifest.prompt.instruction:
+        raise ReqcheckError(
+            f"{source}: instruction differs from the one the adapter was trained with; set it to "
+            f"{manifest.prompt.instruction!r}."
+        )
+    needed = max(len(ids) for ids in manifest.label_token_ids.values())
+    limit = (config.get("parameters") or {}).get("max_completion_tokens")
+    if isinstance(limit, int) and limit < needed:
+        raise ReqcheckError(
+            f"{source}: parameters.max_completion_tokens {limit} cannot hold the adapter's longest output "
+            f"({needed} tokens); raise it."
+        )
+
+
+_LABEL, _NUMBER = "<label>", "<number>"
+
+
+def _schema_fits(schema: dict[str, Any], field_name: str, labels: list[str], source: str) -> None:
+    what = f'the adapter emits {{"{field_name}": <label>}}'
+    properties = schema.get("properties")
+    if schema.get("type", "object") != "object" or not isinstance(properties, dict):
+        raise ReqcheckError(f"{source}: response_format must describe an object with properties; {what}.")
+    if field_name not in properties:
+        raise ReqcheckError(f"{source}: response_format has no property {field_name!r}; {what}.")
+    prop = properties[field_name]
+    if not isinstance(prop, dict) or prop.get("type", "string") != "string":
+        raise ReqcheckError(f"{source}: response_format property {field_name!r} must be a string; {what}.")
+    enum = prop.get("enum")
+    if enum is not None:
+        outside = [label for label in labels if label not in enum]
+        unknown = [value for value in enum if value not in labels]
+        if outside or unknown:
+            raise ReqcheckError(
+                f"{source}: response_format enum of {field_name!r} must list exactly the adapter's labels "
+                f"{labels}" + (f"; it lacks {outside}" if outside else f"; {unknown} are not labels") + "."
+            )
+    extra = [name for name in schema.get("required") or [] if name != field_name]
+    if extra:
+        raise ReqcheckError(
+            f"{source}: response_format requires {extra}, which the adapter never emits; {what}."
+        )
+
+
+def _apply_step(result: Any, step: dict[str, Any], index: int, labels: list[str], source: str) -> Any:
+    """What one granite-common transformation makes of the output's shape; refuse steps that cannot apply."""
+    kind, path = step["type"], step.get("input_path")
+    where = f"{source}: transformation {index} ({kind})"
+    if kind not in ("likelihood", "nest"):
+        raise ReqcheckError(
+            f"{where} does not apply to a checker's one-field output; use likelihood or nest."
+        )
+    if not isinstance(path, list) or not all(isinstance(key, str) for key in path):
+        raise ReqcheckError(f"{where}: input_path must be a list of field names, e.g. [score].")
+    value = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            raise ReqcheckError(f"{where}: input_path {path} does not exist in the output {_shape(result)}.")
+        value = value[key]
+    if kind == "nest":
+        if not isinstance(step.get("field_name"), str):
+            raise ReqcheckError(f"{where} needs field_name, the name to wrap the value in.")
+        return _replace(result, path, {step["field_name"]: value})
+    if value != _LABEL:
+        raise ReqcheckError(f"{where}: input_path {path} holds {_shape(value)}, not the label.")
+    categories = [str(key) for key in step["categories_to_values"]]
+    if sorted(categories) != sorted(labels):
+        raise ReqcheckError(
+            f"{where}: categories_to_values must list exactly the adapter's labels {labels}, not {categories}."
+        )
+    return _replace(result, path, _NUMBER)
+
+
+def _replace(value: Any, path: list[str], new: Any) -> Any:
+    if not path:
+        return new
+    return {**value, path[0]: _replace(value[path[0]], path[1:], new)}
+
+
+def _shape(value: Any) -> str:
+    return json.dumps(value).replace(f'"{_LABEL}"', "<label>").replace(f'"{_NUMBER}"', "<number>")
+
+
 def stage(facts: AdapterFacts, dest: Path, card: str, subdir: str | None, io_yaml: str | None) -> None:
-    """Write the repo's files into `dest`: the adapter (at the root or under `subdir`) and the card."""
+    """Write the repo's files into `dest`: the adapter (at the root or under `subdir`) and the card.
+
+    adapter_config.json names the base model portably (see `AdapterFacts.packaged_config`).
+    """
     target = dest / subdir if subdir else dest
     if not target.resolve().is_relative_to(dest.resolve()):
         raise ReqcheckError(f"The folder {subdir} would leave {dest}; pass another --intrinsic-name.")
     target.mkdir(parents=True, exist_ok=True)
+    rewritten = facts.packaged_config()
     for name in facts.files:
-        shutil.copyfile(facts.path / name, target / name)
+        if name in rewritten:
+            (target / name).write_bytes(rewritten[name])
+        else:
+            shutil.copyfile(facts.path / name, target / name)
     if io_yaml is not None:
         (target / IO_YAML).write_text(io_yaml, encoding="utf-8")
     (dest / CARD_NAME).write_text(card, encoding="utf-8")
@@ -430,5 +573,41 @@ backend.add_adapter(CustomIntrinsicAdapter(model_id="{context.repo_id}", intrins
 requirement = ALoraRequirement({requirement!r}, intrinsic_name="{context.intrinsic_name}")
 ```
 
-As an intrinsic its io.yaml turns the label distribution into `{{"{OUTPUT_FIELD}": {{"score": <float in [0, 1]>}}}}`.
+{_intrinsic_notes(facts)}
 """
+
+
+def _intrinsic_notes(facts: AdapterFacts) -> str:
+    """What the io.yaml makes of the output, and what a Mellea user must set."""
+    manifest = facts.manifest
+    if manifest is None or not manifest.output.is_json:
+        return (
+            "This adapter emits a bare label, which granite-common and Mellea cannot parse as JSON; retrain it "
+            "with reqcheck's default `--renderer intrinsic-v1` to run it as an intrinsic there."
+        )
+    spec = manifest.output
+    result = (
+        f'`{{"{RESULT_FIELD}": {{"score": <float in [0, 1]>}}}}` (granite-common\'s `likelihood` rule)'
+        if manifest.positive_labels
+        else f"the most probable label, `{{{json.dumps(spec.field)}: <label>}}`"
+    )
+    alora = (
+        " Mellea 0.8's own LocalHFBackend loads adapters without aLoRA offsets, so an aLoRA runs there as the "
+        "plain base model: use a LoRA (`reqcheck train --adapter lora`) with it, or serve the aLoRA with vLLM or "
+        "reqcheck's backend."
+        if facts.adapter_type == "alora"
+        else ""
+    )
+    prompt = manifest.prompt
+    framing = (
+        f" It was trained on the checked text as a `{prompt.item_role}` turn"
+        + (f" after the system message {json.dumps(prompt.system_prompt)}" if prompt.system_prompt else "")
+        + ": send the conversation to granite-common the same way."
+        if prompt.item_role != "assistant" or prompt.system_prompt is not None
+        else ""
+    )
+    return (
+        f'The adapter emits `{{{json.dumps(spec.field)}: "<label>"}}`; its io.yaml turns that into {result}. '
+        f"Load the base model under an id whose last part is `{facts.base_short}` (the folder Mellea and "
+        f'granite-common look in), e.g. `LocalHFBackend(model_id="{facts.portable_base}")`.{framing}{alora}'
+    )

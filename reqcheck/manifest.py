@@ -7,13 +7,19 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.output import OutputSpec
 from reqcheck.prompting import PromptSpec
 
+if TYPE_CHECKING:
+    from reqcheck.scoring import LabelSet
+
 MANIFEST_NAME = "reqcheck.json"
-FORMAT_VERSION = 1
+# 2 adds `output` (the output contract); a manifest without it is version 1 and uses label-v1.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_FILES = (*PEFT_FILES, MANIFEST_NAME)
 POSITIVE_LABEL_WORDS = (
@@ -57,24 +63,32 @@ class Manifest:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    output: OutputSpec = field(default_factory=OutputSpec)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompt"] = self.prompt.to_dict()
+        data["output"] = self.output.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ReqcheckError(
-                f"reqcheck.json has format version {version}, this reqcheck reads {FORMAT_VERSION}; "
-                "upgrade reqcheck or retrain the adapter."
+                f"reqcheck.json has format version {version}, this reqcheck reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade reqcheck or retrain the adapter."
             )
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["prompt"] = PromptSpec.from_dict(data["prompt"])
+        fields["output"] = OutputSpec.from_dict(data.get("output"))
         return cls(**fields)
+
+    def label_set(self, tokenizer: Any) -> LabelSet:
+        """The adapter's labels as scoring reads them (a `LabelSet`), from the ids it was trained with."""
+        names = list(self.labels)
+        return self.output.label_set(tokenizer, names, [self.label_token_ids[n] for n in names])
 
     def write(self, directory: Path) -> None:
         (directory / MANIFEST_NAME).write_text(
@@ -110,9 +124,13 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def content_hash(directory: str | Path) -> str:
-    """sha256 over the adapter's files (weights, PEFT config, manifest): what a gate report vouches for."""
+def content_hash(directory: str | Path, replaced: dict[str, bytes] | None = None) -> str:
+    """sha256 over the adapter's files (weights, PEFT config, manifest): what a gate report vouches for.
+
+    `replaced` gives other contents for some files: the hash of the adapter as it will be packaged.
+    """
     directory = Path(directory)
+    replaced = replaced or {}
     digest = hashlib.sha256()
     present = [name for name in ADAPTER_FILES if (directory / name).is_file()]
     if not all((directory / name).is_file() for name in PEFT_FILES):
@@ -121,6 +139,9 @@ def content_hash(directory: str | Path) -> str:
         )
     for name in present:
         digest.update(name.encode() + b"\0")
+        if name in replaced:
+            digest.update(replaced[name])
+            continue
         with (directory / name).open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

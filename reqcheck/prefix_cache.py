@@ -179,7 +179,8 @@ def suffix_eval(
     """(summed label loss, label tokens, label scores) of a validation batch.
 
     Scored as `score_labels` does: every label after the same prefix in one batched suffix pass;
-    single-token label sets by their first token, others by their full log-likelihood.
+    single-token label sets by their first token after the shared lead (the JSON up to the value),
+    others by their full log-likelihood after it.
     """
     cache, mask = prefixes.batch(batch)
     n = len(labels.names)
@@ -196,7 +197,7 @@ def suffix_eval(
     real = targets != -100
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     logp, real = (picked * real).view(len(batch), n, -1), real.view(len(batch), n, -1)
-    scores = logp[:, :, 0] if labels.single_token else logp.sum(-1)
+    scores = logp[:, :, labels.lead] if labels.single_token else logp[:, :, labels.lead :].sum(-1)
     truth = torch.tensor([e.label_index for e in batch], device=logp.device)
     rows_ = torch.arange(len(batch), device=logp.device)
     loss = -float(logp[rows_, truth].sum())

@@ -6,6 +6,11 @@ renderer's name and the invocation so that inference reproduces training token f
 Segments are tokenised separately and concatenated, so the invocation's token ids always appear
 verbatim (aLoRA activates only where they do) and the context's ids are a prefix of the prompt, which
 is what lets a base-model KV cache of the context be reused for every requirement checked on it.
+
+`intrinsic-v1` renders the prompt granite-common (and so Mellea) builds from an intrinsic's io.yaml:
+the conversation, the io.yaml `instruction` appended as a user message, then the model's generation
+prompt, tokenised by the chat template in one piece as they do. Its aLoRA invocation is that generation
+prompt, the last place its ids occur.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ GRANITE_ROLE_TOKENS = ("<|start_of_role|>", "<|end_of_role|>")
 CHECK_ROLE = "check_requirement"
 CHAT_RENDERER = "chat-v1"
 MELLEA_RENDERER = "mellea-v1"
-RENDERERS = (CHAT_RENDERER, MELLEA_RENDERER)
+INTRINSIC_RENDERER = "intrinsic-v1"
+RENDERERS = (CHAT_RENDERER, MELLEA_RENDERER, INTRINSIC_RENDERER)
+CHECK_INSTRUCTION = "Does the message above meet the requirement?"
+REQUIREMENT_INSTRUCTION = "Requirement: {requirement}\n" + CHECK_INSTRUCTION
+CLASSIFY_INSTRUCTION = "Which label fits the message above?"
 _SENTINEL = "\u2063REQCHECKSENTINEL\u2063"
 _ANCHOR = [{"role": "assistant", "content": "ok"}]
 
@@ -36,9 +45,13 @@ class PromptSpec:
     requirement_in_prompt: bool = False
     item_role: str = "assistant"
     system_prompt: str | None = None
+    instruction: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.instruction is None:
+            del data["instruction"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptSpec:
@@ -48,6 +61,7 @@ class PromptSpec:
             requirement_in_prompt=bool(data.get("requirement_in_prompt", False)),
             item_role=data.get("item_role", "assistant"),
             system_prompt=data.get("system_prompt"),
+            instruction=data.get("instruction"),
         )
 
 
@@ -113,6 +127,43 @@ def default_invocation(tokenizer: Any) -> str:
         return DEFAULT_INVOCATION
     turn = _turn(tokenizer, _ANCHOR, CHECK_ROLE, _SENTINEL)
     return turn.split(_SENTINEL, 1)[0]
+
+
+def generation_prompt(tokenizer: Any) -> str:
+    """What the chat template appends to start the assistant's reply: intrinsic-v1's aLoRA invocation."""
+    if not _has_chat_template(tokenizer):
+        raise ReqcheckError(
+            f"The {INTRINSIC_RENDERER} prompt is built by the model's chat template and this tokenizer has "
+            f"none; train with --renderer {CHAT_RENDERER}."
+        )
+    asked = [{"role": "user", "content": _SENTINEL}]
+    prompted = tokenizer.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
+    plain = _chat(tokenizer, asked)
+    if not prompted.startswith(plain) or prompted == plain:
+        raise ReqcheckError(
+            f"The model's chat template adds no generation prompt after the conversation; train with "
+            f"--renderer {CHAT_RENDERER}."
+        )
+    return prompted[len(plain) :]
+
+
+def default_instruction(requirement_in_prompt: bool, classifier: bool) -> str:
+    """The io.yaml `instruction`: a `{requirement}` slot when the adapter reads the requirement text."""
+    if requirement_in_prompt:
+        return REQUIREMENT_INSTRUCTION
+    return CLASSIFY_INSTRUCTION if classifier else CHECK_INSTRUCTION
+
+
+def instruction_text(spec: PromptSpec, requirement: str | None) -> str:
+    """The instruction with its slot filled, as granite-common's rewriter fills it."""
+    if spec.instruction is None:
+        raise ReqcheckError(f"The {INTRINSIC_RENDERER} prompt has no instruction; retrain the adapter.")
+    if spec.requirement_in_prompt and not requirement:
+        raise ReqcheckError(
+            "This adapter reads the requirement text from its prompt and none was given; pass the "
+            "requirement (a `requirement` field on every line, or the requirement you check)."
+        )
+    return spec.instruction.format(requirement=requirement or "")
 
 
 def invocation_ids(tokenizer: Any, invocation: str) -> list[int]:
@@ -216,6 +267,9 @@ def render(
     inv = invocation_ids(tokenizer, spec.invocation)
     if spec.renderer == MELLEA_RENDERER:
         return _render_mellea(tokenizer, messages, spec, requirement, inv, max_length, reserve)
+    if spec.renderer == INTRINSIC_RENDERER:
+        instruction = instruction_text(spec, requirement)
+        return _render_intrinsic(tokenizer, messages, instruction, inv, max_length, reserve)
     if spec.renderer != CHAT_RENDERER:
         raise ReqcheckError(f"Unknown prompt renderer {spec.renderer!r}; use one of {', '.join(RENDERERS)}.")
     head, content, tail = _chat_context(tokenizer, messages)
@@ -272,3 +326,51 @@ def _render_mellea(
         ids = ids[truncated:]
         start -= truncated
     return Rendered(ids, start, start, truncated)
+
+
+def _chat_ids(tokenizer: Any, messages: Messages, generation: bool) -> list[int]:
+    """Token ids exactly as `apply_chat_template(..., tokenize=True)` gives them to granite-common and Mellea."""
+    try:
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=generation, return_dict=True
+        )
+    except Exception as exc:  # jinja raises arbitrary errors for conversations a template refuses
+        raise ReqcheckError(
+            f"The model's chat template cannot render this conversation ({exc}); check the context's roles."
+        ) from exc
+    return list(encoded["input_ids"])
+
+
+def _render_intrinsic(
+    tokenizer: Any, messages: Messages, instruction: str, inv: list[int], max_length: int | None, reserve: int
+) -> Rendered:
+    """The conversation, the instruction as a user turn and the generation prompt, in one tokenisation.
+
+    Over-long contexts lose whole tokens from the start of the checked message until the prompt and the
+    `reserve` tokens after it fit.
+    """
+    content = messages[-1]["content"]
+    offsets = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    dropped = 0
+    while True:
+        kept = content[offsets[dropped][0] :] if dropped else content
+        context = [*messages[:-1], {**messages[-1], "content": kept}]
+        ids = _chat_ids(tokenizer, [*context, {"role": "user", "content": instruction}], generation=True)
+        excess = len(ids) + reserve - max_length if max_length is not None else 0
+        if excess <= 0:
+            break
+        dropped += excess
+        if dropped >= len(offsets):
+            _too_small(max_length, len(ids) - len(offsets) + dropped - excess, reserve)
+    context_ids = _chat_ids(tokenizer, context, generation=False)
+    context_len = next(
+        (i for i, (a, b) in enumerate(zip(context_ids, ids, strict=False)) if a != b), len(context_ids)
+    )
+    start = find_subsequence(ids, inv)
+    if start < context_len:
+        raise ReqcheckError(
+            "The invocation's token ids do not follow the checked text in the prompt granite-common builds, "
+            "so the adapter would silently run as the base model; drop --promptfile (the generation prompt "
+            f"is the invocation) or train with --renderer {CHAT_RENDERER}."
+        )
+    return Rendered(ids, context_len, start, dropped)

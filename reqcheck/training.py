@@ -47,7 +47,8 @@ from reqcheck.models import (
     resolve_device,
     training_dtype,
 )
-from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
+from reqcheck.output import OutputSpec, check_labels, contract
+from reqcheck.prompting import PromptSpec, invocation_ids
 from reqcheck.scoring import LabelSet, score_labels
 
 Reporter = Callable[[str], None]
@@ -76,6 +77,8 @@ class Prepared:
     spec: PromptSpec
     invocation_ids: list[int]
     labels: LabelSet
+    output: OutputSpec
+    positive_labels: list[str]
     train_set: list[Encoded]
     val_set: list[Encoded]
     run_key: str
@@ -230,15 +233,17 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
             [dataclasses.replace(e, requirement=e.requirement or config.requirement) for e in part]
             for part in (examples, train_examples, val_examples)
         )
-    spec = PromptSpec(
-        invocation=invocation or default_invocation(tokenizer),
-        renderer=config.renderer.value,
+    names = sorted(data_mod.label_counts(examples))
+    framing = PromptSpec(
+        invocation="",
         requirement_in_prompt=any(e.requirement for e in examples),
         item_role=config.item_role.value,
         system_prompt=config.system_prompt,
     )
-    names = sorted(data_mod.label_counts(examples))
-    labels = LabelSet(names, [label_ids(tokenizer, name) for name in names])
+    positives = config.positive_labels or default_positive_labels(names)
+    spec, output = contract(tokenizer, config.renderer.value, invocation, positives, framing)
+    labels = output.label_set(tokenizer, names)
+    check_labels(output, tokenizer, labels)
     prep = Prepared(
         examples,
         train_examples,
@@ -249,6 +254,8 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
         spec,
         invocation_ids(tokenizer, spec.invocation),
         labels,
+        output,
+        positives,
         train_set=encode(train_examples, tokenizer, spec, labels, config.max_length),
         val_set=encode(val_examples, tokenizer, spec, labels, config.max_length),
         run_key=_run_key(config, ref, fingerprint),
@@ -480,13 +487,13 @@ def make_objective(config: TrainConfig, prep: Prepared, report: Reporter) -> Obj
             "label weights: "
             + ", ".join(f"{n} {w:.2f}" for n, w in zip(prep.labels.names, weights, strict=True))
         )
-    firsts = tuple(ids[0] for ids in prep.labels.token_ids)
+    firsts = prep.labels.first_ids
     if config.loss != Loss.lm and len(set(firsts)) != len(firsts):
         raise ReqcheckError(
             f"--loss {config.loss} needs labels whose first tokens differ, and two of {prep.labels.names} "
             "share one; rename a label or use --loss lm."
         )
-    return Objective(config.loss.value, firsts, weights)
+    return Objective(config.loss.value, firsts, weights, prep.labels.lead)
 
 
 LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -777,7 +784,7 @@ def build_manifest(
         invocation_ids=prep.invocation_ids,
         labels=data_mod.label_counts(prep.examples),
         label_token_ids=dict(zip(prep.labels.names, prep.labels.token_ids, strict=True)),
-        positive_labels=config.positive_labels or default_positive_labels(prep.labels.names),
+        positive_labels=prep.positive_labels,
         requirement=config.requirement,
         data={
             "path": str(Path(config.datafile).resolve()),
@@ -803,6 +810,7 @@ def build_manifest(
             **({"lr_sweep": state.sweep} if state.sweep else {}),
         },
         versions=library_versions(),
+        output=prep.output,
     )
 
 
@@ -810,6 +818,9 @@ def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Pat
     """PEFT's files plus reqcheck.json in one rename; the resume checkpoint goes once they are in place.
 
     --outfile is checked again first: files the user put there during training are never replaced.
+    adapter_config.json names the base model as the manifest does (its Hub id or given name), never by
+    this machine's path; set after PEFT saved it, as PEFT looks a name that is not a local path up on
+    the Hub while saving.
     """
     if not _replaceable(outfile):
         raise ReqcheckError(
@@ -818,8 +829,15 @@ def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Pat
         )
     with atomic_directory(outfile, replace_existing=True) as tmp:
         model.save_pretrained(tmp)
+        _name_base_model(tmp, manifest.base_model["name"])
         manifest.write(tmp)
     shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _name_base_model(directory: Path, name: str) -> None:
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True) + "\n")
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -828,6 +846,16 @@ def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Pat
 def _format_eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _name_base_model(directory: Path, name: str) -> None:
+    """adapter_config.json names the base model as the Hub and Mellea do, never by this machine's path.
+
+    Set after PEFT saved it: PEFT looks a name that is not a local path up on the Hub while saving.
+    """
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True) + "\n")
 
 
 def summary(result: TrainResult) -> list[str]:

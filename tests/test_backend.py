@@ -23,7 +23,6 @@ from reqcheck.requirements import (
     check,
     req,
 )
-from reqcheck.scoring import LabelSet
 from reqcheck.session import Session
 from reqcheck.training import train
 from tests.helpers import FAST, PLEASE
@@ -164,8 +163,8 @@ def test_a_cached_context_costs_only_the_invocation(backend) -> None:
         backend.check(req(PLEASE), "we will help you today please")
     finally:
         hook.remove()
-    assert max(first) > 3
-    assert seen == [3]  # the three invocation tokens; the context came from the cache
+    assert max(first) > 7
+    assert seen == [7]  # the three invocation tokens and the JSON lead; the context came from the cache
 
 
 def test_lora_adapters_recompute_the_context(tiny_model_dir: Path, tiny_adapters, held_out) -> None:
@@ -304,10 +303,10 @@ def test_long_contexts_are_cut_at_inference_as_in_training(
         result = backend.check(req(PLEASE), item)
     finally:
         hook.remove()
-    spec, ids = resolved.manifest.prompt, resolved.manifest.label_token_ids
-    labels = LabelSet(list(ids), list(ids.values()))
+    spec, labels = resolved.manifest.prompt, resolved.manifest.label_set(backend.tokenizer)
     (trained,) = encode([Example(item, "yes")], backend.tokenizer, spec, labels, max_length=32)
-    assert seen[0] == trained.prompt and trained.truncated > 0
+    lead = labels.token_ids[0][: labels.lead]  # the JSON up to the label's value is scored as prompt
+    assert seen[0] == trained.prompt + lead and trained.truncated > 0
     assert f"first {trained.truncated} tokens were dropped to fit the 32-token limit" in result.reason
 
 

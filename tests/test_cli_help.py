@@ -55,7 +55,14 @@ TRAIN_OPTIONS = [
     (["--alpha"], "int", 32, False, "LoRA alpha."),
     (["--dropout"], "float", 0.05, False, "LoRA dropout."),
     (["--target-modules"], "str", "q_proj,k_proj,v_proj", False, "Comma-separated modules to adapt."),
-    (["--renderer"], "str", "chat-v1", False, "Prompt rendering: chat-v1, or mellea-v1 (Mellea's format)."),
+    (
+        ["--renderer"],
+        "str",
+        "intrinsic-v1",
+        False,
+        "Prompt and output: intrinsic-v1 (granite-common's prompt, JSON output, runs in Mellea), "
+        "chat-v1 (bare label), or mellea-v1 (Mellea's training format).",
+    ),
     (
         ["--resume", "--no-resume"],
         "bool",
@@ -188,7 +195,7 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
         "alpha": 32,
         "dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj"],
-        "renderer": "chat-v1",
+        "renderer": "intrinsic-v1",
         "resume": False,
         "prefix_cache": "auto",
         "prefix_cache_budget_mb": None,

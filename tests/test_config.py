@@ -53,7 +53,7 @@ BAD_VALUES = {
     "prefix_cache_budget_mb": (-1, "--prefix-cache-budget-mb must be zero or more."),
     "adapter": ("qlora", "Unknown --adapter 'qlora'; use alora or lora."),
     "device": ("tpu", "Unknown --device 'tpu'; use auto, cpu, cuda or mps."),
-    "renderer": ("chat-v2", "Unknown --renderer 'chat-v2'; use chat-v1 or mellea-v1."),
+    "renderer": ("chat-v2", "Unknown --renderer 'chat-v2'; use intrinsic-v1, chat-v1 or mellea-v1."),
     "prefix_cache": ("disk", "Unknown --prefix-cache 'disk'; use auto, memory, recompute or off."),
 }
 

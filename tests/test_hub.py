@@ -146,9 +146,10 @@ def test_generated_io_yaml_is_valid_and_round_trips(adapter, tmp_path):
         "instruction",
     }
     schema = json.loads(config["response_format"])
-    assert schema["properties"]["requirement_check"]["properties"]["score"]["type"] == "number"
-    assert [step["type"] for step in config["transformations"]] == ["likelihood", "nest", "nest"]
-    assert config["instruction"] == facts.manifest.prompt.invocation
+    assert schema["properties"]["score"] == {"type": "string", "enum": ["no", "yes"]}
+    assert [step["type"] for step in config["transformations"]] == ["likelihood", "nest"]
+    assert config["transformations"][0]["input_path"] == ["score"]
+    assert config["instruction"] == facts.manifest.prompt.instruction
     (tmp_path / "io.yaml").write_text(text)
     assert _io_yaml_labels(tmp_path) == (list(facts.manifest.labels), facts.manifest.positive_labels)
 
@@ -191,7 +192,7 @@ def test_bad_user_io_yaml_is_refused_before_any_request(
 
 
 def test_user_io_yaml_is_uploaded_verbatim(hub, adapter, tmp_path, capsys, monkeypatch):
-    text = 'model: null\nresponse_format: \'{"type": "string"}\'\ntransformations: null\n'
+    text = generate_io_yaml(read_adapter(adapter)).replace("# Written by reqcheck", "# Mine, after reqcheck")
     (tmp_path / "io.yaml").write_text(text)
     args = [str(adapter), "--name", "acme/mine", "--intrinsic", "--io-yaml", str(tmp_path / "io.yaml")]
     code, err = upload([*args, "--no-gate"], capsys, monkeypatch)
@@ -423,7 +424,7 @@ def test_mellea_adapter_without_manifest_needs_an_io_yaml(adapter):
 def test_io_yaml_parses_as_yaml_with_comment_header(adapter):
     text = generate_io_yaml(read_adapter(adapter))
     assert text.startswith("# Written by reqcheck") and PLEASE in text
-    assert yaml.safe_load(text)["transformations"][2]["field_name"] == "requirement_check"
+    assert yaml.safe_load(text)["transformations"][1]["field_name"] == "requirement_check"
 
 
 def test_upload_reads_a_format_2_report_and_the_card_shows_intervals(

@@ -28,4 +28,4 @@ def test_training_on_smollm2_lowers_the_loss(tmp_path: Path) -> None:
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.7
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert result.manifest.base_model["name"] == "SmolLM2-135M-Instruct"
-    assert result.manifest.prompt.invocation == "<|im_start|>check_requirement\n"
+    assert result.manifest.prompt.invocation == "<|im_start|>assistant\n"

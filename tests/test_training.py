@@ -10,7 +10,7 @@ from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
 from reqcheck.manifest import Manifest, content_hash
 from reqcheck.prompting import render
-from reqcheck.scoring import LabelSet, score_labels
+from reqcheck.scoring import score_labels
 from reqcheck.training import partial_dir, train
 from tests.helpers import FAST
 from tests.tiny import marker_task, write_jsonl
@@ -22,15 +22,19 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def accuracy_with_plain_peft(adapter_dir: Path, base_dir: Path, data: Path) -> tuple[float, torch.Tensor]:
-    """Load the adapter with PEFT alone (PEFT finds the invocation itself) and score the labels."""
+    """Load the adapter with PEFT alone (PEFT finds the invocation itself) and score the labels.
+
+    The labels' JSON lead (`{"score": "`) is fed as prompt; the label's first token is read after it.
+    """
     manifest = Manifest.read(adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
-    names = sorted(manifest.labels)
-    first_tokens = [manifest.label_token_ids[name][0] for name in names]
+    lead, labels = manifest.label_set(tokenizer).after_lead()
+    names = labels.names
+    first_tokens = [ids[0] for ids in labels.token_ids]
     correct, all_scores = 0, []
     for example in load_examples(data):
-        ids = render(tokenizer, example.item, manifest.prompt).input_ids
+        ids = render(tokenizer, example.item, manifest.prompt).input_ids + lead
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
         scores = torch.log_softmax(logits, -1)[first_tokens]
@@ -57,8 +61,7 @@ def test_plain_peft_scores_equal_reqcheck_scores(tiny_adapters, tiny_model_dir: 
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir
     ).eval()
-    names = sorted(manifest.labels)
-    labels = LabelSet(names, [manifest.label_token_ids[n] for n in names])
+    labels = manifest.label_set(tokenizer)
     rendered = [render(tokenizer, e.item, manifest.prompt) for e in load_examples(held_out)]
     ours = score_labels(
         model,
@@ -81,16 +84,18 @@ def test_alora_config_carries_invocation_ids_and_lora_does_not(tiny_adapters) ->
 def test_manifest_holds_what_design_lists(tiny_adapters, marker_data: Path) -> None:
     result = tiny_adapters["alora"]
     data = json.loads((result.outfile / "reqcheck.json").read_text())
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["adapter_type"] == "alora"
     assert data["base_model"]["revision"].startswith("dir-sha256:")
     assert data["prompt"] == {
-        "invocation": "<|start_of_role|>check_requirement<|end_of_role|>",
-        "renderer": "chat-v1",
+        "invocation": "<|start_of_role|>assistant<|end_of_role|>",
+        "renderer": "intrinsic-v1",
         "requirement_in_prompt": False,
         "item_role": "assistant",
         "system_prompt": None,
+        "instruction": "Does the message above meet the requirement?",
     }
+    assert data["output"] == {"format": "json-v1", "field": "score"}
     assert data["labels"] == {"no": 120, "yes": 120}
     assert data["positive_labels"] == ["yes"]
     assert data["requirement"] == "The reply says please."

@@ -12,10 +12,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from reqcheck import prefix_cache
 from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
-from reqcheck.encoding import Encoded, Objective
+from reqcheck.encoding import Encoded, Objective, encode, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest
 from reqcheck.prompting import render
+from reqcheck.scoring import score_labels
 from reqcheck.training import LR_CANDIDATES, LR_START, climb, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import marker_task, write_jsonl
@@ -149,11 +150,43 @@ def test_balance_weights_each_example_by_its_label() -> None:
     torch.testing.assert_close(loss, 3.0 * plain[0] + 0.5 * plain[1] + 0.5 * plain[2])
 
 
+def test_label_set_loss_reads_the_labels_where_the_checker_scores_them(
+    tiny_adapters, tiny_model_dir: Path, tmp_path
+) -> None:
+    """Under the JSON contract the labels part after `{"score": "`: the label-set loss, full-sequence and on
+    cached prefixes, is the cross-entropy of the scores `score_labels` (the backend's check) reads there."""
+    from peft import PeftModel
+
+    adapter = tiny_adapters["alora"].outfile
+    manifest = Manifest.read(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    labels = manifest.label_set(tokenizer)
+    assert manifest.output.is_json and labels.lead > 0
+    examples = load_examples(write_jsonl(tmp_path / "batch.jsonl", marker_task(12, seed=9)))
+    batch = encode(examples, tokenizer, manifest.prompt, labels, 1024)
+    objective = Objective("label-set", labels.first_ids, lead=labels.lead)
+    pad = tokenizer.pad_token_id
+    truth = torch.tensor([e.label_index for e in batch])
+    with torch.no_grad():
+        scores = score_labels(
+            model, [e.prompt for e in batch], [e.invocation_start for e in batch], labels, pad
+        )
+        full, tokens = label_loss(model, batch, pad, True, objective)
+        cached, cached_tokens = prefix_cache.suffix_loss(
+            prefix_cache.PrefixCache(model, pad, False), batch, objective
+        )
+    expected = torch.nn.functional.cross_entropy(scores, truth)
+    torch.testing.assert_close(full / tokens, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached / cached_tokens, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("loss", ["lm", "lm+label-set"])
 def test_the_predicted_label_is_the_models_top_next_token(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path
 ) -> None:
-    """Mellea and granite-common read a label by generation: it must win over the whole vocabulary."""
+    """Mellea and granite-common read a label by generation: greedy decoding after the prompt emits the
+    JSON up to the value, and the value's first token wins over the whole vocabulary there."""
     result = train(
         TrainConfig(
             datafile=marker_data, basemodel=str(tiny_model_dir), outfile=tmp_path / "a", loss=loss, **FAST
@@ -167,14 +200,20 @@ def test_the_predicted_label_is_the_models_top_next_token(
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.outfile
     ).eval()
-    first_tokens = {manifest.label_token_ids[name][0]: name for name in manifest.labels}
+    labels = manifest.label_set(tokenizer)
+    assert manifest.output.is_json and labels.lead > 0
+    first_tokens = dict(zip(labels.first_ids, labels.names, strict=True))
+    lead = labels.token_ids[0][: labels.lead]
     held_out = write_jsonl(tmp_path / "held.jsonl", marker_task(60, seed=7))
     top_is_right = 0
     for example in load_examples(held_out):
         ids = render(tokenizer, example.item, manifest.prompt).input_ids
-        with torch.no_grad():
-            top = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-        top_is_right += first_tokens.get(top) == example.label
+        for _ in range(labels.lead + 1):
+            with torch.no_grad():
+                top = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids = [*ids, top]
+        emitted_lead, value = ids[-labels.lead - 1 : -1], ids[-1]
+        top_is_right += emitted_lead == lead and first_tokens.get(value) == example.label
     assert top_is_right / 60 >= 0.9
 
 
@@ -195,5 +234,7 @@ def test_requirement_in_prompt_renders_the_requirement_for_training_and_inferenc
     spec = Manifest.read(result.outfile).prompt
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with_req = render(tokenizer, "the reply", spec, PLEASE).input_ids
-    assert spec.requirement_in_prompt
-    assert len(with_req) > len(render(tokenizer, "the reply", spec).input_ids)
+    assert spec.requirement_in_prompt and "{requirement}" in spec.instruction
+    assert with_req != render(tokenizer, "the reply", spec, "The reply is late.").input_ids
+    with pytest.raises(ReqcheckError, match="none was given"):
+        render(tokenizer, "the reply", spec)

@@ -24,6 +24,8 @@ PROMPT_WORDS = (
     "Requirement : Does message above meet requirement ? Answer or . Which one of these labels fits "
     "with label only , The says"
 ).split()
+# the pieces of reqcheck's JSON output (`{"score": "yes"}`), as the whitespace pre-tokenizer splits them
+JSON_WORDS = ['{"', '":', '"', '"}', "score", "label"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
     "{{ message['content'] }}<|end_of_text|>\n{% endfor %}"
@@ -44,7 +46,7 @@ def build_tiny_tokenizer(chatml: bool = False):
     from transformers import PreTrainedTokenizerFast
 
     specials = CHATML_SPECIALS if chatml else SPECIALS
-    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS
+    words = specials + ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS + JSON_WORDS
     vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -59,12 +61,43 @@ def build_tiny_tokenizer(chatml: bool = False):
     return tokenizer
 
 
-def build_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Write a tiny LlamaForCausalLM and its tokenizer to `directory` and return it."""
+TRIAGE = {"disk": "disk_full", "network": "network_down", "timeout": "timeout"}
+
+
+def build_tiny_bpe_tokenizer():
+    """A byte-level BPE over the task's words with ChatML tokens, decoding text exactly as real models do.
+
+    granite-common finds a JSON value's logprobs by the character offsets of the decoded tokens, which
+    the word-level tokenizer (it decodes with spaces between all tokens) cannot give.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    words = ROLES + FILLER + [MARKER] + LABEL_WORDS + PROMPT_WORDS + list(TRIAGE.values())
+    corpus = [" ".join(words), *(f'{{"{key}": "{word}"}}' for key in ("score", "label") for word in words)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=CHATML_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus * 3, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(directory: Path, seed: int = 0, tokenizer=None) -> Path:
+    """Write a tiny LlamaForCausalLM and its tokenizer (default: the word-level one) to `directory`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer or build_tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -97,6 +130,20 @@ def marker_task(n: int, seed: int, positive: str = "yes", negative: str = "no") 
         if has_marker:
             words.insert(rng.randrange(len(words) + 1), MARKER)
         rows.append({"item": " ".join(words), "label": positive if has_marker else negative})
+    rng.shuffle(rows)
+    return rows
+
+
+def triage_task(n: int, seed: int) -> list[dict[str, str]]:
+    """Items naming one of three failure words, labelled with its failure mode: a multi-class tiny task."""
+    rng = random.Random(seed)
+    markers = list(TRIAGE)
+    rows = []
+    for index in range(n):
+        marker = markers[index % len(markers)]
+        words = rng.choices([w for w in FILLER if w not in TRIAGE], k=rng.randint(4, 10))
+        words.insert(rng.randrange(len(words) + 1), marker)
+        rows.append({"item": " ".join(words), "label": TRIAGE[marker]})
     rng.shuffle(rows)
     return rows
 
