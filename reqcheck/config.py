@@ -196,7 +196,7 @@ class TrainConfig:
         free_text=True,
     )
     loss: Loss = option(
-        Loss.lm,
+        Loss.both,
         help="lm (label tokens over the whole vocabulary), label-set (the label against the other labels "
         "only), or lm+label-set.",
         learns=True,

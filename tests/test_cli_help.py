@@ -95,7 +95,7 @@ TRAIN_OPTIONS = [
     (
         ["--loss"],
         "str",
-        "lm",
+        "lm+label-set",
         False,
         "lm (label tokens over the whole vocabulary), label-set (the label against the other labels only), "
         "or lm+label-set.",
@@ -200,7 +200,7 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
         "prefix_cache": "auto",
         "prefix_cache_budget_mb": None,
         "lr_schedule": "linear",
-        "loss": "lm",
+        "loss": "lm+label-set",
         "balance": False,
         "item_role": "assistant",
         "system_prompt": None,
