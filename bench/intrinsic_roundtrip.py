@@ -27,8 +27,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from reqcheck.adapters import CustomIntrinsicAdapter
 from reqcheck.backend import LocalHFBackend
 from reqcheck.data import load_examples
-from reqcheck.hub import build_package
 from reqcheck.models import resolve_base_model
+from reqcheck.packaging import build_package
 from reqcheck.prompting import render
 from reqcheck.requirements import ALoraRequirement
 

@@ -7,17 +7,22 @@ by Mellea's `m alora train` (no reqcheck.json: Mellea's prompt format, labels fr
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from reqcheck.config import AdapterType
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import MANIFEST_NAME, Manifest, default_positive_labels
+from reqcheck.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    adapter_config,
+    check_weights,
+    default_positive_labels,
+)
 from reqcheck.models import is_hub_id, short_model_name
+from reqcheck.packaging import io_yaml_labels
 from reqcheck.prompting import (
     DEFAULT_INVOCATION,
     MELLEA_RENDERER,
@@ -25,9 +30,6 @@ from reqcheck.prompting import (
     invocation_ids,
     tokenize,
 )
-
-ADAPTER_KINDS = ("alora", "lora")
-IO_YAML = "io.yaml"
 
 
 @dataclass
@@ -78,7 +80,7 @@ class ResolvedAdapter:
 
     @property
     def is_alora(self) -> bool:
-        return self.manifest.adapter_type == "alora"
+        return self.manifest.adapter_type == AdapterType.alora
 
 
 def _download(repo_id: str, revision: str | None, cache_dir: str | None) -> Path:
@@ -101,7 +103,7 @@ def _find_adapter_dir(root: Path, intrinsic: str | None, base_short: str) -> Pat
     bases = [root] + ([root / intrinsic] if intrinsic else []) + [p for p in root.iterdir() if p.is_dir()]
     for parent in bases:
         for base_dir in (p for p in parent.iterdir() if p.is_dir() and p.name.lower() == base_short.lower()):
-            for kind in ADAPTER_KINDS:
+            for kind in (t.value for t in AdapterType):
                 if (base_dir / kind / "adapter_config.json").exists():
                     return base_dir / kind
     found = sorted(str(p.parent.relative_to(root)) for p in root.rglob("adapter_config.json"))
@@ -116,26 +118,6 @@ def _find_adapter_dir(root: Path, intrinsic: str | None, base_short: str) -> Pat
     )
 
 
-def _io_yaml_labels(path: Path) -> tuple[list[str], list[str]] | None:
-    """Labels and positive labels from an io.yaml likelihood transformation, if there is one."""
-    for candidate in (path / IO_YAML, path.parent / IO_YAML):
-        if candidate.exists():
-            try:
-                config = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-                steps = config.get("transformations") if isinstance(config, dict) else None
-                for step in steps if isinstance(steps, list) else []:
-                    values = step.get("categories_to_values") if isinstance(step, dict) else None
-                    if values and isinstance(values, dict):
-                        labels = [str(k) for k in values]
-                        return labels, [str(k) for k, v in values.items() if float(v) >= 0.5]
-            except (yaml.YAMLError, UnicodeDecodeError, TypeError, ValueError) as exc:
-                raise ReqcheckError(
-                    f"{candidate} cannot be read for the adapter's labels ({type(exc).__name__}); fix it or "
-                    "pass labels=[...] to CustomIntrinsicAdapter."
-                ) from exc
-    return None
-
-
 def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any) -> Manifest:
     """A manifest for an adapter trained by Mellea: its prompt format, labels from io.yaml or arguments.
 
@@ -144,10 +126,10 @@ def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any
     tokens, so its adapters never learnt where a label ends, and scoring that token would mix the base
     model's guess into the score. This difference from reqcheck's own adapters is deliberate.
     """
-    config = _adapter_config(path)
+    config = adapter_config(path)
     ids = config.get("alora_invocation_tokens")
     invocation = adapter.invocation_prompt or (tokenizer.decode(ids) if ids else DEFAULT_INVOCATION)
-    from_yaml = _io_yaml_labels(path)
+    from_yaml = io_yaml_labels(path)
     labels = adapter.labels or (from_yaml[0] if from_yaml else None)
     if not labels:
         raise ReqcheckError(
@@ -159,42 +141,13 @@ def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any
     )
     return Manifest(
         base_model={"name": config.get("base_model_name_or_path") or "", "revision": None},
-        adapter_type="alora" if ids else "lora",
+        adapter_type=(AdapterType.alora if ids else AdapterType.lora).value,
         prompt=PromptSpec(invocation=invocation, renderer=MELLEA_RENDERER),
         invocation_ids=list(ids) if ids else invocation_ids(tokenizer, invocation),
         labels=dict.fromkeys(labels, 0),
         label_token_ids={label: tokenize(tokenizer, label) for label in labels},
         positive_labels=positives,
     )
-
-
-def _adapter_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReqcheckError(
-            f"{path / 'adapter_config.json'} is not valid JSON; retrain or re-download the adapter."
-        ) from exc
-    if not isinstance(config, dict):
-        raise ReqcheckError(
-            f"{path / 'adapter_config.json'} is not a PEFT adapter config; retrain the adapter."
-        )
-    return config
-
-
-def check_weights(path: Path) -> None:
-    """Refuse a truncated or corrupt `adapter_model.safetensors` before PEFT reads it (reads the header only)."""
-    from safetensors import SafetensorError, safe_open
-
-    weights = path / "adapter_model.safetensors"
-    try:
-        with safe_open(str(weights), framework="pt"):
-            pass
-    except SafetensorError as exc:
-        raise ReqcheckError(
-            f"{weights} is damaged ({exc}); it was probably cut short while copying or downloading, so "
-            "copy, download or train the adapter again."
-        ) from exc
 
 
 def _check_files(path: Path, model_id: str) -> None:

@@ -19,7 +19,8 @@ from reqcheck.config import Device, TrainConfig
 from reqcheck.errors import ReqcheckError
 
 if TYPE_CHECKING:
-    from reqcheck.hub import Package, Target
+    from reqcheck.hub import Target
+    from reqcheck.packaging import Package
 
 app = typer.Typer(
     add_completion=False,
@@ -141,7 +142,8 @@ def upload(
     """Upload an adapter to the Hugging Face Hub, refused unless a gate report vouches for it."""
     import tempfile
 
-    from reqcheck.hub import Target, build_package, hub_endpoint, hub_token, push
+    from reqcheck.hub import Target, hub_endpoint, hub_token, push
+    from reqcheck.packaging import build_package
 
     if gate is not None and no_gate:
         raise ReqcheckError("--gate and --no-gate contradict each other; pass only one.")
@@ -175,7 +177,7 @@ def upload(
 
 
 def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str) -> None:
-    from reqcheck.intrinsic import file_tree
+    from reqcheck.packaging import file_tree
 
     layout = f"intrinsic ({built.subdir}/)" if built.subdir else "plain (adapter at the repo root)"
     visibility = "private" if target.private else "public"
@@ -186,7 +188,7 @@ def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str
 
 def _confirm_public(built: Package, ask: bool) -> None:
     """Before a public upload, show what the training data seems to hold and ask (never print values)."""
-    from reqcheck.hub import scan_file
+    from reqcheck.personal_data import scan_file
 
     manifest = built.facts.manifest
     recorded = manifest.data.get("path") if manifest else None
@@ -233,8 +235,7 @@ def package(
 ) -> None:
     """Write locally exactly what `upload --intrinsic` would upload, to inspect it or push it elsewhere."""
     from reqcheck.atomic import atomic_directory
-    from reqcheck.hub import build_package
-    from reqcheck.intrinsic import file_tree, is_package_dir
+    from reqcheck.packaging import build_package, file_tree, is_package_dir
 
     built = build_package(
         weight_path, name, intrinsic=True, io_yaml=io_yaml, intrinsic_name=intrinsic_name, gate_report=gate

@@ -1,4 +1,5 @@
-"""The adapter's `reqcheck.json` (contract) and the content hash that gate reports refer to."""
+"""The adapter directory: its `reqcheck.json` (contract), PEFT's config and weights as reqcheck reads them,
+and the content hash that gate reports refer to."""
 
 from __future__ import annotations
 
@@ -152,3 +153,30 @@ def is_reqcheck_adapter(directory: Path) -> bool:
     """True when every file in `directory` is one reqcheck train writes, and its manifest is there."""
     names = {p.name for p in directory.iterdir()}
     return MANIFEST_NAME in names and names <= {*ADAPTER_FILES, "README.md"}
+
+
+def adapter_config(directory: Path) -> dict[str, Any]:
+    """PEFT's adapter_config.json of an adapter directory, or one sentence saying it is not usable."""
+    path = directory / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReqcheckError(f"{path} is not valid JSON ({exc}); retrain or re-download the adapter.") from exc
+    if not isinstance(config, dict):
+        raise ReqcheckError(f"{path} is not a PEFT adapter config; retrain the adapter.")
+    return config
+
+
+def check_weights(path: Path) -> None:
+    """Refuse a truncated or corrupt `adapter_model.safetensors` before PEFT reads it (reads the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = path / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except SafetensorError as exc:
+        raise ReqcheckError(
+            f"{weights} is damaged ({exc}); it was probably cut short while copying or downloading, so "
+            "copy, download or train the adapter again."
+        ) from exc

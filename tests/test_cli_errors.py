@@ -2,7 +2,7 @@
 
 import pytest
 
-import reqcheck.hub
+import reqcheck.packaging
 import reqcheck.training
 from tests.helpers import run_cli
 
@@ -15,8 +15,8 @@ def interrupt(*_args, **_kwargs):
     ("command", "patched"),
     [
         (["train", "data.jsonl", "--basemodel", "m", "--outfile", "out"], (reqcheck.training, "train")),
-        (["upload", "adapter", "--name", "acme/x", "--no-gate"], (reqcheck.hub, "build_package")),
-        (["package", "adapter", "--name", "acme/x", "--out", "pkg"], (reqcheck.hub, "build_package")),
+        (["upload", "adapter", "--name", "acme/x", "--no-gate"], (reqcheck.packaging, "build_package")),
+        (["package", "adapter", "--name", "acme/x", "--out", "pkg"], (reqcheck.packaging, "build_package")),
     ],
 )
 def test_ctrl_c_suggests_resume_only_for_train(command, patched, capsys, monkeypatch) -> None:

@@ -27,8 +27,8 @@ from reqcheck.cli import main
 from reqcheck.config import TrainConfig
 from reqcheck.data import fingerprint, label_counts, load_examples
 from reqcheck.errors import ReqcheckError
-from reqcheck.intrinsic import RESPONSE_SCHEMA
 from reqcheck.manifest import content_hash
+from reqcheck.packaging import RESPONSE_SCHEMA
 from reqcheck.training import load_training_data
 
 # --- generated values -------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import pytest
 import yaml
 from huggingface_hub import constants
 
-from reqcheck.adapters import CustomIntrinsicAdapter, _io_yaml_labels
+from reqcheck.adapters import CustomIntrinsicAdapter
 from reqcheck.backend import LocalHFBackend
 from reqcheck.errors import ReqcheckError
-from reqcheck.hub import scan_text
-from reqcheck.intrinsic import generate_io_yaml, read_adapter, validate_io_yaml
 from reqcheck.manifest import content_hash
 from reqcheck.models import short_model_name
+from reqcheck.packaging import generate_io_yaml, io_yaml_labels, read_adapter, validate_io_yaml
+from reqcheck.personal_data import scan_text
 from reqcheck.requirements import ALoraRequirement
 from tests.fake_hub import FakeHub
 from tests.helpers import PLEASE, run_cli
@@ -151,7 +151,7 @@ def test_generated_io_yaml_is_valid_and_round_trips(adapter, tmp_path):
     assert config["transformations"][0]["input_path"] == ["score"]
     assert config["instruction"] == facts.manifest.prompt.instruction
     (tmp_path / "io.yaml").write_text(text)
-    assert _io_yaml_labels(tmp_path) == (list(facts.manifest.labels), facts.manifest.positive_labels)
+    assert io_yaml_labels(tmp_path) == (list(facts.manifest.labels), facts.manifest.positive_labels)
 
 
 BAD_IO_YAML = [

@@ -292,7 +292,7 @@ def test_packaging_an_old_contract_adapter_warns_it_cannot_run_as_an_intrinsic(
 
 def edited_io_yaml(adapter: Path, tmp_path: Path, edit) -> Path:
     """The io.yaml reqcheck writes for `adapter`, changed by `edit(config)`, as a user's file."""
-    from reqcheck.intrinsic import generate_io_yaml, read_adapter
+    from reqcheck.packaging import generate_io_yaml, read_adapter
 
     config = yaml.safe_load(generate_io_yaml(read_adapter(adapter)))
     edit(config)

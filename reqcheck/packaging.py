@@ -1,7 +1,9 @@
-"""Package an adapter as an intrinsic: io.yaml, the `<intrinsic>/<base_model>/<alora|lora>/` layout, model card.
+"""Packaging an adapter, decided and checked before any file is written: what it is, where its files go,
+its io.yaml (written, read and validated here), its model card, and the gate report that vouches for it.
 
-Mellea and granite-common read this layout; `CustomIntrinsicAdapter` loads it too. `reqcheck package`
-writes it to a directory and `reqcheck upload --intrinsic` pushes the same files to the Hub.
+The intrinsic layout `<intrinsic>/<base_model>/<alora|lora>/` is what Mellea and granite-common read;
+`CustomIntrinsicAdapter` loads it too (its labels from the io.yaml, via `io_yaml_labels`). `reqcheck
+package` writes a `Package` to a directory; `reqcheck upload` stages the same files for `hub.push`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ from typing import Any
 
 import yaml
 
-from reqcheck.adapters import IO_YAML, check_weights
+from reqcheck.config import AdapterType
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import ADAPTER_FILES, MANIFEST_NAME, PEFT_FILES, Manifest
+from reqcheck.evaluation import read_report, report_entries
+from reqcheck.manifest import (
+    ADAPTER_FILES,
+    MANIFEST_NAME,
+    PEFT_FILES,
+    Manifest,
+    adapter_config,
+    check_weights,
+    content_hash,
+)
 from reqcheck.models import is_hub_id, short_model_name
 from reqcheck.output import RESULT_FIELD, max_tokens, response_schema, transformations
 
+IO_YAML = "io.yaml"
 IO_YAML_KEYS = ("model", "response_format", "transformations", "parameters", "instruction")
 IO_YAML_REQUIRED = ("model", "response_format", "transformations")
+ADAPTER_TYPES = tuple(kind.value for kind in AdapterType)  # the layout's last folder
 CARD_NAME = "README.md"
 OUTPUT_FIELD = "requirement_check"
 # The schema of what the transformations below produce: {"requirement_check": {"score": <float in [0, 1]>}}.
@@ -44,7 +57,7 @@ class AdapterFacts:
     """What packaging needs to know about an adapter directory, read once."""
 
     path: Path
-    adapter_type: str
+    adapter_type: AdapterType
     base_model: str
     manifest: Manifest | None
     config: dict[str, Any] = field(default_factory=dict)
@@ -85,16 +98,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
             f"{weight_path} has no {' or '.join(missing)}; pass a directory written by reqcheck train "
             "(or PEFT's save_pretrained with safetensors)."
         )
-    try:
-        config = json.loads((weight_path / "adapter_config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReqcheckError(
-            f"{weight_path / 'adapter_config.json'} is not valid JSON ({exc}); retrain the adapter."
-        ) from exc
-    if not isinstance(config, dict):
-        raise ReqcheckError(
-            f"{weight_path / 'adapter_config.json'} is not a PEFT config; retrain the adapter."
-        )
+    config = adapter_config(weight_path)
     check_weights(weight_path)
     manifest = Manifest.read(weight_path) if (weight_path / MANIFEST_NAME).is_file() else None
     base = (manifest.base_model.get("name") if manifest else None) or config.get("base_model_name_or_path")
@@ -103,7 +107,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
             f"{weight_path} names no base model (reqcheck.json base_model.name or adapter_config.json "
             "base_model_name_or_path); retrain the adapter with reqcheck train."
         )
-    kind = "alora" if config.get("alora_invocation_tokens") else "lora"
+    kind = AdapterType.alora if config.get("alora_invocation_tokens") else AdapterType.lora
     return AdapterFacts(weight_path, kind, str(base), manifest, config)
 
 
@@ -389,6 +393,26 @@ def _shape(value: Any) -> str:
     return json.dumps(value).replace(f'"{_LABEL}"', "<label>").replace(f'"{_NUMBER}"', "<number>")
 
 
+def io_yaml_labels(path: Path) -> tuple[list[str], list[str]] | None:
+    """Labels and positive labels from an io.yaml likelihood transformation, if there is one."""
+    for candidate in (path / IO_YAML, path.parent / IO_YAML):
+        if candidate.exists():
+            try:
+                config = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+                steps = config.get("transformations") if isinstance(config, dict) else None
+                for step in steps if isinstance(steps, list) else []:
+                    values = step.get("categories_to_values") if isinstance(step, dict) else None
+                    if values and isinstance(values, dict):
+                        labels = [str(k) for k in values]
+                        return labels, [str(k) for k, v in values.items() if float(v) >= 0.5]
+            except (yaml.YAMLError, UnicodeDecodeError, TypeError, ValueError) as exc:
+                raise ReqcheckError(
+                    f"{candidate} cannot be read for the adapter's labels ({type(exc).__name__}); fix it or "
+                    "pass labels=[...] to CustomIntrinsicAdapter."
+                ) from exc
+    return None
+
+
 def stage(facts: AdapterFacts, dest: Path, card: str, subdir: str | None, io_yaml: str | None) -> None:
     """Write the repo's files into `dest`: the adapter (at the root or under `subdir`) and the card.
 
@@ -421,9 +445,121 @@ def is_package_dir(path: Path) -> bool:
     if CARD_NAME not in files or "library_name: peft" not in (path / CARD_NAME).read_text(errors="replace"):
         return False
     return all(
-        name == CARD_NAME or (name.count("/") == 3 and name.split("/")[2] in ("alora", "lora"))
-        for name in files
+        name == CARD_NAME or (name.count("/") == 3 and name.split("/")[2] in ADAPTER_TYPES) for name in files
     ) and all(name.rsplit("/", 1)[-1] in allowed for name in files if name != CARD_NAME)
+
+
+def gate_entry(report_path: Path, adapter_hash: str, weight_path: Path) -> dict[str, Any]:
+    """The report's entry for these exact weights, if it passed every gate; else refuse, saying what to run."""
+    rerun = f"run `pytest --adapter={weight_path} --reqcheck-report {report_path}`"
+    entries = report_entries(read_report(report_path), report_path)
+    entry = next((e for e in entries if e.get("content_hash") == adapter_hash), None)
+    if entry is None:
+        return _refuse_mismatch(report_path, adapter_hash, entries, rerun, weight_path)
+    gates = entry.get("gates") or []
+    if not gates:
+        raise ReqcheckError(
+            f"{report_path} scored {weight_path} without any gate; {rerun} with a gate such as "
+            "--reqcheck-min-accuracy 0.9."
+        )
+    failed = [g for g in gates if not g.get("passed")]
+    if failed or entry.get("passed") is not True:
+        detail = ", ".join(
+            f"{g.get('name')} ({g.get('mode')}: {g.get('value')} vs {g.get('threshold')})" for g in failed
+        )
+        raise ReqcheckError(
+            f"{weight_path} failed its gate in {report_path}{f' ({detail})' if detail else ''}; improve the "
+            f"adapter and {rerun}, or pass --no-gate to upload it anyway."
+        )
+    return entry
+
+
+def _refuse_mismatch(
+    report_path: Path, adapter_hash: str, entries: list[dict], rerun: str, weight_path: Path
+) -> Any:
+    """Say whether these weights changed since they were gated, or the report gated another adapter."""
+    vouched = ", ".join(str(e.get("content_hash"))[:19] for e in entries) or "no adapter"
+    if any(_same_path(e.get("path"), weight_path) for e in entries):
+        raise ReqcheckError(
+            f"{report_path} vouches for {weight_path} as {vouched}, but its files now hash to "
+            f"{adapter_hash[:19]}: they changed since the report was written, so {rerun}."
+        )
+    paths = ", ".join(str(e.get("path")) for e in entries) or "no adapter"
+    raise ReqcheckError(
+        f"{report_path} gated another adapter ({paths}), not {weight_path}; gate this one: {rerun}."
+    )
+
+
+def _same_path(recorded: object, weight_path: Path) -> bool:
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    try:
+        return Path(recorded).resolve() == weight_path.resolve()
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class Package:
+    """Everything one upload (or `reqcheck package`) writes, decided before any file is written."""
+
+    facts: AdapterFacts
+    repo_id: str
+    subdir: str | None
+    io_yaml: str | None
+    card: str
+    adapter_hash: str
+    gate: dict[str, Any] | None
+    packaged_hash: str
+
+    def write(self, dest: Path) -> None:
+        """Stage the files in `dest`, then check the staged weights are the ones the gate vouched for."""
+        stage(self.facts, dest, self.card, self.subdir, self.io_yaml)
+        staged = content_hash(dest / self.subdir if self.subdir else dest)
+        if staged != self.packaged_hash:
+            raise ReqcheckError(
+                f"{self.facts.path} changed while it was being packaged; wait for whatever writes it and retry."
+            )
+
+
+def build_package(
+    weight_path: Path,
+    repo_id: str,
+    *,
+    intrinsic: bool,
+    io_yaml: Path | None = None,
+    intrinsic_name: str | None = None,
+    gate_report: Path | None = None,
+) -> Package:
+    """Validate everything an upload needs (adapter, name, io.yaml, gate) and render io.yaml and the card."""
+    facts = read_adapter(weight_path)
+    check_repo_id(repo_id)
+    if io_yaml is not None and not intrinsic:
+        raise ReqcheckError("--io-yaml only applies to the intrinsic layout; add --intrinsic.")
+    adapter_hash = content_hash(weight_path)
+    gate = gate_entry(gate_report, adapter_hash, weight_path) if gate_report else None
+    name = intrinsic_name or repo_id.split("/")[-1]
+    subdir = adapter_subdir(name, facts) if intrinsic else None
+    io_text = _io_yaml_text(facts, io_yaml) if intrinsic else None
+    card = model_card(facts, CardContext(repo_id, subdir, name, gate))
+    packaged_hash = content_hash(weight_path, facts.packaged_config())
+    return Package(facts, repo_id, subdir, io_text, card, adapter_hash, gate, packaged_hash)
+
+
+def _io_yaml_text(facts: AdapterFacts, path: Path | None) -> str:
+    """The user's io.yaml after validation, or one written from the manifest."""
+    if path is None:
+        text = generate_io_yaml(facts)
+        check_fits(validate_io_yaml(text, "the generated io.yaml"), facts, "the generated io.yaml")
+        return text
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ReqcheckError(
+            f"Cannot read --io-yaml {path} ({type(exc).__name__}); pass an io.yaml file."
+        ) from exc
+    check_fits(validate_io_yaml(text, str(path)), facts, str(path))
+    return text
 
 
 @dataclass
@@ -462,7 +598,7 @@ def _front_matter(facts: AdapterFacts, context: CardContext) -> str:
     if is_hub_id(facts.base_model) and not Path(facts.base_model).exists():
         meta["base_model"] = facts.base_model
     meta["library_name"] = "peft"
-    meta["tags"] = ["reqcheck", "requirement-check", facts.adapter_type]
+    meta["tags"] = ["reqcheck", "requirement-check", str(facts.adapter_type)]
     if context.subdir:
         meta["tags"].append("intrinsic")
     if context.gate_entry is None:
@@ -472,7 +608,7 @@ def _front_matter(facts: AdapterFacts, context: CardContext) -> str:
 
 def _summary(facts: AdapterFacts, context: CardContext) -> str:
     manifest = facts.manifest
-    kind = "an activated LoRA (aLoRA)" if facts.adapter_type == "alora" else "a LoRA"
+    kind = "an activated LoRA (aLoRA)" if facts.adapter_type == AdapterType.alora else "a LoRA"
     lines = [f"# {context.repo_id.split('/')[-1]}", ""]
     if context.gate_entry is None:
         lines += [
@@ -595,7 +731,7 @@ def _intrinsic_notes(facts: AdapterFacts) -> str:
         " Mellea 0.8's own LocalHFBackend loads adapters without aLoRA offsets, so an aLoRA runs there as the "
         "plain base model: use a LoRA (`reqcheck train --adapter lora`) with it, or serve the aLoRA with vLLM or "
         "reqcheck's backend."
-        if facts.adapter_type == "alora"
+        if facts.adapter_type == AdapterType.alora
         else ""
     )
     prompt = manifest.prompt
