@@ -56,7 +56,7 @@ def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(
     result, _ = swept
     sweep = result.manifest.metrics["lr_sweep"]
     losses = {c["learning_rate"]: c["val_loss"] for c in sweep["candidates"]}
-    assert LR_START in losses and len(losses) >= 3
+    assert LR_START in losses and len(losses) >= 2
     finite = {rate: loss for rate, loss in losses.items() if math.isfinite(loss)}
     assert sweep["chosen"] == min(finite, key=finite.__getitem__)
     # the chosen rate is a low point of the grid: each neighbour was tried and did worse
@@ -85,7 +85,7 @@ def test_the_sweep_finds_the_lowest_rate_of_a_u_shaped_loss_and_stops_climbing(l
 
 
 def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
-    losses = dict(zip(LR_CANDIDATES, [5.0, 3.0, 1.0, float("nan"), float("inf"), float("nan")], strict=True))
+    losses = dict(zip(LR_CANDIDATES, [5.0, 3.0, 1.0, float("nan"), float("inf")], strict=True))
     tried = climb(losses.__getitem__, LR_CANDIDATES, LR_START)
     finite = {r: v for r, v in tried.items() if math.isfinite(v)}
     assert min(finite, key=finite.__getitem__) == 3e-4
