@@ -60,7 +60,11 @@ def main() -> None:
         for example in examples:
             requirement = example.requirement or manifest.requirement or ""
             ours = backend.check(ALoraRequirement(requirement, intrinsic_name=NAME), example.item)
-            messages = [{"role": "assistant", "content": example.item}]
+            messages = [{"role": manifest.prompt.item_role, "content": example.item}]
+            if (
+                manifest.prompt.system_prompt is not None
+            ):  # the caller sends the system turn it was trained with
+                messages.insert(0, {"role": "system", "content": manifest.prompt.system_prompt})
             request = rewriter.transform({"messages": messages}, requirement=requirement)
             body = request.model_dump()
             schema = body["extra_body"].pop("structured_outputs")["json"]

@@ -167,6 +167,8 @@ def upload(
     with tempfile.TemporaryDirectory(prefix="reqcheck-upload-") as tmp:
         built.write(Path(tmp))
         _describe_upload(Path(tmp), target, built, hub_endpoint())
+        if built.subdir:
+            _say_intrinsic_notes(built)
         if public:
             _confirm_public(built, ask=not (yes or dry_run))
         if dry_run:

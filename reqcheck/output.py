@@ -59,8 +59,8 @@ class OutputSpec:
     def from_dict(cls, data: dict[str, Any] | None) -> OutputSpec:
         if data is None:
             return cls()
-        spec = cls(data["format"], data.get("field"))
-        if spec.format not in FORMATS or (spec.format == JSON_V1 and not spec.field):
+        spec = cls(data.get("format"), data.get("field")) if isinstance(data, dict) else None
+        if spec is None or spec.format not in FORMATS or (spec.format == JSON_V1 and not spec.field):
             raise ReqcheckError(
                 f"reqcheck.json has an output contract this reqcheck does not know ({data}); upgrade reqcheck."
             )

@@ -37,18 +37,17 @@ IO_YAML_KEYS = ("model", "response_format", "transformations", "parameters", "in
 IO_YAML_REQUIRED = ("model", "response_format", "transformations")
 ADAPTER_TYPES = tuple(kind.value for kind in AdapterType)  # the layout's last folder
 CARD_NAME = "README.md"
-OUTPUT_FIELD = "requirement_check"
 # The schema of what the transformations below produce: {"requirement_check": {"score": <float in [0, 1]>}}.
 RESPONSE_SCHEMA = {
     "type": "object",
     "properties": {
-        OUTPUT_FIELD: {
+        RESULT_FIELD: {
             "type": "object",
             "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}},
             "required": ["score"],
         }
     },
-    "required": [OUTPUT_FIELD],
+    "required": [RESULT_FIELD],
 }
 
 
@@ -153,11 +152,11 @@ def adapter_subdir(intrinsic_name: str, facts: AdapterFacts) -> str:
 
 
 def generate_io_yaml(facts: AdapterFacts) -> str:
-    """An io.yaml whose transformations turn the label distribution into the requirement_check score.
+    """The io.yaml granite-common needs to read the adapter's output (json-v1: see `_json_io_yaml`).
 
-    `likelihood` maps each label to 1.0 (positive) or 0.0 and weights by the label probabilities, giving
-    the probability mass on the positive labels; the two `nest` steps wrap it as
-    `{"requirement_check": {"score": <float in [0, 1]>}}`, the output `response_format` describes.
+    For a label-v1 adapter (bare label): `likelihood` maps each label to 1.0 (positive) or 0.0 and weights
+    by the label probabilities, giving the probability mass on the positive labels; the two `nest` steps
+    wrap it as `{"requirement_check": {"score": <float in [0, 1]>}}`, what `response_format` describes.
     """
     manifest = facts.manifest
     if manifest is None:
@@ -180,7 +179,7 @@ def generate_io_yaml(facts: AdapterFacts) -> str:
                 },
             },
             {"type": "nest", "input_path": [], "field_name": "score"},
-            {"type": "nest", "input_path": [], "field_name": OUTPUT_FIELD},
+            {"type": "nest", "input_path": [], "field_name": RESULT_FIELD},
         ],
         "parameters": {"max_completion_tokens": longest_label + 1},
         "instruction": manifest.prompt.invocation,
@@ -249,7 +248,9 @@ def validate_io_yaml(text: str, source: str) -> dict[str, Any]:
     if config.get("parameters") is not None and not isinstance(config["parameters"], dict):
         raise ReqcheckError(f"{source}: parameters must be a mapping, e.g. max_completion_tokens: 8.")
     if config.get("instruction") is not None and not isinstance(config["instruction"], str):
-        raise ReqcheckError(f"{source}: instruction must be a string (the invocation prompt).")
+        raise ReqcheckError(
+            f"{source}: instruction must be a string (the instruction the adapter was trained with)."
+        )
     return config
 
 
@@ -508,7 +509,6 @@ class Package:
     subdir: str | None
     io_yaml: str | None
     card: str
-    adapter_hash: str
     gate: dict[str, Any] | None
     packaged_hash: str
 
@@ -543,7 +543,7 @@ def build_package(
     io_text = _io_yaml_text(facts, io_yaml) if intrinsic else None
     card = model_card(facts, CardContext(repo_id, subdir, name, gate))
     packaged_hash = content_hash(weight_path, facts.packaged_config())
-    return Package(facts, repo_id, subdir, io_text, card, adapter_hash, gate, packaged_hash)
+    return Package(facts, repo_id, subdir, io_text, card, gate, packaged_hash)
 
 
 def _io_yaml_text(facts: AdapterFacts, path: Path | None) -> str:

@@ -507,7 +507,7 @@ def climb(score: Callable[[float], float], grid: tuple[float, ...], start: float
     """Walk the grid from `start` toward lower scores and stop where the score rises: every rate tried.
 
     The validation loss over a log-spaced grid of rates is U-shaped (too low learns nothing, too high
-    diverges), so the lowest point is found in three tries when it is next to `start`, and the walk
+    diverges), so the lowest point is found in two to four tries when it is `start` or next to it, and the walk
     never tries more than the grid. A non-finite score counts as worse than any finite one.
     """
     tried: dict[float, float] = {}
@@ -837,6 +837,10 @@ def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Pat
 
 
 def _name_base_model(directory: Path, name: str) -> None:
+    """adapter_config.json names the base model as the Hub and Mellea do, never by this machine's path.
+
+    Set after PEFT saved it: PEFT looks a name that is not a local path up on the Hub while saving.
+    """
     path = directory / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     path.write_text(json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True) + "\n")
@@ -848,16 +852,6 @@ def _name_base_model(directory: Path, name: str) -> None:
 def _format_eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _name_base_model(directory: Path, name: str) -> None:
-    """adapter_config.json names the base model as the Hub and Mellea do, never by this machine's path.
-
-    Set after PEFT saved it: PEFT looks a name that is not a local path up on the Hub while saving.
-    """
-    path = directory / "adapter_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True) + "\n")
 
 
 def summary(result: TrainResult) -> list[str]:

@@ -288,6 +288,15 @@ def test_packaging_an_old_contract_adapter_warns_it_cannot_run_as_an_intrinsic(
 ) -> None:
     code, err = package(old_contract, "old", tmp_path / "pkg", capsys, monkeypatch)
     assert code == 0 and "bare label" in err and "--renderer intrinsic-v1" in err
+    upload = ["upload", str(old_contract), "--name", "acme/old", "--intrinsic", "--no-gate", "--dry-run"]
+    code, err = run_cli(upload, capsys, monkeypatch)
+    assert code == 0 and "bare label" in err and "nothing was uploaded" in err
+
+
+@pytest.mark.parametrize("output", [{"field": "score"}, "json-v1", {"format": "json-v1"}])
+def test_a_manifest_output_contract_that_cannot_be_read_is_one_sentence(output) -> None:
+    with pytest.raises(ReqcheckError, match="output contract this reqcheck does not know"):
+        OutputSpec.from_dict(output)
 
 
 def edited_io_yaml(adapter: Path, tmp_path: Path, edit) -> Path:
