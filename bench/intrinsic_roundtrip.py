@@ -12,8 +12,8 @@ and how many prompts had the same token ids. Needs `pip install -c constraints.t
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +32,14 @@ from reqcheck.packaging import build_package
 from reqcheck.prompting import render
 from reqcheck.requirements import ALoraRequirement
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from roundtrip import agreement, arguments, caller_messages  # noqa: E402
+
 NAME = "roundtrip"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("adapter", type=Path)
-    parser.add_argument("--test", type=Path, required=True)
-    parser.add_argument("--basemodel", default="smollm2-135m-instruct")
-    args = parser.parse_args()
-
+    args = arguments(__doc__)
     ref = resolve_base_model(args.basemodel)
     examples = load_examples(args.test)
     with tempfile.TemporaryDirectory(prefix="reqcheck-roundtrip-") as tmp:
@@ -60,11 +58,7 @@ def main() -> None:
         for example in examples:
             requirement = example.requirement or manifest.requirement or ""
             ours = backend.check(ALoraRequirement(requirement, intrinsic_name=NAME), example.item)
-            messages = [{"role": manifest.prompt.item_role, "content": example.item}]
-            if (
-                manifest.prompt.system_prompt is not None
-            ):  # the caller sends the system turn it was trained with
-                messages.insert(0, {"role": "system", "content": manifest.prompt.system_prompt})
+            messages = caller_messages(manifest.prompt, example.item)
             request = rewriter.transform({"messages": messages}, requirement=requirement)
             body = request.model_dump()
             schema = body["extra_body"].pop("structured_outputs")["json"]
@@ -80,17 +74,10 @@ def main() -> None:
             theirs = result["requirement_check"]["score"] if "requirement_check" in result else None
             rows.append((example.label, ours, raw[manifest.output.field], theirs, same_ids))
 
-    n = len(rows)
-    scored = [abs(ours.score - theirs) for _, ours, _, theirs, _ in rows if theirs is not None]
     report = {
         "adapter": str(args.adapter),
         "base_model": ref.name,
-        "n": n,
-        "reqcheck_accuracy": sum(ours.label == label for label, ours, *_ in rows) / n,
-        "granite_common_accuracy": sum(raw == label for label, _, raw, *_ in rows) / n,
-        "same_label": sum(ours.label == raw for _, ours, raw, *_ in rows),
-        "same_prompt_ids": sum(same for *_, same in rows),
-        "max_score_difference": max(scored) if scored else None,
+        **agreement(rows, "granite_common"),
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2))
