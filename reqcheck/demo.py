@@ -21,9 +21,9 @@ from importlib.resources import files
 from pathlib import Path
 
 from reqcheck.config import TrainConfig
-from reqcheck.data import fingerprint, load_examples
+from reqcheck.data import fingerprint, label_counts, load_examples
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import MANIFEST_NAME, Manifest
+from reqcheck.manifest import MANIFEST_NAME, Manifest, default_positive_labels
 from reqcheck.models import resolve_base_model
 from reqcheck.training import summary, train
 
@@ -173,6 +173,12 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
                 "test.reqcheck.jsonl."
             )
     _check_gate_can_run()
+    labels = sorted(label_counts(load_examples(config.example / "train.jsonl")))
+    if not default_positive_labels(labels):
+        raise ReqcheckError(
+            f"{config.example} is a classifier ({', '.join(labels)}) with no passing label such as yes or "
+            "pass, and the demo checks a requirement; run the commands in that example's README instead."
+        )
     config.workdir.mkdir(parents=True, exist_ok=True)
     requirement = _requirement(config.example)
     started = time.perf_counter()

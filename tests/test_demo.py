@@ -79,6 +79,20 @@ def test_the_demo_says_before_training_that_pytest_is_missing(tmp_path: Path, mo
     assert not config.workdir.exists()
 
 
+def test_a_multi_class_example_is_refused_before_training(tmp_path: Path) -> None:
+    example = tmp_path / "triage"
+    example.mkdir()
+    rows = [{"item": f"note {i}", "label": ["disk", "memory", "network"][i % 3]} for i in range(9)]
+    write_jsonl(example / "train.jsonl", rows)
+    write_jsonl(example / "test.reqcheck.jsonl", rows[:3])
+    config = DemoConfig(example=example, workdir=tmp_path / "work")
+    with pytest.raises(
+        ReqcheckError, match=r"is a classifier \(disk, memory, network\) with no passing label"
+    ):
+        run_demo(config, say=lambda _: None)
+    assert not config.workdir.exists()
+
+
 def test_a_failed_step_names_the_missing_module(tmp_path: Path) -> None:
     from reqcheck.demo import _gate_failure
 
