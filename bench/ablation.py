@@ -27,7 +27,7 @@ VARIANTS: dict[str, dict] = {
     "system prompt=none": {"system_prompt": ""},
     "requirement in prompt": {"requirement_in_prompt": True},
     "loss=label-set": {"loss": "label-set"},
-    "loss=lm+label-set": {"loss": "lm+label-set"},
+    "loss=lm": {"loss": "lm"},
     "balance": {"balance": True},
     "val fraction=0.1": {"val_fraction": 0.1},
     "adapter=lora": {"adapter": "lora"},

@@ -1,6 +1,9 @@
 """Benchmark aLoRA training: full-sequence (`--prefix-cache off`) against the default, side by side.
 
 Each variant trains the same data with the same seed in its own process, so its peak RSS is its own.
+A variant is a `--prefix-cache` mode, optionally with `/batchwise`: the trainer as it was before its
+steps were fused (one forward per `--batch-size` batch, and the output projection over a strided slice
+of the hidden states), to measure what fusing gains.
 Prints one JSON object: per variant tokens/s, wall time, peak RSS and final validation loss, and the
 ratios the training-speed issue sets targets for (>= 5x faster, equal val loss within 2%, RSS <= 1.5x).
 
@@ -44,8 +47,17 @@ def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
 
 def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
     """Train once in this process and return its measurements."""
+    from reqcheck import models, training
     from reqcheck.config import TrainConfig
     from reqcheck.training import train
+
+    mode, _, batchwise = args.child.partition("/")
+    if batchwise:
+        size = args.batch_size
+        models._contiguous_input = lambda module, inputs: None
+        training.forward_groups = lambda examples, budget, width: [
+            examples[i : i + size] for i in range(0, len(examples), size)
+        ]
 
     config = TrainConfig(
         datafile=data,
@@ -55,8 +67,8 @@ def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
         epochs=args.epochs,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
-        grad_accum=1,
-        prefix_cache=args.child,
+        grad_accum=args.grad_accum,
+        prefix_cache=mode,
     )
     result = train(config, report=lambda _: None)
     history = result.manifest.metrics["history"]
@@ -79,7 +91,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--variants", default="off,auto", help="Comma-separated --prefix-cache modes.")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument(
+        "--variants",
+        default="off,auto",
+        help="Comma-separated --prefix-cache modes, each optionally /batchwise.",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,7 +116,8 @@ def main() -> None:
         "command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
         "data": described,
         "settings": {
-            k: getattr(args, k) for k in ("basemodel", "device", "epochs", "learning_rate", "batch_size")
+            k: getattr(args, k)
+            for k in ("basemodel", "device", "epochs", "learning_rate", "batch_size", "grad_accum")
         },
         "variants": results,
     }
@@ -109,6 +127,12 @@ def main() -> None:
         report["speedup_tokens_per_s"] = round(auto["tokens_per_s"] / off["tokens_per_s"], 2)
         report["val_loss_rel_diff"] = round(abs(auto["final_val_loss"] / off["final_val_loss"] - 1), 4)
         report["peak_rss_ratio"] = round(auto["peak_rss_mb"] / off["peak_rss_mb"], 2)
+    for variant in results:
+        mode, _, batchwise = variant.partition("/")
+        if batchwise and mode in results:
+            report[f"fused_speedup_wall_{mode}"] = round(
+                results[variant]["wall_s"] / results[mode]["wall_s"], 2
+            )
     print(json.dumps(report, indent=2))
 
 

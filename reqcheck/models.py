@@ -241,7 +241,21 @@ def load_model(ref: BaseModelRef, device: str, dtype: Any = None) -> Any:
         model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype or training_dtype(device))
     except OSError as exc:
         raise ReqcheckError(f"Could not load base model from {ref.path} ({exc}); check --basemodel.") from exc
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
     return model.to(device).eval()
+
+
+def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The output projection's input made contiguous.
+
+    With `logits_to_keep`, transformers projects a strided slice of the hidden states, and torch runs
+    a linear over a strided 3-D input as a batched matmul against a broadcast weight: on a CPU, 5x
+    slower than over the same rows copied (a 49k-word head at 8 of 80 positions: 167 ms against 33 ms).
+    The label positions of every training step and every score go through here.
+    """
+    return (args[0].contiguous(), *args[1:])
 
 
 @contextmanager

@@ -1,8 +1,10 @@
 """Fine-tune a LoRA or activated-LoRA adapter from labelled JSONL, top to bottom.
 
 `_train` reads as the steps it takes, each a function below in the same order: prepare the data →
-build the model → optimizer and schedule → resume or start → for every epoch: run it, evaluate, keep
-the best weights, save a checkpoint → write the adapter and its manifest. The loss covers the label
+build the model → the objective → the learning rate (under `auto`, the first epoch at each rate of a
+sweep, the best going on) → optimizer and schedule, resumed or fresh → for every epoch: run it,
+evaluate, keep the best weights, save a checkpoint → write the adapter and its manifest. An optimizer
+step's batches run as one forward where they fit (`forward_groups`). The loss covers the label
 tokens only; the kept checkpoint is the one with the best validation loss. Interrupted runs keep a
 resume checkpoint beside the output, never a directory that looks like a finished adapter.
 
@@ -13,6 +15,7 @@ reference. Under torchrun each process trains on its share of every step (see `d
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -35,7 +38,7 @@ from reqcheck.atomic import atomic_directory
 from reqcheck.config import AdapterType, Loss, LRSchedule, TrainConfig
 from reqcheck.data import Example
 from reqcheck.distributed import Group
-from reqcheck.encoding import LM, Encoded, Objective, batches, encode, label_loss
+from reqcheck.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
 from reqcheck.models import (
@@ -102,6 +105,7 @@ class Trainable:
     prefixes: prefix_mod.PrefixCache | None
     step_batches: int  # batches per optimizer step, over all processes
     objective: Objective = LM
+    forward_tokens: int = 2048  # most rows x width one forward takes (forward_groups)
 
 
 @dataclass
@@ -164,19 +168,18 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     # Objective: the loss over the label positions (--loss), weighted by label under --balance.
     objective = make_objective(config, prep, report)
 
-    # Learning rate: the given one, the resumed run's, or (auto) the best of a short sweep from this start.
-    sweep = (prep.saved or {}).get("state", {}).get("sweep")
-    if config.learning_rate == "auto" and sweep is None:
-        sweep = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, report)
-    rate = sweep["chosen"] if config.learning_rate == "auto" else config.learning_rate
-
-    # Optimizer and schedule: AdamW, and --lr-schedule over the whole run.
-    run = optimizer_and_schedule(config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group)
-
-    # Resume or start: an interrupted run of the same command continues after its last finished epoch.
+    # Learning rate and start: resume an interrupted run; or (auto) train the first epoch at each rate of a
+    # short sweep and go on from the best; or start fresh at the given rate.
     checkpoint = partial_dir(config.outfile)
-    state = resume_or_start(config, prep.saved, run, report)
-    state.sweep = sweep
+    swept = None
+    if config.learning_rate == "auto" and prep.saved is None:
+        swept = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, device, report)
+    sweep = (swept or prep.saved or {}).get("state", {}).get("sweep")
+    rate = sweep["chosen"] if config.learning_rate == "auto" else config.learning_rate
+    run = optimizer_and_schedule(config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group)
+    state = restore(run, swept) if swept else resume_or_start(config, prep.saved, run, report)
+    if swept and group.main:
+        save_checkpoint(checkpoint, prep.run_key, run, state)
     distributed.broadcast_params(run.params, group)
 
     # Train: every epoch runs its optimizer steps over a fresh shuffle of the training set.
@@ -462,15 +465,17 @@ def optimizer_and_schedule(
     rate: float,
     n_train: int,
     group: Group,
-    steps: int | None = None,
 ) -> Trainable:
-    """AdamW over the adapter's weights at `rate`, and --lr-schedule over `steps` (default: the whole run)."""
+    """AdamW over the adapter's weights at `rate`, and --lr-schedule over the whole run."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=rate)
-    scheduler = make_scheduler(config.lr_schedule, optimizer, steps or total_steps(config, n_train, group))
+    scheduler = make_scheduler(config.lr_schedule, optimizer, total_steps(config, n_train, group))
     alora = config.adapter == AdapterType.alora
     step_batches = config.grad_accum * group.world
-    return Trainable(model, params, optimizer, scheduler, pad_id, alora, prefixes, step_batches, objective)
+    forward_tokens = config.batch_size * config.max_length
+    return Trainable(
+        model, params, optimizer, scheduler, pad_id, alora, prefixes, step_batches, objective, forward_tokens
+    )
 
 
 # --- objective and learning rate ----------------------------------------------------------------------
@@ -500,17 +505,20 @@ def make_objective(config: TrainConfig, prep: Prepared, report: Reporter) -> Obj
 # 0.43 and 0.67 validation accuracy (bench/quality.py); 3e-3 was the highest rate that trained stably.
 LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 LR_START = 1e-3  # where the sweep starts: the rate that trained every benchmark set and demo here
-SWEEP_SHARE = 0.25  # of the run's steps, per candidate tried
 
 
-def climb(score: Callable[[float], float], grid: tuple[float, ...], start: float) -> dict[float, float]:
+def climb(
+    score: Callable[[float], float], grid: tuple[float, ...], start: float, most: int | None = None
+) -> dict[float, float]:
     """Walk the grid from `start` toward lower scores and stop where the score rises: every rate tried.
 
     The validation loss over a log-spaced grid of rates is U-shaped (too low learns nothing, too high
     diverges), so the lowest point is found in two to four tries when it is `start` or next to it, and the walk
-    never tries more than the grid. A non-finite score counts as worse than any finite one.
+    never tries more than the grid, nor more than `most` rates. A non-finite score counts as worse than
+    any finite one.
     """
     tried: dict[float, float] = {}
+    most = len(grid) if most is None else max(most, 1)
 
     def loss(i: int) -> float:
         if grid[i] not in tried:
@@ -521,7 +529,7 @@ def climb(score: Callable[[float], float], grid: tuple[float, ...], start: float
     loss(first)
     for direction in (1, -1):
         i = best + direction
-        while 0 <= i < len(grid) and loss(i) < loss(best):
+        while 0 <= i < len(grid) and len(tried) < most and loss(i) < loss(best):
             best, i = i, i + direction
         if best != first:
             break
@@ -536,52 +544,60 @@ def lr_sweep(
     prefixes: prefix_mod.PrefixCache | None,
     objective: Objective,
     group: Group,
+    device: str,
     report: Reporter,
 ) -> dict[str, Any]:
-    """Train candidate rates for a quarter of the run each, from the same start; keep the lowest val loss.
+    """Train the run's first epoch at each candidate rate; the one with the lowest validation loss goes on.
 
-    The candidates are walked from LR_START toward lower validation loss (`climb`), so a sweep usually
-    costs half to three quarters of a run. Every candidate sees the same batches in the same order and reuses the
-    same prefix caches, so the item prefixes are computed once for the whole sweep and the run after it.
+    Every candidate starts from the same adapter and runs exactly the run's first epoch (its schedule,
+    its shuffle, the same prefix caches), so the winner's weights, optimizer and schedule are where the
+    run at that rate stands after one epoch, returned as a checkpoint (`restore`). The sweep costs one
+    epoch per other rate tried: a third of a 6-epoch run for the usual three. Rates are walked from
+    LR_START (`climb`), at most epochs + 1 of them, so the whole run never costs more than twice one run.
     """
     if not prep.val_set:
         raise ReqcheckError("--learning-rate auto needs a validation split; pass --val-fraction above 0.")
     start = {k: v.detach().clone() for k, v in adapter_weights(model).items()}
-    steps = max(1, round(total_steps(config, len(prep.train_set), group) * SWEEP_SHARE))
-    candidates = []
+    candidates: list[dict[str, Any]] = []
+    ends: dict[float, dict[str, Any]] = {}
 
     def score(rate: float) -> float:
         load_adapter_weights(model, start)
         torch.manual_seed(config.seed + group.rank)
         run = optimizer_and_schedule(
-            config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group, steps=steps
+            config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group
         )
-        rng, done = random.Random(config.seed), 0
-        run.model.train()
-        while done < steps:
-            epoch_batches = batches(prep.train_set, config.batch_size, rng)
-            for i in range(0, len(epoch_batches), run.step_batches):
-                if done < steps:
-                    train_step(run, epoch_batches[i : i + run.step_batches], group)
-                    done += 1
-        metrics = evaluate(run, prep.val_set, prep.labels, config.batch_size, group)
+        rng = random.Random(config.seed)
+        metrics = run_epoch(
+            config, run, prep.train_set, rng, 0, group, device, Progress(lambda _: None, 1, 0)
+        )
+        metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
         report(
             f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
         )
         candidates.append({"learning_rate": rate, **{k: metrics[k] for k in ("val_loss", "val_accuracy")}})
+        state = RunState()
+        state.record(metrics, adapter_weights(model))
+        ends[rate] = {
+            "adapter": state.best,
+            "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+            "scheduler": run.scheduler.state_dict(),
+            "state": state,
+        }
         return metrics["val_loss"]
 
-    climb(score, LR_CANDIDATES, LR_START)
-    load_adapter_weights(model, start)
-    torch.manual_seed(config.seed + group.rank)
+    climb(score, LR_CANDIDATES, LR_START, most=config.epochs + 1)
     finite = [c for c in candidates if math.isfinite(c["val_loss"])]
     if not finite:
         raise ReqcheckError(
             "Every learning rate of the sweep diverged; check the data, or pass --learning-rate."
         )
     chosen = min(finite, key=lambda c: c["val_loss"])["learning_rate"]
-    report(f"lr sweep: chose {chosen:g} ({len(candidates)} rates, {steps} steps each)")
-    return {"steps": steps, "candidates": candidates, "chosen": chosen}
+    report(f"lr sweep: chose {chosen:g} ({len(candidates)} rates, one epoch each); it goes on from there")
+    winner = ends[chosen]
+    winner["state"].sweep = {"candidates": candidates, "chosen": chosen}
+    winner["state"] = winner["state"].to_dict()
+    return winner
 
 
 # --- resume or start ----------------------------------------------------------------------------------
@@ -595,12 +611,17 @@ def resume_or_start(
         if config.resume:
             report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
         return RunState()
+    state = restore(run, saved)
+    report(f"resuming after epoch {state.epoch} from {partial_dir(config.outfile)}")
+    return state
+
+
+def restore(run: Trainable, saved: dict[str, Any]) -> RunState:
+    """Put a checkpoint's adapter weights, optimizer and schedule into `run`; its state."""
     load_adapter_weights(run.model, saved["adapter"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
-    state = RunState(**saved["state"])
-    report(f"resuming after epoch {state.epoch} from {partial_dir(config.outfile)}")
-    return state
+    return RunState(**saved["state"])
 
 
 # --- one epoch ----------------------------------------------------------------------------------------
@@ -666,25 +687,37 @@ def run_epoch(
 
 
 def train_step(run: Trainable, step: list[list[Encoded]], group: Group) -> tuple[float, int, int]:
-    """One optimizer step over this process's share of `step`: (summed loss, label tokens, item tokens)."""
-    loss, tokens, seen = 0.0, 0, 0
-    for batch in step[group.rank :: group.world]:
+    """One optimizer step over this process's share of `step`: (summed loss, label tokens, item tokens).
+
+    The loss is the mean over the share's label tokens (as transformers' Trainer normalises gradient
+    accumulation), weighted by the share's batches over all processes; its batches run in as few
+    forwards as `forward_groups` allows.
+    """
+    mine = step[group.rank :: group.world]
+    examples = [e for batch in mine for e in batch]
+    label_tokens = sum(len(e.label) for e in examples)
+    share = len(mine) / run.step_batches
+    loss, tokens = 0.0, 0
+    for chunk in forward_groups(examples, run.forward_tokens, _forward_width(run)):
         if run.prefixes is not None:
-            loss_sum, n_tokens = prefix_mod.suffix_loss(run.prefixes, batch, run.objective)
+            loss_sum, n_tokens = prefix_mod.suffix_loss(run.prefixes, chunk, run.objective)
         else:
-            loss_sum, n_tokens = label_loss(run.model, batch, run.pad_id, run.alora, run.objective)
-        (loss_sum / max(n_tokens, 1) / run.step_batches).backward()
-        loss, tokens, seen = (
-            loss + float(loss_sum.detach()),
-            tokens + n_tokens,
-            seen + sum(e.length for e in batch),
-        )
+            loss_sum, n_tokens = label_loss(run.model, chunk, run.pad_id, run.alora, run.objective)
+        (loss_sum / max(label_tokens, 1) * share).backward()
+        loss, tokens = loss + float(loss_sum.detach()), tokens + n_tokens
     distributed.sum_grads(run.params, group)
     torch.nn.utils.clip_grad_norm_(run.params, 1.0)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss, tokens, seen
+    return loss, tokens, sum(e.length for e in examples)
+
+
+def _forward_width(run: Trainable) -> Callable[[Encoded], int]:
+    """Tokens of one example in a training forward: invocation and label on a cached prefix, else all."""
+    if run.prefixes is not None:
+        return lambda e: e.length - e.invocation_start
+    return lambda e: e.length
 
 
 # --- evaluate -----------------------------------------------------------------------------------------

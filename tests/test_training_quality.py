@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reqcheck import prefix_cache
@@ -84,6 +85,16 @@ def test_the_sweep_finds_the_lowest_rate_of_a_u_shaped_loss_and_stops_climbing(l
     assert len(calls) <= abs(start - low) + 3
 
 
+def test_a_short_run_limits_the_rates_tried() -> None:
+    """--epochs 1 tries at most two rates, so the sweep never costs more than the run once more."""
+    calls: list[float] = []
+    walk = climb(lambda rate: calls.append(rate) or rate, LR_CANDIDATES, LR_START)
+    assert len(walk) == len(LR_CANDIDATES)  # the lowest rate scores best: unlimited, the walk goes there
+    calls.clear()
+    tried = climb(lambda rate: calls.append(rate) or rate, LR_CANDIDATES, LR_START, most=2)
+    assert calls == [LR_START, LR_CANDIDATES[LR_CANDIDATES.index(LR_START) + 1]] and len(tried) == 2
+
+
 def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
     losses = dict(zip(LR_CANDIDATES, [5.0, 3.0, 1.0, float("nan"), float("inf")], strict=True))
     tried = climb(losses.__getitem__, LR_CANDIDATES, LR_START)
@@ -96,6 +107,40 @@ def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     result, computed = swept
     n_items = result.manifest.data["n_train"] + result.manifest.data["n_val"]
     assert len(computed) == len(set(computed)) == n_items
+
+
+def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    """The sweep's epochs are the run's first epoch: auto ends where a run at the chosen rate ends.
+
+    Dropout is 0 so no random mask tells the runs apart; the sweep costs only the other rates' epochs.
+    """
+    lines: list[str] = []
+
+    def run(rate: float | str, out: str) -> Manifest:
+        config = TrainConfig(
+            datafile=marker_data,
+            basemodel=str(tiny_model_dir),
+            outfile=tmp_path / out,
+            requirement=PLEASE,
+            dropout=0.0,
+            **{**FAST, "learning_rate": rate},
+        )
+        return train(config, report=lines.append).manifest
+
+    auto = run("auto", "auto")
+    chosen = auto.metrics["lr_sweep"]["chosen"]
+    fixed = run(chosen, "fixed")
+    assert sum(line.startswith("epoch ") and ": val loss" in line for line in lines) == 2 * FAST["epochs"] - 1
+    for key in ("best_val_loss", "best_epoch", "val_accuracy"):
+        assert auto.metrics[key] == pytest.approx(fixed.metrics[key], rel=1e-4)
+    for ours, theirs in zip(auto.metrics["history"], fixed.metrics["history"], strict=True):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+    auto_weights = load_file(tmp_path / "auto" / "adapter_model.safetensors")
+    fixed_weights = load_file(tmp_path / "fixed" / "adapter_model.safetensors")
+    for name, tensor in fixed_weights.items():
+        torch.testing.assert_close(auto_weights[name], tensor, rtol=1e-4, atol=1e-6)
 
 
 def test_auto_learning_rate_needs_a_validation_split(

@@ -12,13 +12,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reqcheck.config import TrainConfig
 from reqcheck.data import Example
-from reqcheck.encoding import batches, encode, label_loss
+from reqcheck.distributed import SOLO
+from reqcheck.encoding import LM, Encoded, batches, encode, forward_groups, label_loss
 from reqcheck.errors import ReqcheckError
 from reqcheck.manifest import Manifest
 from reqcheck.prefix_cache import PrefixCache, suffix_eval, suffix_loss
 from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
 from reqcheck.scoring import LabelSet
-from reqcheck.training import _full_eval, train
+from reqcheck.training import Trainable, _full_eval, train, train_step
 from tests.helpers import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
@@ -81,6 +82,45 @@ def test_prefix_cache_validation_equals_full_sequence_validation(setup) -> None:
         assert tokens == ref_tokens
         torch.testing.assert_close(scores.cpu(), ref_scores.cpu(), rtol=1e-4, atol=1e-4)
         assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def _one_step(model, pad_id: int, step, prefixes, forward_tokens: int) -> list[torch.Tensor]:
+    """The adapter weights after one plain-SGD optimizer step over `step`, then the start restored."""
+    start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    run = Trainable(
+        model, params, optimizer, scheduler, pad_id, True, prefixes, len(step), LM, forward_tokens
+    )
+    model.eval()  # no dropout in the fixture's adapter either way
+    train_step(run, step, SOLO)
+    after = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, s in zip(params, start, strict=True):
+            p.copy_(s)
+    return after
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["full-sequence", "prefix-cache"])
+def test_a_step_in_one_forward_equals_a_step_in_one_forward_per_batch(setup, cached: bool) -> None:
+    """Fusing a step's batches into one forward changes nothing the optimizer sees."""
+    model, pad_id, _, encoded = setup
+    step = batches(encoded[:8], 2)
+    prefixes = PrefixCache(model, pad_id, keep=True) if cached else None
+    apart = _one_step(model, pad_id, step, prefixes, forward_tokens=1)
+    fused = _one_step(model, pad_id, step, prefixes, forward_tokens=10_000)
+    for a, f in zip(apart, fused, strict=True):
+        torch.testing.assert_close(f, a, rtol=1e-4, atol=1e-6)
+
+
+def test_forward_groups_keep_order_and_the_token_budget() -> None:
+    examples = [Encoded([1] * n, 0, 0, [2], 0) for n in (3, 9, 2, 2, 5)]
+    groups = forward_groups(examples, budget=20, width=lambda e: e.length)
+    assert [e for g in groups for e in g] == examples
+    assert [len(g) for g in groups] == [2, 3]  # 2 rows x 10 tokens, then 3 rows x 6
+    assert all(len(g) * max(e.length for e in g) <= 20 for g in groups)
+    assert forward_groups(examples, budget=1, width=lambda e: e.length) == [[e] for e in examples]
 
 
 @pytest.fixture(scope="module")
