@@ -559,7 +559,7 @@ def lr_sweep(
         raise ReqcheckError("--learning-rate auto needs a validation split; pass --val-fraction above 0.")
     start = {k: v.detach().clone() for k, v in adapter_weights(model).items()}
     candidates: list[dict[str, Any]] = []
-    ends: dict[float, dict[str, Any]] = {}
+    best: dict[str, Any] = {}  # the lowest finite val loss so far: its rate and its end (one kept at a time)
 
     def score(rate: float) -> float:
         load_adapter_weights(model, start)
@@ -576,28 +576,27 @@ def lr_sweep(
             f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
         )
         candidates.append({"learning_rate": rate, **{k: metrics[k] for k in ("val_loss", "val_accuracy")}})
-        state = RunState()
-        state.record(metrics, adapter_weights(model))
-        ends[rate] = {
-            "adapter": state.best,
-            "optimizer": copy.deepcopy(run.optimizer.state_dict()),
-            "scheduler": run.scheduler.state_dict(),
-            "state": state,
-        }
+        if math.isfinite(metrics["val_loss"]) and metrics["val_loss"] < best.get("val_loss", math.inf):
+            state = RunState()
+            state.record(metrics, adapter_weights(model))
+            best.update(val_loss=metrics["val_loss"], rate=rate, state=state)
+            best["end"] = {
+                "adapter": state.best,
+                "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+                "scheduler": run.scheduler.state_dict(),
+            }
         return metrics["val_loss"]
 
     climb(score, LR_CANDIDATES, LR_START, most=config.epochs + 1)
-    finite = [c for c in candidates if math.isfinite(c["val_loss"])]
-    if not finite:
+    if not best:
         raise ReqcheckError(
             "Every learning rate of the sweep diverged; check the data, or pass --learning-rate."
         )
-    chosen = min(finite, key=lambda c: c["val_loss"])["learning_rate"]
-    report(f"lr sweep: chose {chosen:g} ({len(candidates)} rates, one epoch each); it goes on from there")
-    winner = ends[chosen]
-    winner["state"].sweep = {"candidates": candidates, "chosen": chosen}
-    winner["state"] = winner["state"].to_dict()
-    return winner
+    report(
+        f"lr sweep: chose {best['rate']:g} ({len(candidates)} rates, one epoch each); it goes on from there"
+    )
+    best["state"].sweep = {"candidates": candidates, "chosen": best["rate"]}
+    return {**best["end"], "state": best["state"].to_dict()}
 
 
 # --- resume or start ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck import prefix_cache
+from reqcheck import prefix_cache, training
 from reqcheck.config import TrainConfig
 from reqcheck.data import load_examples
 from reqcheck.encoding import Encoded, Objective, encode, label_loss
@@ -141,6 +141,22 @@ def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
     fixed_weights = load_file(tmp_path / "fixed" / "adapter_model.safetensors")
     for name, tensor in fixed_weights.items():
         torch.testing.assert_close(auto_weights[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nan = {"val_loss": math.nan, "val_label_loss": math.nan, "val_accuracy": 0.0, "val_recall": {}}
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: dict(nan))
+    config = TrainConfig(
+        datafile=marker_data,
+        basemodel=str(tiny_model_dir),
+        outfile=tmp_path / "a",
+        **{**FAST, "epochs": 1, "learning_rate": "auto"},
+    )
+    with pytest.raises(ReqcheckError, match="Every learning rate of the sweep diverged"):
+        train(config, report=lambda _: None)
+    assert not (tmp_path / "a").exists()
 
 
 def test_auto_learning_rate_needs_a_validation_split(
