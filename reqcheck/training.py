@@ -270,6 +270,8 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
         )
     if config.resume:
         prep.saved = read_checkpoint(partial_dir(config.outfile), prep.run_key, device)
+        if prep.saved is None:
+            report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
     return prep
 
 
@@ -607,8 +609,6 @@ def resume_or_start(
 ) -> RunState:
     """A fresh state, or the interrupted run's weights, optimizer, schedule and state."""
     if saved is None:
-        if config.resume:
-            report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
         return RunState()
     state = restore(run, saved)
     report(f"resuming after epoch {state.epoch} from {partial_dir(config.outfile)}")

@@ -159,6 +159,23 @@ def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     assert not (tmp_path / "a").exists()
 
 
+def test_resume_without_an_interrupted_run_says_so_before_the_sweep(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    config = TrainConfig(
+        datafile=marker_data,
+        basemodel=str(tiny_model_dir),
+        outfile=tmp_path / "a",
+        resume=True,
+        **{**FAST, "epochs": 1, "learning_rate": "auto"},
+    )
+    train(config, report=lines.append)
+    said = [i for i, line in enumerate(lines) if line.startswith("--resume: no interrupted run")]
+    swept = [i for i, line in enumerate(lines) if line.startswith("lr sweep")]
+    assert len(said) == 1 and swept and said[0] < swept[0]
+
+
 def test_auto_learning_rate_needs_a_validation_split(
     tiny_model_dir: Path, marker_data: Path, tmp_path
 ) -> None:
