@@ -33,7 +33,7 @@ from reqcheck.prompting import render
 from reqcheck.requirements import ALoraRequirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from roundtrip import agreement, arguments, caller_messages  # noqa: E402
+from roundtrip import agreement, arguments, caller_messages, row  # noqa: E402
 
 NAME = "roundtrip"
 
@@ -67,12 +67,9 @@ def main() -> None:
             raw = json.loads(response.choices[0].message.content)
             jsonschema.validate(raw, schema)
             result = json.loads(processor.transform(response, request).choices[0].message.content)
-            same_ids = (
-                generate_input["input_tokens"][0].tolist()
-                == render(tokenizer, example.item, manifest.prompt, requirement).input_ids
-            )
-            theirs = result["requirement_check"]["score"] if "requirement_check" in result else None
-            rows.append((example.label, ours, raw[manifest.output.field], theirs, same_ids))
+            rendered = render(tokenizer, example.item, manifest.prompt, requirement).input_ids
+            sent = generate_input["input_tokens"][0].tolist()
+            rows.append(row(example.label, ours, raw[manifest.output.field], result, sent, rendered))
 
     report = {
         "adapter": str(args.adapter),

@@ -24,6 +24,15 @@ def caller_messages(spec: PromptSpec, item: str) -> list[dict[str, str]]:
     return [*system, {"role": spec.item_role, "content": item}]
 
 
+def row(label: str, ours: Any, value: str, result: dict, sent: list[int], rendered: list[int]) -> tuple:
+    """One agreement row: (label, reqcheck's result, the other tool's raw value, its score, same prompt ids).
+
+    `result` is the other tool's processed output; its score is missing when it found no label.
+    """
+    theirs = result["requirement_check"]["score"] if "requirement_check" in result else None
+    return label, ours, value, theirs, sent == rendered
+
+
 def agreement(rows: list[tuple], other: str) -> dict[str, Any]:
     """Accuracy both ways, same labels and prompts, largest score gap, from (label, ours, raw, theirs, same_ids)."""
     n = len(rows)
