@@ -31,6 +31,10 @@ VARIANTS: dict[str, dict] = {
     "balance": {"balance": True},
     "val fraction=0.1": {"val_fraction": 0.1},
     "adapter=lora": {"adapter": "lora"},
+    "targets=attention": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "targets=all linear": {
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    },
 }
 
 

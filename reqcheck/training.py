@@ -740,7 +740,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Validation metrics over all processes' shares, from the label scores the checker reads.
 
-    val_loss: label-token loss; val_label_loss: cross-entropy of the label scores (what --loss label-set
+    val_loss: the validation value of the run's objective (what the sweep and the best epoch go by);
+    val_lm_loss: label-token loss; val_label_loss: cross-entropy of the label scores (what --loss label-set
     trains); val_accuracy; val_recall: per label, the share of its examples scored highest.
     """
     run.model.eval()
@@ -761,9 +762,11 @@ def evaluate(
     device = str(next(run.model.parameters()).device)
     totals = distributed.sum_values(totals, group, device)
     correct, support = totals[3 : 3 + n], totals[3 + n :]
+    lm_loss, label_loss = totals[0] / max(totals[1], 1), totals[2] / max(len(val), 1)
     return {
-        "val_loss": totals[0] / max(totals[1], 1),
-        "val_label_loss": totals[2] / max(len(val), 1),
+        "val_loss": run.objective.validation_loss(lm_loss, label_loss),
+        "val_lm_loss": lm_loss,
+        "val_label_loss": label_loss,
         "val_accuracy": sum(correct) / max(len(val), 1),
         "val_recall": {name: c / s for name, c, s in zip(labels.names, correct, support, strict=True) if s},
     }

@@ -259,6 +259,28 @@ def test_label_set_loss_reads_the_labels_where_the_checker_scores_them(
     torch.testing.assert_close(cached / cached_tokens, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["label-set", "lm+label-set"])
+def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
+    loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
+) -> None:
+    """`--loss label-set` keeps the epoch with the lowest label-set validation loss, not the lowest
+    label-token loss, which it does not train (that kept a near-chance first epoch on trec_questions)."""
+    config = TrainConfig(
+        datafile=marker_data,
+        basemodel=str(tiny_model_dir),
+        outfile=tmp_path / "adapter",
+        requirement=PLEASE,
+        loss=loss,
+        **FAST,
+    )
+    metrics = train(config, report=lambda _: None).manifest.metrics
+    history = metrics["history"]
+    trained = [h["val_label_loss"] + (h["val_lm_loss"] if loss == "lm+label-set" else 0.0) for h in history]
+    assert [h["val_loss"] for h in history] == pytest.approx(trained)
+    assert metrics["best_epoch"] == history[trained.index(min(trained))]["epoch"]
+    assert metrics["best_val_loss"] == pytest.approx(min(trained))
+
+
 @pytest.mark.parametrize("loss", ["lm", "lm+label-set"])
 def test_the_predicted_label_is_the_models_top_next_token(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path
