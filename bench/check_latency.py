@@ -19,13 +19,13 @@ import statistics
 import time
 from pathlib import Path
 
-from reqcheck.adapters import CustomIntrinsicAdapter
-from reqcheck.backend import LocalHFBackend
-from reqcheck.config import TrainConfig
-from reqcheck.data import load_examples
-from reqcheck.models import cache_dir
-from reqcheck.requirements import LLMaJRequirement, req
-from reqcheck.training import train
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import LLMaJRequirement, req
+from reqcheck.formats.data import load_examples
+from reqcheck.models.loading import cache_dir
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "support-polite" / "train.jsonl"

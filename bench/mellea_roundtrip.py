@@ -34,13 +34,13 @@ from mellea.formatters.granite.base.util import (
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck.adapters import CustomIntrinsicAdapter
-from reqcheck.backend import LocalHFBackend
-from reqcheck.data import load_examples
-from reqcheck.models import resolve_base_model
-from reqcheck.packaging import build_package
-from reqcheck.prompting import render
-from reqcheck.requirements import ALoraRequirement
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import ALoraRequirement
+from reqcheck.formats.data import load_examples
+from reqcheck.formats.prompting import render
+from reqcheck.models.loading import resolve_base_model
+from reqcheck.publishing.packaging import build_package
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from roundtrip import agreement, arguments, caller_messages, row  # noqa: E402

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from reqcheck.formats.gate_report import GateReport
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
     ROOT / "examples" / "support-polite" / "test.reqcheck.jsonl",
@@ -53,13 +55,13 @@ def timed_pytest(directory: Path, adapter: Path, *args: str) -> dict[str, float]
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    modes = json.loads(report.read_text())["adapters"][0]["modes"]
-    model_s = sum(m["n"] / m["items_per_s"] for m in modes.values() if m["items_per_s"] and not m["cached"])
+    modes = GateReport.read(report).adapters[0].modes
+    model_s = sum(m.n / m.items_per_s for m in modes.values() if m.items_per_s and not m.cached)
     return {
         "wall_s": seconds,
         "model_s": model_s,
-        **{f"{mode}_accuracy": m["accuracy"] for mode, m in modes.items()},
-        "cached": sum(m["cached"] for m in modes.values()),
+        **{f"{mode}_accuracy": m.accuracy for mode, m in modes.items()},
+        "cached": sum(m.cached for m in modes.values()),
     }
 
 

@@ -35,12 +35,12 @@ def train_and_score(
 
     Scoring goes through `LocalHFBackend.classify` (and `.judge` for the base model asked as a judge).
     """
-    from reqcheck.adapters import CustomIntrinsicAdapter
-    from reqcheck.backend import LocalHFBackend
-    from reqcheck.config import TrainConfig
-    from reqcheck.data import load_examples
-    from reqcheck.evaluation import classification_metrics
-    from reqcheck.training import train
+    from reqcheck.checking.adapters import CustomIntrinsicAdapter
+    from reqcheck.checking.backend import LocalHFBackend
+    from reqcheck.formats.data import load_examples
+    from reqcheck.gating.evaluation import classification_metrics
+    from reqcheck.training.config import TrainConfig
+    from reqcheck.training.loop import train
 
     requirement = REQUIREMENTS.get(root.name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,17 +66,17 @@ def train_and_score(
     expected = [e.label for e in test]
     metrics = classification_metrics(expected, [max(p, key=p.__getitem__) for p in probs], labels)
     row = {
-        "accuracy": round(metrics["accuracy"], 4),
-        "macro_f1": round(metrics["macro_f1"], 4),
-        "recall": {k: round(v["recall"], 4) for k, v in metrics["per_label"].items()},
+        "accuracy": round(metrics.accuracy, 4),
+        "macro_f1": round(metrics.macro_f1, 4),
+        "recall": {k: round(v.recall, 4) for k, v in metrics.per_label.items()},
         "majority": round(max(Counter(expected).values()) / len(expected), 4),
-        "val_accuracy": result.manifest.metrics.get("val_accuracy"),
+        "val_accuracy": result.manifest.metrics.val_accuracy,
         "learning_rate": result.manifest.hyperparameters["learning_rate"],
         "train_seconds": round(seconds, 1),
     }
     if judged is not None:
         guesses = [max(p, key=p.__getitem__) for p in judged]
-        row["judge_accuracy"] = round(classification_metrics(expected, guesses, labels)["accuracy"], 4)
+        row["judge_accuracy"] = round(classification_metrics(expected, guesses, labels).accuracy, 4)
     return row
 
 

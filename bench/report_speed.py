@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from reqcheck.evaluation import AdapterRun, Baseline, Gate, GateSettings, Prediction, build_report
+from reqcheck.formats.gate_report import DataFile, Gate, TrainingSummary
+from reqcheck.gating.evaluation import AdapterRun, Baseline, GateSettings, Prediction, build_report
 
 WORDS = (
     "the reply thanks you for waiting we are sorry parcel late refund today please sent order help".split()
@@ -34,15 +35,13 @@ def synthetic_run(
     run = AdapterRun(
         "synthetic", "ckpt/synthetic", "sha256:" + "0" * 64, {"name": "tiny"}, "alora", labels, positives,
         settings=GateSettings(gate_on="bound"),
-        training={"best_epoch": 4, "history": [
+        training=TrainingSummary(4, [
             {"epoch": e, "train_loss": 1.5 / e, "val_loss": 1.2 / e + 0.05 * max(0, e - 4), "val_accuracy": 1 - 0.4 / e}
             for e in range(1, 7)
-        ]},
+        ]),
         baseline=baseline,
     )  # fmt: skip
-    run.data = [
-        {"path": "synthetic.reqcheck.jsonl", "adapter": "synthetic", "fingerprint": "0" * 64, "n": cases}
-    ]
+    run.data = [DataFile("synthetic.reqcheck.jsonl", "synthetic", "0" * 64, cases)]
     for i in range(cases):
         expected = labels[i % len(labels)]
         item = " ".join(texts.choice(WORDS) for _ in range(texts.randint(8, 40)))
@@ -72,12 +71,12 @@ def main() -> None:
     labels = ["no", "yes"] if args.labels == 2 else [f"type_{k}" for k in range(args.labels)]
     with tempfile.TemporaryDirectory() as tmp:
         base_path = Path(tmp) / "base.json"
-        base_path.write_text(json.dumps(build_report([synthetic_run(args.cases, labels, 0.93, 1, None)])))
+        build_report([synthetic_run(args.cases, labels, 0.93, 1, None)]).write(base_path)
         report = build_report([synthetic_run(args.cases, labels, 0.9, 2, Baseline.read(base_path))])
         out = args.out or Path(tmp) / "report.html"
         imported = "matplotlib" in sys.modules
         started, cpu_started = time.perf_counter(), time.process_time()
-        from reqcheck.report_html import write_html
+        from reqcheck.gating.report_html import write_html
 
         write_html(report, out)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started

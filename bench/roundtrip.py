@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reqcheck.prompting import PromptSpec
+from reqcheck.formats.prompting import PromptSpec
 
 
 def arguments(doc: str) -> argparse.Namespace:

@@ -5,7 +5,7 @@ A variant is a `--prefix-cache` mode, optionally with `/batchwise`: the trainer 
 steps were fused (one forward per `--batch-size` batch, and the output projection over a strided slice
 of the hidden states), to measure what fusing gains.
 Prints one JSON object: per variant tokens/s, wall time, peak RSS and final validation loss, and the
-ratios the training-speed issue sets targets for (>= 5x faster, equal val loss within 2%, RSS <= 1.5x).
+ratios that matter (the speed-up, the validation loss within 2%, peak RSS).
 
     python bench/train_speed.py [--join 2] [--batch-size 8] [--limit N]
 """
@@ -28,7 +28,7 @@ def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
     """The benchmark's data file and where it came from.
 
     `join` > 1 joins that many consecutive replies of the same label into one item, for items of about
-    `join` times the length (the training-speed issue was measured on ~120-token items).
+    `join` times the length (about 120 tokens with `--join 2`).
     """
     rows = [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines() if line.strip()]
     by_label: dict[str, list[dict]] = {}
@@ -47,15 +47,16 @@ def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
 
 def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
     """Train once in this process and return its measurements."""
-    from reqcheck import models, training
-    from reqcheck.config import TrainConfig
-    from reqcheck.training import train
+    from reqcheck.models import loading
+    from reqcheck.training import loop
+    from reqcheck.training.config import TrainConfig
+    from reqcheck.training.loop import train
 
     mode, _, batchwise = args.child.partition("/")
     if batchwise:
         size = args.batch_size
-        models._contiguous_input = lambda module, inputs: None
-        training.forward_groups = lambda examples, budget, width: [
+        loading._contiguous_input = lambda module, inputs: None
+        loop.forward_groups = lambda examples, budget, width: [
             examples[i : i + size] for i in range(0, len(examples), size)
         ]
 
@@ -71,7 +72,7 @@ def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
         prefix_cache=mode,
     )
     result = train(config, report=lambda _: None)
-    history = result.manifest.metrics["history"]
+    history = result.manifest.metrics.history
     return {
         "prefix_cache": result.manifest.hyperparameters["prefix_cache"],
         "tokens_per_s": round(result.tokens_per_second, 1),

@@ -6,9 +6,9 @@ expected failures (or failures with `--reqcheck-strict`), and adds gate items (a
 the judge, no regression, per-label recall) whose failure fails the run. Without `--adapter` the
 plugin registers its options and nothing else: no torch or matplotlib import, no slower start-up.
 
-This module is pytest glue: the bookkeeping, statistics and verdicts live in `reqcheck.evaluation`
-(one `AdapterRun` per adapter), the text and HTML renderings in `reqcheck.report_text` and
-`reqcheck.report_html`.
+This module is pytest glue: the bookkeeping, statistics and verdicts live in `reqcheck.gating.evaluation`
+(one `AdapterRun` per adapter), the text and HTML renderings in `reqcheck.gating.report_text` and
+`reqcheck.gating.report_html`.
 """
 
 from __future__ import annotations
@@ -17,24 +17,26 @@ import fnmatch
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from reqcheck.errors import ReqcheckError
+from reqcheck.gating.gates import GATES
+from reqcheck.gating.gates import op as comparison
+
 if TYPE_CHECKING:
-    from reqcheck.evaluation import AdapterRun, Gate, GateSettings
+    from reqcheck.formats.gate_report import DataFile, Gate, GateReport
+    from reqcheck.gating.evaluation import AdapterRun, GateSettings
 
 FIXTURE_PATTERN = "*.reqcheck.jsonl"
-SETTINGS = {  # name: (type, help)
+SETTINGS = {  # name: (type, help); each gate of the table is one more
     "validation": (str, "run cases with validation on (adapter), off (judge) or both [both]"),
     "strict": (bool, "a wrong label fails its case instead of being an expected failure"),
-    "min_accuracy": (float, "gate: adapter accuracy must be at least this"),
-    "min_gain": (float, "gate: adapter accuracy minus judge accuracy must be at least this"),
+    **{kind.name: (float, f"gate: {kind.help}") for kind in GATES},
     "baseline": (str, "an earlier gate report to compare with (see max-drop)"),
-    "max_drop": (float, "gate: adapter accuracy may drop at most this below the baseline report's"),
-    "min_recall": (float, "gate: every label's recall (adapter mode) must be at least this"),
     "confidence": (float, "confidence level of the intervals and paired tests [0.95]"),
     "gate_on": (
         str,
@@ -60,10 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--reqcheck-validation", choices=["on", "off", "both"], default=None, help=SETTINGS["validation"][1]
     )
     group.addoption("--reqcheck-strict", action="store_true", default=None, help=SETTINGS["strict"][1])
-    for name in ("min_accuracy", "min_gain", "max_drop", "min_recall"):
-        group.addoption(
-            f"--reqcheck-{name.replace('_', '-')}", type=float, default=None, help=SETTINGS[name][1]
-        )
+    for kind in GATES:
+        group.addoption(kind.option, type=float, default=None, help=SETTINGS[kind.name][1])
     group.addoption("--reqcheck-baseline", default=None, metavar="REPORT", help=SETTINGS["baseline"][1])
     group.addoption(
         "--reqcheck-confidence", type=float, default=None, metavar="LEVEL", help=SETTINGS["confidence"][1]
@@ -129,26 +129,18 @@ def setting(config: pytest.Config, name: str) -> Any:
         raise pytest.UsageError(f"reqcheck_{name} = {value!r} is not a {kind.__name__}; fix it.") from None
 
 
-# gate thresholds: accuracy and recall are fractions; a gain or a drop is a difference of two of them
-THRESHOLD_RANGES = {
-    "min_accuracy": (0.0, 1.0),
-    "min_recall": (0.0, 1.0),
-    "max_drop": (0.0, 1.0),
-    "min_gain": (-1.0, 1.0),
-}
-
-
 def check_gate_settings(config: pytest.Config) -> None:
-    """Refuse thresholds no accuracy can meet, and a max-drop gate without a baseline, up front."""
-    for name, (low, high) in THRESHOLD_RANGES.items():
-        value = setting(config, name)
-        if value is not None and not low <= value <= high:
-            raise pytest.UsageError(
-                f"--reqcheck-{name.replace('_', '-')} {value} is outside [{low:g}, {high:g}]; pass a fraction "
-                "such as 0.9."
-            )
-    if setting(config, "max_drop") is not None and not setting(config, "baseline"):
-        raise pytest.UsageError("--reqcheck-max-drop needs --reqcheck-baseline REPORT.")
+    """Refuse thresholds no accuracy can meet, and a gate that needs a baseline without one, up front."""
+    for kind in GATES:
+        value = setting(config, kind.name)
+        if value is None:
+            continue
+        try:
+            kind.check_threshold(value)
+        except ReqcheckError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if kind.needs_baseline and not setting(config, "baseline"):
+            raise pytest.UsageError(f"{kind.option} needs --reqcheck-baseline REPORT.")
 
 
 class ReqcheckFailure(Exception):
@@ -170,8 +162,6 @@ class ReqcheckPlugin:
     """The session state: adapters, lazily loaded backend, predictions, gates and the report's outputs."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from reqcheck.errors import ReqcheckError
-
         self.config = config
         validation = setting(config, "validation") or "both"
         if validation not in ("on", "off", "both"):
@@ -181,9 +171,9 @@ class ReqcheckPlugin:
         self.patterns = [FIXTURE_PATTERN, *config.getini("reqcheck_files")]
         self._backend: Any = None
         self.predictions: dict[tuple[str, str, str], Any] = {}
-        self.files: dict[str, list[dict[str, Any]]] = {}
+        self.files: dict[str, list[DataFile]] = {}
         self.gates: list[tuple[str, Gate]] = []
-        self.report: dict[str, Any] | None = None
+        self.report: GateReport | None = None
         self.problems: list[str] = []
         self.ungated: dict[str, list[str]] = {}
         check_gate_settings(config)
@@ -194,7 +184,7 @@ class ReqcheckPlugin:
             raise pytest.UsageError(str(exc)) from None
 
     def _settings(self) -> GateSettings:
-        from reqcheck.evaluation import GateSettings
+        from reqcheck.gating.evaluation import GateSettings
 
         confidence = setting(self.config, "confidence")
         return GateSettings(
@@ -208,10 +198,11 @@ class ReqcheckPlugin:
     def _locate(self) -> dict[str, AdapterUnderTest]:
         """Adapter name -> its files, manifest, fingerprint and run, found without loading a model."""
         from reqcheck import __version__
-        from reqcheck.adapters import CustomIntrinsicAdapter, locate_adapter, resolve_adapter
-        from reqcheck.evaluation import AdapterRun, Baseline
-        from reqcheck.manifest import MANIFEST_NAME, Manifest, content_hash
-        from reqcheck.models import load_tokenizer, resolve_base_model
+        from reqcheck.checking.adapters import CustomIntrinsicAdapter, locate_adapter, resolve_adapter
+        from reqcheck.formats.gate_report import TrainingSummary
+        from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, content_hash
+        from reqcheck.gating.evaluation import AdapterRun, Baseline
+        from reqcheck.models.loading import load_tokenizer, resolve_base_model
 
         baseline_path = setting(self.config, "baseline")
         baseline = Baseline.read(baseline_path) if baseline_path else None
@@ -236,12 +227,12 @@ class ReqcheckPlugin:
                 name=adapter.name,
                 path=str(path),
                 content_hash=fingerprint["adapter"],
-                base_model=manifest.base_model,
+                base_model=asdict(manifest.public().base_model),
                 adapter_type=manifest.adapter_type,
                 labels=list(manifest.labels),
                 positive_labels=list(manifest.positive_labels),
                 settings=self.settings,
-                training={k: manifest.metrics[k] for k in ("best_epoch", "history") if k in manifest.metrics},
+                training=TrainingSummary(manifest.metrics.best_epoch, manifest.metrics.history),
                 baseline=baseline,
             )
             found[adapter.name] = AdapterUnderTest(adapter, path, manifest, fingerprint, run)
@@ -251,8 +242,7 @@ class ReqcheckPlugin:
     def backend(self) -> Any:
         """The session's LocalHFBackend, loaded on the first case that is not in the cache."""
         if self._backend is None:
-            from reqcheck.backend import LocalHFBackend
-            from reqcheck.errors import ReqcheckError
+            from reqcheck.checking.backend import LocalHFBackend
 
             try:
                 backend = LocalHFBackend(
@@ -270,7 +260,7 @@ class ReqcheckPlugin:
         """The adapter that checks a fixture line: the one trained for its requirement, else the only one."""
         if len(self.adapters) == 1:
             return next(iter(self.adapters))
-        from reqcheck.requirements import same_requirement
+        from reqcheck.checking.requirements import same_requirement
 
         for name, adapter in self.adapters.items():
             if same_requirement(adapter.manifest.requirement, requirement):
@@ -312,23 +302,20 @@ class ReqcheckPlugin:
         )
 
     def _make_gates(self, cases: list[ReqcheckCase]) -> list[tuple[str, Gate]]:
-        """The gates of each adapter; a recall gate only for labels that have cases (others are listed)."""
-        from reqcheck.evaluation import Gate
+        """The gates of each adapter; a per-label gate only for labels that have cases (others are listed)."""
+        from reqcheck.formats.gate_report import Gate
 
         gates = []
         for name, adapter in self.adapters.items():
-            if (value := setting(self.config, "min_accuracy")) is not None:
-                gates.append((name, Gate("min_accuracy", "adapter", value)))
-            if (value := setting(self.config, "min_gain")) is not None:
-                gates.append((name, Gate("min_gain", "adapter-judge", value)))
-            if (value := setting(self.config, "max_drop")) is not None:
-                gates.append((name, Gate("max_drop", "adapter", value)))
-            if (value := setting(self.config, "min_recall")) is not None:
+            for kind in GATES:
+                if (value := setting(self.config, kind.name)) is None:
+                    continue
+                if not kind.per_label:
+                    gates.append((name, Gate(kind.name, kind.mode, value, paired=kind.paired)))
+                    continue
                 present = {c.example.label for c in cases if c.adapter == name}
                 labels = adapter.manifest.labels
-                gates += [
-                    (name, Gate("min_recall", "adapter", value, label=x)) for x in labels if x in present
-                ]
+                gates += [(name, Gate(kind.name, kind.mode, value, label=x)) for x in labels if x in present]
                 self.ungated[name] = [label for label in labels if label not in present]
             adapter.run.gates = [g for a, g in gates if a == name]
         return gates
@@ -337,8 +324,6 @@ class ReqcheckPlugin:
 
     def prediction(self, case: ReqcheckCase) -> Any:
         """The case's prediction; on the first miss, every selected case is predicted in batches."""
-        from reqcheck.errors import ReqcheckError
-
         key = (case.adapter, case.mode, case.key)
         if key not in self.predictions:
             try:
@@ -349,7 +334,7 @@ class ReqcheckPlugin:
 
     def _predict_all(self, cases: list[ReqcheckCase]) -> None:
         """Predict every case in batches, both modes per batch, reading and writing the pytest cache."""
-        from reqcheck.evaluation import Prediction, predict
+        from reqcheck.gating.evaluation import Prediction, predict
 
         # config.cache does not exist at all under -p no:cacheprovider
         use_cache = getattr(self.config, "cache", None) is not None and not self.config.getoption(
@@ -399,14 +384,13 @@ class ReqcheckPlugin:
     # reporting
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Build the report once; write the JSON, the HTML page and the CI step summary that were asked for."""
+        """Build the report once; write the JSON, the HTML page and the CI step summary its options name."""
         if not any(a.run.cases for a in self.adapters.values()):
             return
-        from reqcheck.errors import ReqcheckError
-        from reqcheck.evaluation import build_report
+        from reqcheck.gating.evaluation import build_report
 
         for name, adapter in self.adapters.items():
-            adapter.run.data = [f for fs in self.files.values() for f in fs if f["adapter"] == name]
+            adapter.run.data = [f for fs in self.files.values() for f in fs if f.adapter == name]
         self.report = build_report([a.run for a in self.adapters.values()])
         outputs = [
             (self.config.getoption("reqcheck_report"), self._write_json),
@@ -423,17 +407,15 @@ class ReqcheckPlugin:
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def _write_json(self, path: str) -> None:
-        from reqcheck.atomic import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.report, indent=2) + "\n")
+        self.report.write(path)
 
     def _write_html(self, path: str) -> None:
-        from reqcheck.report_html import write_html
+        from reqcheck.gating.report_html import write_html
 
         write_html(self.report, path)
 
     def _append_step_summary(self, path: str) -> None:
-        from reqcheck.report_text import markdown
+        from reqcheck.gating.report_text import markdown
 
         with open(path, "a", encoding="utf-8") as summary:
             summary.write(markdown(self.report))
@@ -441,7 +423,7 @@ class ReqcheckPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is None:
             return
-        from reqcheck.report_text import terminal_lines
+        from reqcheck.gating.report_text import terminal_lines
 
         terminalreporter.section("reqcheck")
         confidence = self.settings.confidence
@@ -449,10 +431,10 @@ class ReqcheckPlugin:
             f"intervals: {confidence:.0%} (Wilson for rates; exact McNemar, paired by case, for gain and drop); "
             f"gates decided on the {'lower bound' if self.settings.gate_on == 'bound' else 'point value'}"
         )
-        for entry in self.report["adapters"]:
+        for entry in self.report.adapters:
             for line in terminal_lines(entry):
                 terminalreporter.write_line(line)
-            for label in self.ungated.get(entry["name"], []):
+            for label in self.ungated.get(entry.name, []):
                 terminalreporter.write_line(f"  gate min_recall[{label}]: no cases -> not gated")
         for problem in self.problems:
             terminalreporter.write_line(f"reqcheck: {problem}", red=True)
@@ -460,9 +442,7 @@ class ReqcheckPlugin:
 
 def _base_spec(adapter: str) -> str:
     """The base model an adapter directory names (reqcheck.json, else PEFT's adapter_config.json)."""
-    from reqcheck.errors import ReqcheckError
-    from reqcheck.manifest import MANIFEST_NAME, Manifest
-    from reqcheck.models import is_hub_id
+    from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, is_hub_id
 
     path = Path(adapter).expanduser()
     if not path.exists():
@@ -474,7 +454,7 @@ def _base_spec(adapter: str) -> str:
         )
     try:
         if (path / MANIFEST_NAME).exists():
-            return str(Manifest.read(path).base_model["spec"])
+            return Manifest.read(path).base_model.spec
         spec = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     except ReqcheckError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -492,7 +472,8 @@ class ReqcheckFile(pytest.File):
     """A JSONL fixture file: one case per line and mode; bad lines are one collection error."""
 
     def collect(self):  # type: ignore[override]
-        from reqcheck.data import fingerprint, parse_lines
+        from reqcheck.formats.data import fingerprint, parse_lines
+        from reqcheck.formats.gate_report import DataFile
 
         plugin = self.config.stash[plugin_key]
         examples, problems = parse_lines(self.path)
@@ -510,8 +491,7 @@ class ReqcheckFile(pytest.File):
                     self, name=f"{name}[{mode}]", example=example, mode=mode, adapter=adapter
                 )
         plugin.files[str(self.path)] = [
-            {"path": str(self.path), "adapter": a, "fingerprint": fingerprint(e), "n": len(e)}
-            for a, e in by_adapter.items()
+            DataFile(str(self.path), a, fingerprint(e), len(e)) for a, e in by_adapter.items()
         ]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
@@ -539,7 +519,7 @@ class ReqcheckCase(pytest.Item):
     @staticmethod
     def case_key(plugin: ReqcheckPlugin, adapter: str, mode: str, example: Any) -> str:
         """The disk-cache key: adapter and base fingerprint, mode, item and what the model is told."""
-        from reqcheck.evaluation import case_key
+        from reqcheck.gating.evaluation import case_key
 
         fingerprint = plugin.adapters[adapter].fingerprint
         return case_key(fingerprint, mode, example.item, plugin.requirement(adapter, mode, example))
@@ -591,8 +571,6 @@ class GateItem(pytest.Item):
         self.add_marker("reqcheck")
 
     def runtest(self) -> None:
-        from reqcheck.errors import ReqcheckError
-
         run = self.config.stash[plugin_key].adapters[self.adapter].run
         try:
             run.evaluate(self.gate)
@@ -614,7 +592,7 @@ class GateItem(pytest.Item):
 
 def _shortfall(gate: Gate) -> str:
     """Why a gate failed, in the terms it was decided on."""
-    op = "<=" if gate.name == "max_drop" else ">="
+    op = comparison(gate.name)
     if gate.on == "point" or gate.interval is None:
         return f"{gate.value:.3f} is not {op} {gate.threshold}"
     low, high = gate.interval
@@ -646,7 +624,7 @@ def reqcheck_backend(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def reqcheck_check(reqcheck_backend: Any) -> Any:
     """`reqcheck_check(text, requirement=None) -> ValidationResult`, routed like LocalHFBackend.check."""
-    from reqcheck.requirements import req
+    from reqcheck.checking.requirements import req
 
     def check(text: str, requirement: str | None = None) -> Any:
         if requirement is None:

@@ -12,15 +12,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LocalHFBackend": "reqcheck.backend",
-    "CustomIntrinsicAdapter": "reqcheck.adapters",
-    "Session": "reqcheck.session",
-    "Requirement": "reqcheck.requirements",
-    "ALoraRequirement": "reqcheck.requirements",
-    "LLMaJRequirement": "reqcheck.requirements",
-    "ValidationResult": "reqcheck.requirements",
-    "req": "reqcheck.requirements",
-    "check": "reqcheck.requirements",
+    "LocalHFBackend": "reqcheck.checking.backend",
+    "CustomIntrinsicAdapter": "reqcheck.checking.adapters",
+    "Session": "reqcheck.checking.session",
+    "Requirement": "reqcheck.checking.requirements",
+    "ALoraRequirement": "reqcheck.checking.requirements",
+    "LLMaJRequirement": "reqcheck.checking.requirements",
+    "ValidationResult": "reqcheck.checking.requirements",
+    "req": "reqcheck.checking.requirements",
+    "check": "reqcheck.checking.requirements",
     "ReqcheckError": "reqcheck.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

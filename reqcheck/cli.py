@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from reqcheck.config import Device, TrainConfig
 from reqcheck.errors import ReqcheckError
+from reqcheck.training.config import Device, TrainConfig
 
 if TYPE_CHECKING:
-    from reqcheck.hub import Target
-    from reqcheck.packaging import Package
+    from reqcheck.publishing.hub import Target
+    from reqcheck.publishing.packaging import Package
 
 app = typer.Typer(
     add_completion=False,
@@ -97,8 +97,8 @@ def _config_from(config_type: type, options: dict[str, Any]) -> Any:
 @_options_from(TrainConfig)
 def train(**options: Any) -> None:
     """Fine-tune a LoRA or aLoRA requirement-check adapter from labelled JSONL."""
-    from reqcheck.training import summary
-    from reqcheck.training import train as run_training
+    from reqcheck.training.loop import summary
+    from reqcheck.training.loop import train as run_training
 
     _state["training"] = True  # an interrupted run can be resumed
     result = run_training(_config_from(TrainConfig, options), report=_say)
@@ -142,8 +142,8 @@ def upload(
     """Upload an adapter to the Hugging Face Hub, refused unless a gate report vouches for it."""
     import tempfile
 
-    from reqcheck.hub import Target, hub_endpoint, hub_token, push
-    from reqcheck.packaging import build_package
+    from reqcheck.publishing.hub import Target, hub_endpoint, hub_token, push
+    from reqcheck.publishing.packaging import build_package
 
     if gate is not None and no_gate:
         raise ReqcheckError("--gate and --no-gate contradict each other; pass only one.")
@@ -179,7 +179,7 @@ def upload(
 
 
 def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str) -> None:
-    from reqcheck.packaging import file_tree
+    from reqcheck.publishing.packaging import file_tree
 
     layout = f"intrinsic ({built.subdir}/)" if built.subdir else "plain (adapter at the repo root)"
     visibility = "private" if target.private else "public"
@@ -190,11 +190,10 @@ def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str
 
 def _confirm_public(built: Package, ask: bool) -> None:
     """Before a public upload, show what the training data seems to hold and ask (never print values)."""
-    from reqcheck.personal_data import scan_file
+    from reqcheck.publishing.personal_data import scan_file
 
     manifest = built.facts.manifest
-    recorded = manifest.data.get("path") if manifest else None
-    data_path = Path(recorded) if isinstance(recorded, str) and recorded else None
+    data_path = Path(manifest.data.path) if manifest and manifest.data.path else None
     findings = scan_file(data_path) if data_path else None
     if findings == []:
         return
@@ -237,7 +236,7 @@ def package(
 ) -> None:
     """Write locally exactly what `upload --intrinsic` would upload, to inspect it or push it elsewhere."""
     from reqcheck.atomic import atomic_directory
-    from reqcheck.packaging import build_package, file_tree, is_package_dir
+    from reqcheck.publishing.packaging import build_package, file_tree, is_package_dir
 
     built = build_package(
         weight_path, name, intrinsic=True, io_yaml=io_yaml, intrinsic_name=intrinsic_name, gate_report=gate
@@ -283,10 +282,10 @@ def report_command(
     html: Annotated[Path, typer.Option(help="Write the report as one self-contained HTML file here.")],
 ) -> None:
     """Render a saved gate report as HTML (plots, gates, misclassified cases, regressions); no model needed."""
-    from reqcheck.evaluation import read_report
-    from reqcheck.report_html import write_html
+    from reqcheck.formats.gate_report import GateReport
+    from reqcheck.gating.report_html import write_html
 
-    write_html(read_report(report), html)
+    write_html(GateReport.read(report), html)
     _say(f"wrote {html}")
 
 

@@ -9,7 +9,6 @@ settings are unchanged, the pytest cache for the gate).
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import subprocess
 import sys
@@ -20,12 +19,14 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from reqcheck.config import TrainConfig
-from reqcheck.data import fingerprint, label_counts, load_examples
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import MANIFEST_NAME, Manifest, default_positive_labels
-from reqcheck.models import resolve_base_model
-from reqcheck.training import summary, train
+from reqcheck.formats.data import fingerprint, label_counts, load_examples
+from reqcheck.formats.gate_report import GateReport
+from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, default_positive_labels
+from reqcheck.gating.numbers import number
+from reqcheck.models.loading import resolve_base_model
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import summary, train
 
 DEMO_PROMPT = "Write a two-sentence reply to a customer whose parcel arrived a week late."
 PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no cases collected"}
@@ -100,9 +101,8 @@ def changed_since_training(adapter: Path, config: TrainConfig) -> list[str]:
     built = Manifest.read(adapter)
     base = resolve_base_model(config.basemodel)
     same = {
-        "data": built.data.get("fingerprint") == fingerprint(load_examples(config.datafile)),
-        "base model": (built.base_model.get("name"), built.base_model.get("revision"))
-        == (base.name, base.revision),
+        "data": built.data.fingerprint == fingerprint(load_examples(config.datafile)),
+        "base model": (built.base_model.name, built.base_model.revision) == (base.name, base.revision),
         "requirement": built.requirement == config.requirement,
         "adapter type": built.adapter_type == config.adapter,
         "settings": all(built.hyperparameters.get(k) == v for k, v in config.hyperparameters().items()),
@@ -141,13 +141,11 @@ def _gate_failure(code: int, lines: list[str], report: Path) -> str:
     if cause:
         return f"The gate could not run: {cause.rstrip('.')}."
     if report.exists():
-        entries = json.loads(report.read_text(encoding="utf-8"))["adapters"]
         missed = [
-            f"{g['name']}{'[' + g['label'] + ']' if g.get('label') else ''} "
-            f"{'-' if g['value'] is None else format(g['value'], '.3f')} against a threshold of {g['threshold']}"
-            for entry in entries
-            for g in entry["gates"]
-            if not g["passed"]
+            f"{g.name}{'[' + g.label + ']' if g.label else ''} {number(g.value)} against a threshold of {g.threshold}"
+            for entry in GateReport.read(report).adapters
+            for g in entry.gates
+            if not g.passed
         ]
         if missed:
             return f"The gate failed: {'; '.join(missed)} (details in {report})."
@@ -237,10 +235,10 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 
     say("[4/4] a Session: generate a reply, then check it through the adapter and through the judge")
     checks = _session(config, adapter, requirement, say)
-    metrics = json.loads(report.read_text())["adapters"][0]["modes"]
+    modes = GateReport.read(report).adapters[0].modes
     say(
-        f"done in {time.perf_counter() - started:.0f} s: adapter accuracy {metrics['adapter']['accuracy']:.3f}, "
-        f"judge accuracy {metrics['judge']['accuracy']:.3f}; adapter in {adapter}, gate report in {report}"
+        f"done in {time.perf_counter() - started:.0f} s: adapter accuracy {number(modes['adapter'].accuracy)}, "
+        f"judge accuracy {number(modes['judge'].accuracy)}; adapter in {adapter}, gate report in {report}"
     )
     say(f"the gate report as a page: {config.workdir / 'report.html'}")
     return {"adapter": adapter, "report": report, "html": config.workdir / "report.html", "checks": checks}
@@ -249,10 +247,10 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
 def _session(
     config: DemoConfig, adapter: Path, requirement: str, say: Callable[[str], None]
 ) -> dict[str, object]:
-    from reqcheck.adapters import CustomIntrinsicAdapter
-    from reqcheck.backend import LocalHFBackend
-    from reqcheck.requirements import req
-    from reqcheck.session import Session
+    from reqcheck.checking.adapters import CustomIntrinsicAdapter
+    from reqcheck.checking.backend import LocalHFBackend
+    from reqcheck.checking.requirements import req
+    from reqcheck.checking.session import Session
 
     backend = LocalHFBackend(config.basemodel, device=config.device)
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(adapter), intrinsic_name=config.example.name))

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
-from reqcheck.config import TrainConfig
-from reqcheck.training import TrainResult, train
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import TrainResult, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.adapters import CustomIntrinsicAdapter
-from reqcheck.backend import LocalHFBackend
-from reqcheck.config import TrainConfig
-from reqcheck.data import Example, load_examples
-from reqcheck.encoding import encode
-from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import tokenize
-from reqcheck.requirements import (
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import (
     ALoraRequirement,
     LLMaJRequirement,
     Requirement,
@@ -23,8 +18,13 @@ from reqcheck.requirements import (
     check,
     req,
 )
-from reqcheck.session import Session
-from reqcheck.training import train
+from reqcheck.checking.session import Session
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import Example, load_examples
+from reqcheck.formats.prompting import tokenize
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.encoding import encode
+from reqcheck.training.loop import train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-import reqcheck.packaging
-import reqcheck.training
+import reqcheck.publishing.packaging
+import reqcheck.training.loop
 from tests.helpers import run_cli
 
 
@@ -14,9 +14,15 @@ def interrupt(*_args, **_kwargs):
 @pytest.mark.parametrize(
     ("command", "patched"),
     [
-        (["train", "data.jsonl", "--basemodel", "m", "--outfile", "out"], (reqcheck.training, "train")),
-        (["upload", "adapter", "--name", "acme/x", "--no-gate"], (reqcheck.packaging, "build_package")),
-        (["package", "adapter", "--name", "acme/x", "--out", "pkg"], (reqcheck.packaging, "build_package")),
+        (["train", "data.jsonl", "--basemodel", "m", "--outfile", "out"], (reqcheck.training.loop, "train")),
+        (
+            ["upload", "adapter", "--name", "acme/x", "--no-gate"],
+            (reqcheck.publishing.packaging, "build_package"),
+        ),
+        (
+            ["package", "adapter", "--name", "acme/x", "--out", "pkg"],
+            (reqcheck.publishing.packaging, "build_package"),
+        ),
     ],
 )
 def test_ctrl_c_suggests_resume_only_for_train(command, patched, capsys, monkeypatch) -> None:

@@ -159,7 +159,7 @@ def test_train_help_text_is_unchanged(monkeypatch) -> None:
 
 def _config_from(args: list[str], capsys, monkeypatch) -> dict:
     """The TrainConfig that `reqcheck train ARGS` hands to the trainer (the trainer itself does not run)."""
-    import reqcheck.training
+    import reqcheck.training.loop
 
     seen = []
 
@@ -167,7 +167,7 @@ def _config_from(args: list[str], capsys, monkeypatch) -> dict:
         seen.append(config)
         raise ReqcheckError("captured")
 
-    monkeypatch.setattr(reqcheck.training, "train", capture)
+    monkeypatch.setattr(reqcheck.training.loop, "train", capture)
     code, err = run_cli(["train", *args], capsys, monkeypatch)
     assert (code, err.strip()) == (2, "error: captured")
     return dataclasses.asdict(seen[0])

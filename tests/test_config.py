@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.config import AdapterType, Device, PrefixCacheMode, Renderer, TrainConfig
 from reqcheck.errors import ReqcheckError
+from reqcheck.training.config import AdapterType, Device, PrefixCacheMode, Renderer, TrainConfig
 
 
 def _config(**overrides) -> TrainConfig:
@@ -111,6 +111,6 @@ def test_every_field_is_a_command_line_option() -> None:
 
 def test_the_config_and_the_cli_do_not_import_torch() -> None:
     """`reqcheck train --help` stays fast because building the options needs no torch."""
-    code = "import sys, reqcheck.cli, reqcheck.config; print('torch' in sys.modules)"
+    code = "import sys, reqcheck.cli, reqcheck.training.config; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.data import fingerprint, load_examples, stratified_split
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import fingerprint, load_examples, stratified_split
 
 
 def write(tmp_path: Path, text: str) -> Path:

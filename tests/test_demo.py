@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.config import TrainConfig
 from reqcheck.demo import DemoConfig, changed_since_training, examples_dir, run_demo
 from reqcheck.errors import ReqcheckError
+from reqcheck.training.config import TrainConfig
 from tests.helpers import ALL_LINEAR, FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 

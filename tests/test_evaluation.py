@@ -7,15 +7,14 @@ import pytest
 from scipy.stats import binomtest
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.evaluation import (
+from reqcheck.formats.gate_report import Gate, GateReport
+from reqcheck.gating.evaluation import (
     AdapterRun,
     Baseline,
-    Gate,
     GateSettings,
     Prediction,
     build_report,
     item_hash,
-    read_report,
 )
 
 LABELS = ["no", "yes"]
@@ -37,7 +36,7 @@ def make_run(wrong: set[int], n: int = 80, settings: GateSettings | None = None,
 
 
 def write_report(path: Path, *runs: AdapterRun) -> Path:
-    path.write_text(json.dumps(build_report(list(runs))))
+    path.write_text(build_report(list(runs)).to_json())
     return path
 
 
@@ -79,12 +78,12 @@ def test_regressions_are_listed_by_name_both_ways(tmp_path: Path) -> None:
     run = make_run(wrong={2, 4}, baseline=Baseline.read(base))
     comparison = run.comparison()
     assert comparison.shared == 80 and comparison.baseline_only == comparison.current_only == 0
-    assert [c["id"] for c in comparison.right_to_wrong] == ["case2", "case4"]
-    assert [c["id"] for c in comparison.wrong_to_right] == ["case7"]
+    assert [c.id for c in comparison.right_to_wrong] == ["case2", "case4"]
+    assert [c.id for c in comparison.wrong_to_right] == ["case7"]
     change = comparison.right_to_wrong[0]
-    assert change["item"] == "reply number 2" and change["expected"] == "no"
-    assert change["baseline"]["predicted"] == "no" and change["current"]["predicted"] == "yes"
-    entry = run.to_dict()
+    assert change.item == "reply number 2" and change.expected == "no"
+    assert change.baseline.predicted == "no" and change.current.predicted == "yes"
+    entry = run.to_entry().to_dict()
     assert [c["id"] for c in entry["baseline"]["right_to_wrong"]] == ["case2", "case4"]
 
 
@@ -94,7 +93,7 @@ def test_cases_are_matched_by_item_hash_not_by_line(tmp_path: Path) -> None:
         case.line += 100
         case.id = "renamed-" + case.id
     run = make_run(wrong=set(), baseline=Baseline.read(write_report(tmp_path / "base.json", base)))
-    assert [c["id"] for c in run.comparison().wrong_to_right] == ["case0"]
+    assert [c.id for c in run.comparison().wrong_to_right] == ["case0"]
 
 
 def test_a_baseline_of_other_cases_is_one_sentence(tmp_path: Path) -> None:
@@ -105,7 +104,7 @@ def test_a_baseline_of_other_cases_is_one_sentence(tmp_path: Path) -> None:
                    baseline=Baseline.read(write_report(tmp_path / "other.json", other)))  # fmt: skip
     with pytest.raises(ReqcheckError, match=r"shares no cases with this run.*same test files\.$"):
         run.evaluate(Gate("max_drop", "adapter", 0.0))
-    assert "shares no cases" in run.to_dict()["baseline"]["problem"]
+    assert "shares no cases" in run.to_entry().to_dict()["baseline"]["problem"]
 
 
 def test_a_format_1_baseline_works_for_point_gates_and_says_paired_ones_need_a_newer_report(
@@ -120,7 +119,7 @@ def test_a_format_1_baseline_works_for_point_gates_and_says_paired_ones_need_a_n
     with pytest.raises(ReqcheckError, match="format 1 and holds no per-case records.*format 2"):
         drop_gate(path, wrong={5}, gate_on="bound")
     run = make_run(wrong=set(), baseline=Baseline.read(path))
-    assert "format 1" in run.to_dict()["baseline"]["problem"]
+    assert "format 1" in run.to_entry().to_dict()["baseline"]["problem"]
 
 
 def test_a_baseline_without_this_adapter_names_the_ones_it_has(baseline: Path) -> None:
@@ -163,7 +162,7 @@ def test_gain_gate_is_paired_on_the_cases_both_modes_ran() -> None:
 
 
 def test_report_format_2_holds_per_case_records_intervals_and_calibration() -> None:
-    report = build_report([make_run(wrong={3}, settings=GateSettings(confidence=0.9))])
+    report = build_report([make_run(wrong={3}, settings=GateSettings(confidence=0.9))]).to_dict()
     entry = report["adapters"][0]
     assert report["report_format"] == 2 and entry["confidence"] == 0.9 and entry["gate_on"] == "point"
     case = entry["cases"][3]
@@ -186,10 +185,10 @@ def test_report_format_2_holds_per_case_records_intervals_and_calibration() -> N
 
 def test_items_can_be_kept_as_hashes_only_and_long_items_are_shortened() -> None:
     run = make_run(wrong=set(), n=2, settings=GateSettings(items="hash"))
-    assert all("item" not in c and len(c["item_hash"]) == 64 for c in run.case_records())
+    assert all(c.item is None and len(c.item_hash) == 64 for c in run.case_records())
     long = make_run(wrong=set(), n=1)
     long.cases[("t.reqcheck.jsonl", 1)].item = "x" * 500
-    assert long.case_records()[0]["item"] == "x" * 199 + "…"
+    assert long.case_records()[0].item == "x" * 199 + "…"
 
 
 @pytest.mark.parametrize(
@@ -219,11 +218,11 @@ def test_unreadable_reports_are_one_sentence(tmp_path: Path, content: str, messa
     path = tmp_path / "report.json"
     path.write_text(content)
     with pytest.raises(ReqcheckError, match=message):
-        read_report(path)
+        GateReport.read(path)
 
 
 def test_both_report_formats_are_read(tmp_path: Path, baseline: Path) -> None:
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"report_format": 1, "passed": True, "adapters": []}))
-    assert read_report(old)["report_format"] == 1
-    assert read_report(baseline)["report_format"] == 2
+    assert GateReport.read(old).report_format == 1
+    assert GateReport.read(baseline).report_format == 2

@@ -24,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reqcheck.cli import main
-from reqcheck.config import TrainConfig
-from reqcheck.data import fingerprint, label_counts, load_examples
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import content_hash
-from reqcheck.packaging import RESPONSE_SCHEMA
-from reqcheck.training import load_training_data
+from reqcheck.formats.data import fingerprint, label_counts, load_examples
+from reqcheck.formats.io_yaml import RESPONSE_SCHEMA
+from reqcheck.formats.manifest import content_hash
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import load_training_data
 
 # --- generated values -------------------------------------------------------------------------------
 

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from huggingface_hub import constants
 
-from reqcheck.adapters import CustomIntrinsicAdapter
-from reqcheck.backend import LocalHFBackend
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import ALoraRequirement
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import content_hash
-from reqcheck.models import short_model_name
-from reqcheck.packaging import generate_io_yaml, io_yaml_labels, read_adapter, validate_io_yaml
-from reqcheck.personal_data import scan_text
-from reqcheck.requirements import ALoraRequirement
+from reqcheck.formats.io_yaml import IoYaml, io_yaml_labels
+from reqcheck.formats.manifest import content_hash, short_model_name
+from reqcheck.publishing.adapter import generate_io_yaml, read_adapter
+from reqcheck.publishing.personal_data import scan_text
 from tests.fake_hub import FakeHub
 from tests.helpers import PLEASE, run_cli
 
@@ -137,7 +137,7 @@ def test_intrinsic_upload_on_a_branch_round_trips(hub, tiny_adapters, backend, t
 def test_generated_io_yaml_is_valid_and_round_trips(adapter, tmp_path):
     facts = read_adapter(adapter)
     text = generate_io_yaml(facts)
-    config = validate_io_yaml(text, "generated")
+    config = IoYaml.parse(text, "generated").to_dict()
     assert config["model"] is None and set(config) == {
         "model",
         "response_format",

@@ -24,13 +24,13 @@ from peft import PeftModel
 from peft.tuners.lora.variants import calculate_alora_offsets
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck.adapters import CustomIntrinsicAdapter
-from reqcheck.backend import LocalHFBackend
-from reqcheck.config import TrainConfig
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import ALoraRequirement, req
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import MANIFEST_NAME, Manifest
-from reqcheck.output import JSON_V1, OutputSpec, check_labels
-from reqcheck.prompting import (
+from reqcheck.formats.manifest import MANIFEST_NAME, Manifest
+from reqcheck.formats.output import JSON_V1, OutputSpec, check_labels
+from reqcheck.formats.prompting import (
     INTRINSIC_RENDERER,
     REQUIREMENT_INSTRUCTION,
     PromptSpec,
@@ -38,8 +38,8 @@ from reqcheck.prompting import (
     invocation_ids,
     render,
 )
-from reqcheck.requirements import ALoraRequirement, req
-from reqcheck.training import train
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import train
 from tests.helpers import FAST, PLEASE, run_cli
 from tests.tiny import (
     TRIAGE,
@@ -301,7 +301,7 @@ def test_a_manifest_output_contract_that_cannot_be_read_is_one_sentence(output) 
 
 def edited_io_yaml(adapter: Path, tmp_path: Path, edit) -> Path:
     """The io.yaml reqcheck writes for `adapter`, changed by `edit(config)`, as a user's file."""
-    from reqcheck.packaging import generate_io_yaml, read_adapter
+    from reqcheck.publishing.adapter import generate_io_yaml, read_adapter
 
     config = yaml.safe_load(generate_io_yaml(read_adapter(adapter)))
     edit(config)

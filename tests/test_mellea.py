@@ -35,11 +35,11 @@ from mellea.formatters.granite.base.util import (
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck.adapters import CustomIntrinsicAdapter as ReqcheckAdapter
-from reqcheck.backend import LocalHFBackend
-from reqcheck.config import TrainConfig
-from reqcheck.requirements import ALoraRequirement
-from reqcheck.training import train
+from reqcheck.checking.adapters import CustomIntrinsicAdapter as ReqcheckAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.requirements import ALoraRequirement
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import train
 from tests.helpers import FAST, PLEASE
 from tests.test_intrinsic_contract import ITEMS, package, packaged_dir
 from tests.tiny import build_tiny_bpe_tokenizer, build_tiny_model, marker_task, write_jsonl

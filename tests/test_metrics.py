@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.evaluation import (
+from reqcheck.formats.gate_report import Gate, GateReport
+from reqcheck.gating.evaluation import (
     AdapterRun,
     Baseline,
-    Gate,
     Prediction,
     classification_metrics,
     mode_summary,
     percentile,
 )
-from reqcheck.stats import wilson_interval
+from reqcheck.gating.stats import wilson_interval
 
 
 def test_metrics_of_a_known_confusion_matrix() -> None:
     expected = ["yes", "yes", "yes", "no", "no", "maybe"]
     predicted = ["yes", "yes", "no", "no", "yes", "maybe"]
-    metrics = classification_metrics(expected, predicted, ["maybe", "no", "yes"])
+    metrics = asdict(classification_metrics(expected, predicted, ["maybe", "no", "yes"]))
     assert metrics["n"] == 6
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["confusion"] == {
@@ -40,7 +42,7 @@ def test_metrics_of_a_known_confusion_matrix() -> None:
 
 
 def test_a_label_never_predicted_has_zero_precision_not_a_division_error() -> None:
-    metrics = classification_metrics(["yes", "no"], ["no", "no"], ["no", "yes"])
+    metrics = asdict(classification_metrics(["yes", "no"], ["no", "no"], ["no", "yes"]))
     assert metrics["per_label"]["yes"] == {
         "precision": 0.0,
         "recall": 0.0,
@@ -52,7 +54,7 @@ def test_a_label_never_predicted_has_zero_precision_not_a_division_error() -> No
 
 
 def test_no_cases_gives_zero_accuracy_without_error() -> None:
-    metrics = classification_metrics([], [], ["no", "yes"])
+    metrics = asdict(classification_metrics([], [], ["no", "yes"]))
     assert (metrics["n"], metrics["accuracy"], metrics["macro_f1"]) == (0, 0.0, 0.0)
 
 
@@ -72,7 +74,7 @@ def test_mode_summary_reports_latency_in_ms_and_throughput() -> None:
         Prediction({"yes": 0.9, "no": 0.1}, 0.010),
         Prediction({"yes": 0.2, "no": 0.8}, 0.030, True),
     ]
-    summary = mode_summary(["yes", "yes"], predictions, ["no", "yes"])
+    summary = asdict(mode_summary(["yes", "yes"], predictions, ["no", "yes"]))
     assert summary["accuracy"] == 0.5
     assert summary["latency_ms"] == {"p50": pytest.approx(10.0), "p95": pytest.approx(30.0)}
     assert summary["items_per_s"] == pytest.approx(2 / 0.040)
@@ -82,7 +84,8 @@ def test_mode_summary_reports_latency_in_ms_and_throughput() -> None:
 def gated_run(baseline_modes: dict) -> AdapterRun:
     """Ten cases: the adapter gets 9 right (recall 0.8 on yes, 1.0 on no), the judge 6; a format-1 baseline."""
     baseline = Baseline(
-        "base.json", {"report_format": 1, "adapters": [{"name": "a", "modes": baseline_modes}]}
+        "base.json",
+        GateReport.from_dict({"report_format": 1, "adapters": [{"name": "a", "modes": baseline_modes}]}),
     )
     run = AdapterRun("a", "a", "sha256:0", {}, "alora", ["no", "yes"], ["yes"], baseline=baseline)
     for i in range(10):

@@ -7,7 +7,7 @@ import huggingface_hub.constants
 import pytest
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.models import resolve_base_model
+from reqcheck.models.loading import resolve_base_model
 
 
 def test_hub_id_resolves_from_the_local_cache_offline(

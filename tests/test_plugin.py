@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from reqcheck.manifest import content_hash
+from reqcheck.formats.manifest import content_hash
 from tests.helpers import PLEASE
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import (
+from reqcheck.formats.prompting import (
     DEFAULT_INVOCATION,
     MELLEA_RENDERER,
     PromptSpec,

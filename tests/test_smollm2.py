@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from reqcheck.config import TrainConfig
-from reqcheck.training import train
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import train
 from tests.tiny import marker_task, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -24,8 +24,8 @@ def test_training_on_smollm2_lowers_the_loss(tmp_path: Path) -> None:
         device="cpu",
     )
     result = train(config, report=lambda _: None)
-    history = result.manifest.metrics["history"]
+    history = result.manifest.metrics.history
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.7
     assert history[-1]["val_loss"] < history[0]["val_loss"]
-    assert result.manifest.base_model["name"] == "SmolLM2-135M-Instruct"
+    assert result.manifest.base_model.name == "SmolLM2-135M-Instruct"
     assert result.manifest.prompt.invocation == "<|im_start|>assistant\n"

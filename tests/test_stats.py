@@ -3,7 +3,7 @@
 import pytest
 from scipy import stats as scipy_stats
 
-from reqcheck import stats
+from reqcheck.gating import stats
 
 COUNTS = [(0, 5), (1, 1), (3, 10), (39, 40), (78, 80), (80, 80), (500, 1000), (1, 1000)]
 
@@ -17,7 +17,7 @@ def test_wilson_interval_matches_scipy(successes: int, n: int, confidence: float
     )
 
 
-def test_the_issue_example_an_accuracy_of_0975_on_80_cases_is_roughly_091_to_099() -> None:
+def test_an_accuracy_of_0975_on_80_cases_is_roughly_091_to_099() -> None:
     low, high = stats.wilson_interval(78, 80, 0.95)
     assert (round(low, 2), round(high, 2)) == (0.91, 0.99)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reqcheck.config import TrainConfig
 from reqcheck.errors import ReqcheckError
-from reqcheck.training import partial_dir, train
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import partial_dir, train
 from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
 
 FAST_FLAGS = ["--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "--grad-accum", "1"]
@@ -117,7 +117,7 @@ def test_what_would_fail_after_the_model_loaded_fails_first(
         (model / "config.json").write_text(text)
     elif case == "no tokenizer":
         model = _model_without(tiny_model_dir, tmp_path / "model", "tokenizer.json", "tokenizer_config.json")
-    monkeypatch.setattr("reqcheck.training.load_model", _must_not_load)
+    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
     code, err = run_cli(_train_cli(marker_data, model, out, *extra), capsys, monkeypatch)
     _assert_one_clear_error(code, err, expected)
     assert not out.exists() and not partial_dir(out).exists()
@@ -146,7 +146,7 @@ import os, signal, sys
 
 import torch
 
-import reqcheck.manifest
+import reqcheck.formats.manifest
 
 where = sys.argv[1]
 steps = 0
@@ -167,7 +167,7 @@ def write(self, directory):
 
 torch.optim.AdamW.step = counted
 if where == "writing the adapter":
-    reqcheck.manifest.Manifest.write = write
+    reqcheck.formats.manifest.Manifest.write = write
 from reqcheck.cli import main
 
 sys.argv = ["reqcheck", *sys.argv[2:]]
@@ -193,9 +193,9 @@ def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
 
     config = TrainConfig(marker_data, str(tiny_model_dir), out, requirement=PLEASE, resume=True, **FAST)
     resumed = train(config, report=lambda _: None).manifest.metrics
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4], f"killed at {where}"
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4], f"killed at {where}"
     uninterrupted = tiny_adapters["alora"].manifest.metrics
-    assert resumed["val_accuracy"] >= min(0.9, uninterrupted["val_accuracy"]), f"killed at {where}"
+    assert resumed.val_accuracy >= min(0.9, uninterrupted.val_accuracy), f"killed at {where}"
     assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
 
 

@@ -6,12 +6,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck.config import TrainConfig
-from reqcheck.data import load_examples
-from reqcheck.manifest import Manifest, content_hash
-from reqcheck.prompting import render
-from reqcheck.scoring import score_labels
-from reqcheck.training import partial_dir, train
+from reqcheck.formats.data import load_examples
+from reqcheck.formats.manifest import Manifest, content_hash
+from reqcheck.formats.prompting import render
+from reqcheck.models.scoring import score_labels
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import partial_dir, train
 from tests.helpers import FAST
 from tests.tiny import marker_task, write_jsonl
 
@@ -48,7 +48,7 @@ def test_adapter_learns_the_task_on_held_out_data(
     tiny_adapters, tiny_model_dir: Path, held_out: Path, kind: str
 ) -> None:
     result = tiny_adapters[kind]
-    assert result.manifest.metrics["val_accuracy"] >= 0.9
+    assert result.manifest.metrics.val_accuracy >= 0.9
     accuracy, _ = accuracy_with_plain_peft(result.outfile, tiny_model_dir, held_out)
     assert accuracy >= 0.9
 
@@ -139,7 +139,7 @@ def test_interrupted_run_leaves_no_finished_looking_adapter_and_resumes(
     config.resume = True
     result = train(config, report=lines.append)
     assert any("resuming after epoch 1" in line for line in lines)
-    assert [h["epoch"] for h in result.manifest.metrics["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in result.manifest.metrics.history] == [1, 2, 3, 4]
     assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
 
 

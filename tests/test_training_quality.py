@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck import prefix_cache, training
-from reqcheck.config import TrainConfig
-from reqcheck.data import load_examples
-from reqcheck.encoding import Encoded, Objective, encode, label_loss
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import Manifest
-from reqcheck.prompting import render
-from reqcheck.scoring import score_labels
-from reqcheck.training import LR_CANDIDATES, LR_START, climb, train
+from reqcheck.formats.data import load_examples
+from reqcheck.formats.manifest import Manifest
+from reqcheck.formats.prompting import render
+from reqcheck.models.scoring import score_labels
+from reqcheck.training import loop, prefix_cache
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.encoding import Encoded, Objective, encode, label_loss
+from reqcheck.training.loop import LR_CANDIDATES, LR_START, climb, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
@@ -55,18 +55,18 @@ def swept(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.Temp
 
 def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(swept) -> None:
     result, _ = swept
-    sweep = result.manifest.metrics["lr_sweep"]
-    losses = {c["learning_rate"]: c["val_loss"] for c in sweep["candidates"]}
+    sweep = result.manifest.metrics.lr_sweep
+    losses = {c["learning_rate"]: c["val_loss"] for c in sweep.candidates}
     assert LR_START in losses and len(losses) >= 2
     finite = {rate: loss for rate, loss in losses.items() if math.isfinite(loss)}
-    assert sweep["chosen"] == min(finite, key=finite.__getitem__)
+    assert sweep.chosen == min(finite, key=finite.__getitem__)
     # the chosen rate is a low point of the grid: each neighbour was tried and did worse
-    at = LR_CANDIDATES.index(sweep["chosen"])
+    at = LR_CANDIDATES.index(sweep.chosen)
     for neighbour in LR_CANDIDATES[max(at - 1, 0) : at + 2]:
         assert neighbour in losses
-    assert result.manifest.hyperparameters["learning_rate"] == sweep["chosen"]
+    assert result.manifest.hyperparameters["learning_rate"] == sweep.chosen
     assert len(set(losses.values())) > 1  # the candidates really trained differently
-    assert result.manifest.metrics["val_accuracy"] >= 0.9
+    assert result.manifest.metrics.val_accuracy >= 0.9
 
 
 @pytest.mark.parametrize("low", range(len(LR_CANDIDATES)))
@@ -105,7 +105,7 @@ def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
 def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     """Every item's prefix is computed once for the whole sweep and the run after it."""
     result, computed = swept
-    n_items = result.manifest.data["n_train"] + result.manifest.data["n_val"]
+    n_items = result.manifest.data.n_train + result.manifest.data.n_val
     assert len(computed) == len(set(computed)) == n_items
 
 
@@ -130,12 +130,12 @@ def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
         return train(config, report=lines.append).manifest
 
     auto = run("auto", "auto")
-    chosen = auto.metrics["lr_sweep"]["chosen"]
+    chosen = auto.metrics.lr_sweep.chosen
     fixed = run(chosen, "fixed")
     assert sum(line.startswith("epoch ") and ": val loss" in line for line in lines) == 2 * FAST["epochs"] - 1
     for key in ("best_val_loss", "best_epoch", "val_accuracy"):
-        assert auto.metrics[key] == pytest.approx(fixed.metrics[key], rel=1e-4)
-    for ours, theirs in zip(auto.metrics["history"], fixed.metrics["history"], strict=True):
+        assert getattr(auto.metrics, key) == pytest.approx(getattr(fixed.metrics, key), rel=1e-4)
+    for ours, theirs in zip(auto.metrics.history, fixed.metrics.history, strict=True):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
     auto_weights = load_file(tmp_path / "auto" / "adapter_model.safetensors")
     fixed_weights = load_file(tmp_path / "fixed" / "adapter_model.safetensors")
@@ -147,7 +147,7 @@ def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nan = {"val_loss": math.nan, "val_label_loss": math.nan, "val_accuracy": 0.0, "val_recall": {}}
-    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: dict(nan))
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: dict(nan))
     config = TrainConfig(
         datafile=marker_data,
         basemodel=str(tiny_model_dir),
@@ -274,11 +274,11 @@ def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
         **FAST,
     )
     metrics = train(config, report=lambda _: None).manifest.metrics
-    history = metrics["history"]
+    history = metrics.history
     trained = [h["val_label_loss"] + (h["val_lm_loss"] if loss == "lm+label-set" else 0.0) for h in history]
     assert [h["val_loss"] for h in history] == pytest.approx(trained)
-    assert metrics["best_epoch"] == history[trained.index(min(trained))]["epoch"]
-    assert metrics["best_val_loss"] == pytest.approx(min(trained))
+    assert metrics.best_epoch == history[trained.index(min(trained))]["epoch"]
+    assert metrics.best_val_loss == pytest.approx(min(trained))
 
 
 @pytest.mark.parametrize("loss", ["lm", "lm+label-set"])

@@ -10,16 +10,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reqcheck.config import TrainConfig
-from reqcheck.data import Example
-from reqcheck.distributed import SOLO
-from reqcheck.encoding import LM, Encoded, batches, encode, forward_groups, label_loss
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import Manifest
-from reqcheck.prefix_cache import PrefixCache, suffix_eval, suffix_loss
-from reqcheck.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
-from reqcheck.scoring import LabelSet
-from reqcheck.training import Trainable, _full_eval, train, train_step
+from reqcheck.formats.data import Example
+from reqcheck.formats.manifest import Manifest
+from reqcheck.formats.output import LabelSet
+from reqcheck.formats.prompting import PromptSpec, default_invocation, invocation_ids, label_ids
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.distributed import SOLO
+from reqcheck.training.encoding import LM, Encoded, batches, encode, forward_groups, label_loss
+from reqcheck.training.loop import Trainable, _full_eval, train, train_step
+from reqcheck.training.prefix_cache import PrefixCache, suffix_eval, suffix_loss
 from tests.helpers import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
@@ -188,6 +188,6 @@ def test_torchrun_two_processes_equal_one_process(
     )
     multi = Manifest.read(tmp_path / "two")
     assert multi.hyperparameters["processes"] == 2
-    for ours, theirs in zip(multi.metrics["history"], single.manifest.metrics["history"], strict=True):
+    for ours, theirs in zip(multi.metrics.history, single.manifest.metrics.history, strict=True):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=2e-2)
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=2e-2)

@@ -12,18 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reqcheck.config import AdapterType
+from reqcheck.choices import AdapterType
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import (
+from reqcheck.formats.io_yaml import io_yaml_labels
+from reqcheck.formats.manifest import (
     MANIFEST_NAME,
+    BaseModelRef,
     Manifest,
     adapter_config,
     check_weights,
     default_positive_labels,
+    is_hub_id,
+    short_model_name,
 )
-from reqcheck.models import is_hub_id, short_model_name
-from reqcheck.packaging import io_yaml_labels
-from reqcheck.prompting import (
+from reqcheck.formats.prompting import (
     DEFAULT_INVOCATION,
     MELLEA_RENDERER,
     PromptSpec,
@@ -136,11 +138,12 @@ def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any
             f"{adapter.model_id} has no reqcheck.json and no io.yaml with label categories; pass "
             "labels=[...] to CustomIntrinsicAdapter."
         )
+    base = str(config.get("base_model_name_or_path") or "")
     positives = (
         adapter.positive_labels or (from_yaml[1] if from_yaml else None) or default_positive_labels(labels)
     )
     return Manifest(
-        base_model={"name": config.get("base_model_name_or_path") or "", "revision": None},
+        base_model=BaseModelRef(spec=base, name=base),
         adapter_type=(AdapterType.alora if ids else AdapterType.lora).value,
         prompt=PromptSpec(invocation=invocation, renderer=MELLEA_RENDERER),
         invocation_ids=list(ids) if ids else invocation_ids(tokenizer, invocation),
@@ -190,7 +193,7 @@ def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer:
     path = locate_adapter(adapter, base_short)
     if (path / MANIFEST_NAME).exists():
         manifest, source = Manifest.read(path), "reqcheck"
-        trained_on = short_model_name(manifest.base_model.get("name", ""))
+        trained_on = manifest.base_model.short_name
         if trained_on.lower() != base_short.lower():
             raise ReqcheckError(
                 f"Adapter {adapter.name} was trained on {trained_on} but the backend runs {base_short}; "
@@ -206,7 +209,7 @@ def resolve_adapter(adapter: CustomIntrinsicAdapter, base_short: str, tokenizer:
             )
     else:
         manifest, source = _mellea_manifest(adapter, path, tokenizer), "mellea"
-        trained_on = short_model_name(manifest.base_model["name"])
+        trained_on = manifest.base_model.short_name
         if trained_on and trained_on.lower() != base_short.lower():
             raise ReqcheckError(
                 f"Adapter {adapter.name} was trained on {trained_on} but the backend runs {base_short}; "

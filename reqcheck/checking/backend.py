@@ -21,12 +21,21 @@ from typing import Any
 
 import torch
 
-from reqcheck import kvcache
-from reqcheck.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
+from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
+from reqcheck.checking.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
+from reqcheck.checking.requirements import (
+    ALoraRequirement,
+    LLMaJRequirement,
+    Requirement,
+    ValidationResult,
+    same_requirement,
+)
 from reqcheck.errors import ReqcheckError
-from reqcheck.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
-from reqcheck.kvcache import KV
-from reqcheck.models import (
+from reqcheck.formats.output import LabelSet
+from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, as_messages, render
+from reqcheck.models import kvcache
+from reqcheck.models.kvcache import KV
+from reqcheck.models.loading import (
     load_model,
     load_tokenizer,
     quiet_peft_wrap,
@@ -34,15 +43,7 @@ from reqcheck.models import (
     resolve_device,
     training_dtype,
 )
-from reqcheck.prompting import Messages, PromptSpec, Rendered, as_messages, render
-from reqcheck.requirements import (
-    ALoraRequirement,
-    LLMaJRequirement,
-    Requirement,
-    ValidationResult,
-    same_requirement,
-)
-from reqcheck.scoring import LabelSet, Prefix, left_pad, score_labels
+from reqcheck.models.scoring import Prefix, left_pad, score_labels
 
 Context = str | Messages
 

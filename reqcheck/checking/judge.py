@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from reqcheck.prompting import CHAT_RENDERER, PromptSpec, label_ids, question_invocation
-from reqcheck.scoring import LabelSet
+from reqcheck.formats.output import LabelSet
+from reqcheck.formats.prompting import CHAT_RENDERER, PromptSpec, label_ids, question_invocation
 
 JUDGE_LABELS = ["yes", "no"]
 

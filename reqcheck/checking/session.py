@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reqcheck.backend import Context, LocalHFBackend
-from reqcheck.requirements import Requirement, ValidationResult
+from reqcheck.checking.backend import Context, LocalHFBackend
+from reqcheck.checking.requirements import Requirement, ValidationResult
 
 
 @dataclass

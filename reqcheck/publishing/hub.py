@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reqcheck.errors import ReqcheckError
-from reqcheck.packaging import file_tree
+from reqcheck.publishing.packaging import file_tree
 
 
 def hub_token() -> str:

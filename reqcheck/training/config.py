@@ -12,41 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from reqcheck.choices import AdapterType, Choice, Device
 from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import CHAT_RENDERER, INTRINSIC_RENDERER, MELLEA_RENDERER
-
-
-class Choice(str, Enum):
-    """A closed set of string values: compares, hashes, prints and serialises as its value."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: Any, name: str) -> Choice:
-        """`value` as a member, or one sentence naming `name` and the accepted values."""
-        try:
-            return cls(value)
-        except ValueError:
-            values = [member.value for member in cls]
-            accepted = f"{', '.join(values[:-1])} or {values[-1]}"
-            raise ReqcheckError(f"Unknown {name} {value!r}; use {accepted}.") from None
-
-
-class AdapterType(Choice):
-    alora = "alora"
-    lora = "lora"
-
-
-class Device(Choice):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+from reqcheck.formats.prompting import CHAT_RENDERER, INTRINSIC_RENDERER, MELLEA_RENDERER
 
 
 class Renderer(Choice):

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from reqcheck.data import Example
 from reqcheck.errors import ReqcheckError
-from reqcheck.prompting import PromptSpec, find_subsequence, invocation_ids, render
-from reqcheck.scoring import LabelSet, left_pad
+from reqcheck.formats.data import Example
+from reqcheck.formats.output import LabelSet
+from reqcheck.formats.prompting import PromptSpec, find_subsequence, invocation_ids, render
+from reqcheck.models.scoring import left_pad
 
 
 @dataclass

@@ -21,27 +21,32 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reqcheck import data as data_mod
-from reqcheck import distributed
-from reqcheck import prefix_cache as prefix_mod
 from reqcheck.atomic import atomic_directory
-from reqcheck.config import AdapterType, Loss, LRSchedule, TrainConfig
-from reqcheck.data import Example
-from reqcheck.distributed import Group
-from reqcheck.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
 from reqcheck.errors import ReqcheckError
-from reqcheck.manifest import Manifest, default_positive_labels, is_reqcheck_adapter, library_versions
-from reqcheck.models import (
+from reqcheck.formats import data as data_mod
+from reqcheck.formats.data import Example
+from reqcheck.formats.manifest import (
+    DataRecord,
+    LrSweep,
+    Manifest,
+    TrainingMetrics,
+    default_positive_labels,
+    is_reqcheck_adapter,
+)
+from reqcheck.formats.output import LabelSet, OutputSpec, check_labels, contract
+from reqcheck.formats.prompting import PromptSpec, invocation_ids
+from reqcheck.models.loading import (
     BaseModelRef,
     load_model,
     load_tokenizer,
@@ -50,12 +55,15 @@ from reqcheck.models import (
     resolve_device,
     training_dtype,
 )
-from reqcheck.output import OutputSpec, check_labels, contract
-from reqcheck.prompting import PromptSpec, invocation_ids
-from reqcheck.scoring import LabelSet, score_labels
+from reqcheck.models.scoring import score_labels
+from reqcheck.training import distributed
+from reqcheck.training import prefix_cache as prefix_mod
+from reqcheck.training.checkpoint import Checkpoint, RunState, partial_dir
+from reqcheck.training.config import AdapterType, Loss, LRSchedule, TrainConfig
+from reqcheck.training.distributed import Group
+from reqcheck.training.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
 
 Reporter = Callable[[str], None]
-CHECKPOINT_KEYS = {"run_key", "adapter", "optimizer", "scheduler", "state"}
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Prepared:
     train_set: list[Encoded]
     val_set: list[Encoded]
     run_key: str
-    saved: dict[str, Any] | None = None
+    saved: Checkpoint | None = None
 
     @property
     def truncated(self) -> int:
@@ -106,35 +114,6 @@ class Trainable:
     step_batches: int  # batches per optimizer step, over all processes
     objective: Objective = LM
     forward_tokens: int = 2048  # most rows x width one forward takes (forward_groups)
-
-
-@dataclass
-class RunState:
-    """Where a run stands after each epoch: what a resumed run needs besides the weights and optimizer."""
-
-    epoch: int = 0
-    best: dict[str, torch.Tensor] | None = None
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    sweep: dict[str, Any] | None = None
-
-    def record(self, metrics: dict[str, float], weights: dict[str, torch.Tensor]) -> None:
-        """Add an epoch's metrics; keep its weights when its validation loss is the best so far.
-
-        Without a validation set the latest epoch counts as the best.
-        """
-        self.history.append(metrics)
-        score = metrics.get("val_loss", -metrics["epoch"])
-        if score < self.best_val_loss or self.best is None:
-            self.best_val_loss = score
-            self.best = {k: v.detach().clone() for k, v in weights.items()}
-            self.best_epoch = metrics["epoch"]
-        self.epoch = metrics["epoch"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain tensors, numbers, lists and dicts: what `torch.load(weights_only=True)` reads back."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
@@ -174,8 +153,8 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     swept = None
     if config.learning_rate == "auto" and prep.saved is None:
         swept = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, device, report)
-    sweep = (swept or prep.saved or {}).get("state", {}).get("sweep")
-    rate = sweep["chosen"] if config.learning_rate == "auto" else config.learning_rate
+    start = swept or prep.saved
+    rate = start.state.sweep.chosen if config.learning_rate == "auto" else config.learning_rate
     run = optimizer_and_schedule(config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group)
     state = restore(run, swept) if swept else resume_or_start(config, prep.saved, run, report)
     if swept and group.main:
@@ -269,7 +248,7 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
             "from the start"
         )
     if config.resume:
-        prep.saved = read_checkpoint(partial_dir(config.outfile), prep.run_key, device)
+        prep.saved = Checkpoint.read(partial_dir(config.outfile), prep.run_key, device)
         if prep.saved is None:
             report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
     return prep
@@ -349,43 +328,6 @@ def _run_key(config: TrainConfig, ref: BaseModelRef, fingerprint: str) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()
-
-
-def partial_dir(outfile: Path) -> Path:
-    """Where an unfinished run keeps its resume checkpoint (never mistaken for an adapter)."""
-    outfile = Path(outfile)
-    return outfile.parent / f".{outfile.name}.reqcheck-partial"
-
-
-def read_checkpoint(checkpoint: Path, run_key: str, device: str) -> dict[str, Any] | None:
-    """The saved state of an interrupted run of this command, or None when there is none.
-
-    Read with `weights_only=True`: tensors, numbers, strings, lists and dicts only, so a file planted
-    beside the output cannot run code.
-    """
-    saved = checkpoint / "state.pt"
-    if not saved.exists():
-        return None
-    unusable = f"The resume checkpoint {saved} is damaged or was not written by reqcheck"
-    try:
-        loaded = torch.load(saved, map_location=device, weights_only=True)
-    except Exception as exc:  # damage shows as RuntimeError, KeyError, EOFError, UnicodeDecodeError, ...
-        raise ReqcheckError(
-            f"{unusable} ({type(exc).__name__}); rerun without --resume to start over."
-        ) from exc
-    state_fields = {f.name for f in fields(RunState)}
-    if not (
-        isinstance(loaded, dict)
-        and loaded.keys() >= CHECKPOINT_KEYS
-        and isinstance(loaded["state"], dict)
-        and loaded["state"].keys() == state_fields
-    ):
-        raise ReqcheckError(f"{unusable}; rerun without --resume to start over.")
-    if loaded["run_key"] != run_key:
-        raise ReqcheckError(
-            f"The interrupted run in {checkpoint} used other data, model or flags; rerun without --resume."
-        )
-    return loaded
 
 
 # --- build the model, optimizer and schedule --------------------------------------------------------
@@ -548,7 +490,7 @@ def lr_sweep(
     group: Group,
     device: str,
     report: Reporter,
-) -> dict[str, Any]:
+) -> Checkpoint:
     """Train the run's first epoch at each candidate rate; the one with the lowest validation loss goes on.
 
     Every candidate starts from the same adapter and runs exactly the run's first epoch (its schedule,
@@ -597,15 +539,16 @@ def lr_sweep(
     report(
         f"lr sweep: chose {best['rate']:g} ({len(candidates)} rates, one epoch each); it goes on from there"
     )
-    best["state"].sweep = {"candidates": candidates, "chosen": best["rate"]}
-    return {**best["end"], "state": best["state"].to_dict()}
+    best["state"].sweep = LrSweep(candidates, best["rate"])
+    end = best["end"]
+    return Checkpoint(prep.run_key, end["adapter"], end["optimizer"], end["scheduler"], best["state"])
 
 
 # --- resume or start ----------------------------------------------------------------------------------
 
 
 def resume_or_start(
-    config: TrainConfig, saved: dict[str, Any] | None, run: Trainable, report: Reporter
+    config: TrainConfig, saved: Checkpoint | None, run: Trainable, report: Reporter
 ) -> RunState:
     """A fresh state, or the interrupted run's weights, optimizer, schedule and state."""
     if saved is None:
@@ -615,12 +558,12 @@ def resume_or_start(
     return state
 
 
-def restore(run: Trainable, saved: dict[str, Any]) -> RunState:
+def restore(run: Trainable, saved: Checkpoint) -> RunState:
     """Put a checkpoint's adapter weights, optimizer and schedule into `run`; its state."""
-    load_adapter_weights(run.model, saved["adapter"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
-    return RunState(**saved["state"])
+    load_adapter_weights(run.model, saved.adapter)
+    run.optimizer.load_state_dict(saved.optimizer)
+    run.scheduler.load_state_dict(saved.scheduler)
+    return saved.state
 
 
 # --- one epoch ----------------------------------------------------------------------------------------
@@ -789,19 +732,11 @@ def load_adapter_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(checkpoint: Path, run_key: str, run: Trainable, state: RunState) -> None:
-    """Everything `--resume` needs, replaced in one rename so a crash leaves the previous one whole."""
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "run_key": run_key,
-            "adapter": adapter_weights(run.model),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "state": state.to_dict(),
-        },
-        checkpoint / "state.pt.tmp",
+    """Everything `--resume` needs after this epoch."""
+    weights = adapter_weights(run.model)
+    Checkpoint(run_key, weights, run.optimizer.state_dict(), run.scheduler.state_dict(), state).save(
+        checkpoint
     )
-    (checkpoint / "state.pt.tmp").replace(checkpoint / "state.pt")
 
 
 # --- write the adapter and its manifest ---------------------------------------------------------------
@@ -815,7 +750,7 @@ def build_manifest(
     val_counts = data_mod.label_counts(prep.val_examples)
     majority = max(val_counts.values()) / len(prep.val_examples) if prep.val_examples else None
     return Manifest(
-        base_model=prep.ref.to_dict(),
+        base_model=prep.ref,
         adapter_type=config.adapter.value,
         prompt=prep.spec,
         invocation_ids=prep.invocation_ids,
@@ -823,29 +758,30 @@ def build_manifest(
         label_token_ids=dict(zip(prep.labels.names, prep.labels.token_ids, strict=True)),
         positive_labels=prep.positive_labels,
         requirement=config.requirement,
-        data={
-            "path": str(Path(config.datafile).resolve()),
-            "fingerprint": prep.fingerprint,
-            "n_train": len(prep.train_examples),
-            "n_val": len(prep.val_examples),
-            "truncated": prep.truncated,
-        },
+        data=DataRecord(
+            fingerprint=prep.fingerprint,
+            n_train=len(prep.train_examples),
+            n_val=len(prep.val_examples),
+            truncated=prep.truncated,
+            file=Path(config.datafile).name,
+            path=str(Path(config.datafile).resolve()),
+        ),
         split_seed=config.seed,
         hyperparameters={
             **config.hyperparameters(),
-            "learning_rate": state.sweep["chosen"] if state.sweep else config.learning_rate,
+            "learning_rate": state.sweep.chosen if state.sweep else config.learning_rate,
             "prefix_cache": cache_mode,
             "processes": processes,
         },
-        metrics={
-            "best_epoch": state.best_epoch,
-            "best_val_loss": best.get("val_loss"),
-            "val_accuracy": best.get("val_accuracy"),
-            "val_recall": best.get("val_recall"),
-            "majority_baseline": majority,
-            "history": state.history,
-            **({"lr_sweep": state.sweep} if state.sweep else {}),
-        },
+        metrics=TrainingMetrics(
+            best_epoch=state.best_epoch,
+            best_val_loss=best.get("val_loss"),
+            val_accuracy=best.get("val_accuracy"),
+            val_recall=best.get("val_recall"),
+            majority_baseline=majority,
+            history=state.history,
+            lr_sweep=state.sweep,
+        ),
         versions=library_versions(),
         output=prep.output,
     )
@@ -866,7 +802,7 @@ def write_adapter(outfile: Path, model: Any, manifest: Manifest, checkpoint: Pat
         )
     with atomic_directory(outfile, replace_existing=True) as tmp:
         model.save_pretrained(tmp)
-        _name_base_model(tmp, manifest.base_model["name"])
+        _name_base_model(tmp, manifest.base_model.name)
         manifest.write(tmp)
     shutil.rmtree(checkpoint, ignore_errors=True)
 
@@ -898,21 +834,19 @@ def summary(result: TrainResult) -> list[str]:
         return []
     m = result.manifest.metrics
     lines = [f"saved {result.manifest.adapter_type} adapter to {result.outfile}"]
-    if m.get("val_accuracy") is not None:
+    if m.val_accuracy is not None:
         lines.append(
-            f"best epoch {m['best_epoch']}: val loss {m['best_val_loss']:.4f}, val accuracy "
-            f"{m['val_accuracy']:.3f} (majority-class baseline {m['majority_baseline']:.3f})"
+            f"best epoch {m.best_epoch}: val loss {m.best_val_loss:.4f}, val accuracy "
+            f"{m.val_accuracy:.3f} (majority-class baseline {m.majority_baseline:.3f})"
         )
-        if m.get("val_recall"):
+        if m.val_recall:
             lines.append(
-                "val recall per label: " + ", ".join(f"{k} {v:.3f}" for k, v in m["val_recall"].items())
+                "val recall per label: " + ", ".join(f"{k} {v:.3f}" for k, v in m.val_recall.items())
             )
-        if m.get("lr_sweep"):
-            tried = ", ".join(
-                f"{c['learning_rate']:g} ({c['val_loss']:.3f})" for c in m["lr_sweep"]["candidates"]
-            )
-            lines.append(f"learning rate {m['lr_sweep']['chosen']:g} chosen by val loss from: {tried}")
-        if m["val_accuracy"] <= m["majority_baseline"]:
+        if m.lr_sweep:
+            tried = ", ".join(f"{c['learning_rate']:g} ({c['val_loss']:.3f})" for c in m.lr_sweep.candidates)
+            lines.append(f"learning rate {m.lr_sweep.chosen:g} chosen by val loss from: {tried}")
+        if m.val_accuracy <= m.majority_baseline:
             lr = result.manifest.hyperparameters["learning_rate"]
             lines.append(
                 f"warning: validation accuracy does not beat the majority-class baseline; the adapter has not "
@@ -920,7 +854,23 @@ def summary(result: TrainResult) -> list[str]:
                 "rates on the validation split and keeps the best; or train more --epochs, or add data."
             )
     lines.append(
-        f"examples truncated: {result.manifest.data['truncated']}; {result.tokens_per_second:.0f} tokens/s; "
+        f"examples truncated: {result.manifest.data.truncated}; {result.tokens_per_second:.0f} tokens/s; "
         f"wall time {_format_eta(result.seconds)}"
     )
     return lines
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    from reqcheck import __version__
+
+    return {
+        "reqcheck": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from reqcheck import kvcache
-from reqcheck.encoding import LM, Encoded, Objective
 from reqcheck.errors import ReqcheckError
-from reqcheck.scoring import LabelSet, left_pad
+from reqcheck.formats.output import LabelSet
+from reqcheck.models import kvcache
+from reqcheck.models.scoring import left_pad
+from reqcheck.training.encoding import LM, Encoded, Objective
 
 MB = 1024 * 1024
 

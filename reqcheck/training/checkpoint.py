@@ -1,0 +1,111 @@
+"""The resume checkpoint: where an interrupted run stands, written after every epoch and read by `--resume`.
+
+`Checkpoint` is its one reader and writer. It lives beside the output in a folder no tool mistakes for
+an adapter (`partial_dir`), is replaced in one rename, and is read with `weights_only=True`, so a file
+planted there cannot run code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.manifest import LrSweep
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class RunState:
+    """Where a run stands after each epoch: what a resumed run needs besides the weights and optimizer."""
+
+    epoch: int = 0
+    best: dict[str, torch.Tensor] | None = None
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    sweep: LrSweep | None = None
+
+    def record(self, metrics: dict[str, float], weights: dict[str, torch.Tensor]) -> None:
+        """Add an epoch's metrics; keep its weights when its validation loss is the best so far.
+
+        Without a validation set the latest epoch counts as the best.
+        """
+        self.history.append(metrics)
+        score = metrics.get("val_loss", -metrics["epoch"])
+        if score < self.best_val_loss or self.best is None:
+            self.best_val_loss = score
+            self.best = {k: v.detach().clone() for k, v in weights.items()}
+            self.best_epoch = metrics["epoch"]
+        self.epoch = metrics["epoch"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors, numbers, lists and dicts: what `torch.load(weights_only=True)` reads back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["sweep"] = asdict(self.sweep) if self.sweep else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        sweep = data["sweep"]
+        return cls(**{**data, "sweep": LrSweep(**sweep) if sweep else None})
+
+
+@dataclass
+class Checkpoint:
+    """An interrupted run: its identity (`run_key`), adapter weights, optimizer, schedule and state."""
+
+    run_key: str
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    state: RunState
+
+    def save(self, directory: Path) -> None:
+        """Write the checkpoint, replaced in one rename so a crash leaves the previous one whole."""
+        directory.mkdir(parents=True, exist_ok=True)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["state"] = self.state.to_dict()
+        torch.save(data, directory / f"{STATE_FILE}.tmp")
+        (directory / f"{STATE_FILE}.tmp").replace(directory / STATE_FILE)
+
+    @classmethod
+    def read(cls, directory: Path, run_key: str, device: str) -> Checkpoint | None:
+        """The checkpoint of an interrupted run of this command, or None when there is none."""
+        saved = directory / STATE_FILE
+        if not saved.exists():
+            return None
+        unusable = f"The resume checkpoint {saved} is damaged or was not written by reqcheck"
+        try:
+            loaded = torch.load(saved, map_location=device, weights_only=True)
+        except Exception as exc:  # damage shows as RuntimeError, KeyError, EOFError, UnicodeDecodeError, ...
+            raise ReqcheckError(
+                f"{unusable} ({type(exc).__name__}); rerun without --resume to start over."
+            ) from exc
+        if not (
+            isinstance(loaded, dict)
+            and loaded.keys() >= {f.name for f in fields(cls)}
+            and isinstance(loaded["state"], dict)
+            and loaded["state"].keys() == {f.name for f in fields(RunState)}
+        ):
+            raise ReqcheckError(f"{unusable}; rerun without --resume to start over.")
+        if loaded["run_key"] != run_key:
+            raise ReqcheckError(
+                f"The interrupted run in {directory} used other data, model or flags; rerun without --resume."
+            )
+        try:
+            state = RunState.from_dict(loaded["state"])
+        except TypeError as exc:
+            raise ReqcheckError(f"{unusable}; rerun without --resume to start over.") from exc
+        return cls(loaded["run_key"], loaded["adapter"], loaded["optimizer"], loaded["scheduler"], state)
+
+
+def partial_dir(outfile: Path) -> Path:
+    """Where an unfinished run keeps its resume checkpoint (never mistaken for an adapter)."""
+    outfile = Path(outfile)
+    return outfile.parent / f".{outfile.name}.reqcheck-partial"
