@@ -175,7 +175,7 @@ class ReqcheckPlugin:
         self.gates: list[tuple[str, Gate]] = []
         self.report: GateReport | None = None
         self.problems: list[str] = []
-        self.ungated: dict[str, list[str]] = {}
+        self.ungated: dict[str, list[str]] = {}  # adapter -> `gate[label]` of labels without cases
         check_gate_settings(config)
         try:
             self.settings = self._settings()
@@ -316,7 +316,9 @@ class ReqcheckPlugin:
                 present = {c.example.label for c in cases if c.adapter == name}
                 labels = adapter.manifest.labels
                 gates += [(name, Gate(kind.name, kind.mode, value, label=x)) for x in labels if x in present]
-                self.ungated[name] = [label for label in labels if label not in present]
+                self.ungated.setdefault(name, []).extend(
+                    f"{kind.name}[{x}]" for x in labels if x not in present
+                )
             adapter.run.gates = [g for a, g in gates if a == name]
         return gates
 
@@ -434,8 +436,8 @@ class ReqcheckPlugin:
         for entry in self.report.adapters:
             for line in terminal_lines(entry):
                 terminalreporter.write_line(line)
-            for label in self.ungated.get(entry.name, []):
-                terminalreporter.write_line(f"  gate min_recall[{label}]: no cases -> not gated")
+            for gate in self.ungated.get(entry.name, []):
+                terminalreporter.write_line(f"  gate {gate}: no cases -> not gated")
         for problem in self.problems:
             terminalreporter.write_line(f"reqcheck: {problem}", red=True)
 

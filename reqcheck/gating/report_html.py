@@ -27,7 +27,7 @@ from reqcheck.formats.gate_report import (
     ModeSummary,
 )
 from reqcheck.gating import numbers
-from reqcheck.gating.gates import op
+from reqcheck.gating.gates import KINDS, op
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
 LABEL_CHARS = 24  # tick labels are cut to this many characters
@@ -327,7 +327,8 @@ def _recall(entry: AdapterEntry) -> Any:
                 color=MODE_COLOURS.get(mode, "black"), capsize=3, label=mode if i == 0 else None,
             )  # fmt: skip
     for gate in entry.gates:
-        if gate.name == "min_recall":
+        kind = KINDS.get(gate.name)
+        if kind is not None and kind.per_label and kind.title == "recall":
             axes.axvline(gate.threshold, color="#b3261e", linestyle="--", linewidth=1)
     axes.set_yticks(
         range(len(labels)),
@@ -458,7 +459,7 @@ def _training(entry: AdapterEntry) -> Any:
 
 _FIGURES = [
     ("Confusion matrices (rows: expected label; shade: share of the row)", _confusion),
-    ("Recall per label with its interval (dashed: the min_recall threshold, when one is set)", _recall),
+    ("Recall per label with its interval (dashed: a per-label gate's threshold, when one is set)", _recall),
     ("Scores by expected label", _scores),
     ("Reliability: accuracy against confidence per bin (numbers: cases in the bin)", _reliability),
     ("Training curve from the adapter's manifest (dotted: the epoch kept)", _training),
