@@ -9,10 +9,12 @@ take their defaults, and fields this reqcheck does not know are left out.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -318,7 +320,7 @@ class GateReport:
                     f"writes them; {REGENERATE}."
                 )
         try:
-            return _build(cls, data, "")
+            return _converter(cls)(data)
         except _Mismatch as exc:
             raise ReqcheckError(f"{source}: {exc} as the plugin writes it; {REGENERATE}.") from None
 
@@ -348,55 +350,119 @@ class GateReport:
 
 
 class _Mismatch(Exception):
-    """A field of a report that is not of the type its record declares (internal to reading)."""
+    """A field of a report that is not of the type its record declares (internal to reading).
+
+    `path` is filled in on the way out, by each container the field sits in, so a report that reads
+    cleanly builds no path strings.
+    """
+
+    def __init__(self, what: str, path: str = "") -> None:
+        super().__init__(what)
+        self.what, self.path = what, path
+
+    def within(self, segment: str) -> _Mismatch:
+        joined = segment + ("" if not self.path or self.path.startswith("[") else ".") + self.path
+        return _Mismatch(self.what, joined)
+
+    def __str__(self) -> str:
+        return f"{self.path or 'the report'} {self.what}"
 
 
-def _build(kind: Any, value: Any, where: str) -> Any:
-    """`value` (JSON) as `kind` (a record, list, dict, union or scalar type), checked all the way down."""
+@functools.cache
+def _converter(kind: Any) -> Callable[[Any], Any]:
+    """A function that checks and converts a JSON value to `kind`, built once per type."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _build(inner, value, where)
+        convert = _converter(inner)
+        return lambda value: None if value is None else convert(value)
     if kind is Any:
-        return value
+        return lambda value: value
     if origin is list:
-        _expect(isinstance(value, list), where, "a list")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return _list_converter(_converter(args[0]))
     if origin is dict:
-        _expect(isinstance(value, dict), where, "an object")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return _dict_converter(_converter(args[1]))
     if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
-        return _record(kind, value, where)
-    return _scalar(kind, value, where)
+        return _record_converter(kind)
+    return _scalar_converter(kind)
 
 
-def _record(kind: type, value: Any, where: str) -> Any:
-    _expect(isinstance(value, dict), where or "the report", "an object")
+def _list_converter(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> list[Any]:
+        _expect(isinstance(value, list), "a list")
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except _Mismatch as exc:
+                raise exc.within(f"[{index}]") from None
+        return out
+
+    return convert
+
+
+def _dict_converter(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> dict[str, Any]:
+        _expect(isinstance(value, dict), "an object")
+        out = {}
+        for key, element in value.items():
+            try:
+                out[key] = item(element)
+            except _Mismatch as exc:
+                raise exc.within(str(key)) from None
+        return out
+
+    return convert
+
+
+def _record_converter(kind: type) -> Callable[[Any], Any]:
     hints = typing.get_type_hints(kind)
-    found = {}
-    for f in fields(kind):
-        path = f"{where}.{f.name}" if where else f.name
-        if f.name in value:
-            found[f.name] = _build(hints[f.name], value[f.name], path)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise _Mismatch(f"{path} is missing")
-    return kind(**found)
+    slots = [
+        (f.name, _converter(hints[f.name]), f.default is MISSING and f.default_factory is MISSING)
+        for f in fields(kind)
+    ]
+
+    def convert(value: Any) -> Any:
+        _expect(isinstance(value, dict), "an object")
+        found = {}
+        for name, field_converter, required in slots:
+            if name in value:
+                try:
+                    found[name] = field_converter(value[name])
+                except _Mismatch as exc:
+                    raise exc.within(name) from None
+            elif required:
+                raise _Mismatch("is missing", name)
+        return kind(**found)
+
+    return convert
 
 
-def _scalar(kind: type, value: Any, where: str) -> Any:
+def _scalar_converter(kind: type) -> Callable[[Any], Any]:
     if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        _expect(ok, where, "a finite number")
-        return float(value)
+
+        def number(value: Any) -> float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            _expect(ok, "a finite number")
+            return float(value)
+
+        return number
     if kind is int:
-        _expect(isinstance(value, int) and not isinstance(value, bool), where, "a whole number")
+
+        def whole(value: Any) -> int:
+            _expect(isinstance(value, int) and not isinstance(value, bool), "a whole number")
+            return value
+
+        return whole
+    what = {str: "a string", bool: "true or false"}.get(kind, kind.__name__)
+
+    def plain(value: Any) -> Any:
+        _expect(isinstance(value, kind), what)
         return value
-    _expect(isinstance(value, kind), where, {str: "a string", bool: "true or false"}.get(kind, kind.__name__))
-    return value
+
+    return plain
 
 
-def _expect(ok: bool, where: str, what: str) -> None:
+def _expect(ok: bool, what: str) -> None:
     if not ok:
-        raise _Mismatch(f"{where} is not {what}")
+        raise _Mismatch(f"is not {what}")
