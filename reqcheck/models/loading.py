@@ -105,21 +105,26 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
 
 
 def resolve_base_model(spec: str) -> BaseModelRef:
-    """Turn what the user typed after --basemodel into a local, loadable directory."""
+    """Turn what the user typed after --basemodel into a local, loadable directory.
+
+    A local directory or .gguf file is recorded by its absolute path: a relative one such as
+    `models/tiny` would read as a Hub id from any other directory.
+    """
     if spec in ALIASES:
         path, sha = _convert_gguf(smollm2_gguf(), ALIASES[spec])
         return BaseModelRef(spec, ALIASES[spec], f"gguf-sha256:{sha}", str(path))
     local = Path(spec).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         path, sha = _convert_gguf(local, local.stem)
-        return BaseModelRef(spec, local.stem, f"gguf-sha256:{sha}", str(path))
+        return BaseModelRef(str(local.resolve()), local.stem, f"gguf-sha256:{sha}", str(path))
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
         _check_config(local)
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
-        return BaseModelRef(spec, name, f"dir-sha256:{_dir_fingerprint(local)}", str(local.resolve()))
+        revision = f"dir-sha256:{_dir_fingerprint(local)}"
+        return BaseModelRef(str(local.resolve()), name, revision, str(local.resolve()))
     if local.exists() or not is_hub_id(spec):
         raise ReqcheckError(
             f"--basemodel {spec!r} is not a model directory, a .gguf file, a Hub id (org/name) or the "

@@ -294,6 +294,7 @@ def _check_outfile(out: Path) -> None:
 def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
     """All examples, then the stratified (train, val) split; every data problem is raised here."""
     examples = data_mod.load_examples(config.datafile)
+    data_mod.check_label_spellings(examples)
     counts = data_mod.label_counts(examples)
     if len(counts) < 2:
         only = next(iter(counts))
