@@ -36,6 +36,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _check_writable(directory: Path) -> None:
+    """Create a cache directory, or say in one sentence why it cannot be: before minutes of conversion."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        reason = None if os.access(directory, os.W_OK | os.X_OK) else "not writable"
+    if reason:
+        raise ReqcheckError(
+            f"The reqcheck cache {directory} cannot be written ({reason}); set REQCHECK_CACHE to a directory "
+            "you may write to."
+        )
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -81,6 +96,7 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
     source = target / _SOURCE_FILE
     if source.exists():
         return target, json.loads(source.read_text())["sha256"]
+    _check_writable(target.parent)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -96,7 +112,6 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     sha = _sha256_file(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target, concurrent_ok=True) as tmp:  # other ranks may convert it too
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

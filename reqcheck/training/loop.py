@@ -15,6 +15,7 @@ reference. Under torchrun each process trains on its share of every step (see `d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -58,7 +59,7 @@ from reqcheck.models.loading import (
 from reqcheck.models.scoring import score_labels
 from reqcheck.training import distributed
 from reqcheck.training import prefix_cache as prefix_mod
-from reqcheck.training.checkpoint import Checkpoint, RunState, partial_dir
+from reqcheck.training.checkpoint import Checkpoint, RunState, output_lock, partial_dir
 from reqcheck.training.config import AdapterType, Loss, LRSchedule, TrainConfig
 from reqcheck.training.distributed import Group
 from reqcheck.training.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
@@ -119,14 +120,16 @@ class Trainable:
 def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
     """Train an adapter as `config` says and write it to `config.outfile`.
 
-    Under torchrun every process calls this; only rank 0 reports and writes.
+    Under torchrun every process calls this; only rank 0 reports, writes, and holds --outfile against
+    other runs (`output_lock`).
     """
     config.check()
-    _check_outfile(Path(config.outfile))
+    config = dataclasses.replace(config, outfile=_check_outfile(Path(config.outfile)))
     device = resolve_device(config.device)
     group, rank_device = distributed.start(device)
     try:
-        return _train(config, report if group.main else lambda _: None, group, rank_device)
+        with output_lock(config.outfile) if group.main else contextlib.nullcontext():
+            return _train(config, report if group.main else lambda _: None, group, rank_device)
     finally:
         distributed.stop(group)
 
@@ -277,8 +280,21 @@ def _replaceable(out: Path) -> bool:
     return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or is_reqcheck_adapter(out)))
 
 
-def _check_outfile(out: Path) -> None:
-    """Refuse an --outfile that is not ours to replace, or that cannot be written, before any work."""
+def _check_outfile(given: Path) -> Path:
+    """--outfile as an absolute path; refuse one that is not ours to replace, or cannot be written, up front.
+
+    The path is resolved through symlinks, so a linked --outfile is written where the link points (the
+    link stays), and the resume checkpoint of a run does not depend on the directory it ran from. The
+    current directory (`.`, `./` or an empty path) and the directories above it are refused: writing the
+    adapter would replace the directory the user works in.
+    """
+    out = given.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ReqcheckError(
+            f"--outfile {given} is the current directory or one above it, which the adapter would replace; "
+            "name a new directory, such as --outfile ./adapter."
+        )
     if not _replaceable(out):
         raise ReqcheckError(
             f"--outfile {out} exists and is not a reqcheck adapter; choose a new path or remove it yourself."
@@ -289,6 +305,7 @@ def _check_outfile(out: Path) -> None:
             f"--outfile {out} cannot be written: {parent} is not a directory you may write to; choose "
             "another path."
         )
+    return out
 
 
 def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
