@@ -18,7 +18,7 @@ import torch
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import partial_dir, train
+from reqcheck.training.loop import partial_dir, prepare, train, warn_validation_cost
 from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
 from tests.tiny import FILLER, write_jsonl
 
@@ -314,10 +314,10 @@ def test_an_unusable_cache_directory_is_found_before_the_model_is_converted(
 
 
 def test_many_labels_warn_up_front_and_validation_shows_progress(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
     rng = random.Random(3)
-    labels = FILLER[:30]
+    labels = FILLER[:20]
     rows = [
         {"item": " ".join(rng.choices(FILLER, k=5) + [label]), "label": label}
         for label in labels
@@ -329,6 +329,12 @@ def test_many_labels_warn_up_front_and_validation_shows_progress(
     config = TrainConfig(data, str(tiny_model_dir), tmp_path / "adapter", **{**FAST, "epochs": 1})
     train(config, report=lines.append)
     first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/"))
-    warning = [i for i, line in enumerate(lines) if "scores each of the 30 labels" in line]
+    warning = [i for i, line in enumerate(lines) if "scores each of the 20 labels" in line]
     assert warning and warning[0] < first_epoch, lines
     assert any(line.startswith("validation: batch ") for line in lines[first_epoch:]), lines
+
+    two_labels: list[str] = []
+    prep = prepare(TrainConfig(marker_data, str(tiny_model_dir), tmp_path / "two", **FAST), print, "cpu")
+    for cached in (True, False):
+        warn_validation_cost(prep, cached, two_labels.append)
+    assert two_labels == []

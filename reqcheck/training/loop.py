@@ -65,6 +65,7 @@ from reqcheck.training.distributed import Group
 from reqcheck.training.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
 
 Reporter = Callable[[str], None]
+PROGRESS_EVERY = 2.0  # seconds between progress lines of training steps and of validation batches
 
 
 @dataclass
@@ -146,6 +147,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
     pad_id = prep.tokenizer.pad_token_id
     cache_mode, prefixes = prefix_caches(config, model, prep.train_set + prep.val_set, pad_id, device, report)
+    warn_validation_cost(prep, prefixes is not None, report)
 
     # Objective: the loss over the label positions (--loss), weighted by label under --balance.
     objective = make_objective(config, prep, report)
@@ -174,7 +176,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
 
         # Evaluate: validation loss and accuracy; the epoch with the best loss keeps its weights.
         if prep.val_set:
-            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
+            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
             report(
                 f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
             )
@@ -533,7 +535,7 @@ def lr_sweep(
         metrics = run_epoch(
             config, run, prep.train_set, rng, 0, group, device, Progress(lambda _: None, 1, 0)
         )
-        metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
+        metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
         report(
             f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
         )
@@ -601,7 +603,7 @@ class Progress:
 
     def step(self, index: int, loss: float) -> None:
         now = time.perf_counter()
-        if now - self.last <= 2.0 and index + 1 != self.steps:
+        if now - self.last <= PROGRESS_EVERY and index + 1 != self.steps:
             return
         self.last = now
         done = (self.epoch - self.first_epoch) * self.steps + index + 1
@@ -695,20 +697,55 @@ def _full_eval(
     return float(loss), tokens, scores
 
 
+def warn_validation_cost(prep: Prepared, cached: bool, report: Reporter) -> None:
+    """Warn before training when validating an epoch costs more than training it.
+
+    Validation scores every label for every example (each label's tokens after the invocation on the
+    prefix cache, or after the prompt when a label is longer than one token), so its cost grows with the
+    label count and training's does not. Costs are counted in tokens through the model, a training token
+    as three (forward and backward).
+    """
+    n = len(prep.labels.names)
+    per_label = cached or not prep.labels.single_token
+    label_width = max(len(ids) for ids in prep.labels.token_ids)
+    validation = sum(
+        (0 if cached else e.length)
+        + (n * (e.length - e.invocation_start if cached else label_width) if per_label else 0)
+        for e in prep.val_set
+    )
+    training = 3 * sum(e.length - e.invocation_start if cached else e.length for e in prep.train_set)
+    if validation > training:
+        report(
+            f"warning: validation scores each of the {n} labels for each of the {len(prep.val_set)} "
+            f"validation examples, about {validation / max(training, 1):.0f}x the work of training an epoch; "
+            "expect every epoch's validation to take longer than its training, or pass --val-fraction 0 "
+            "to skip it."
+        )
+
+
 @torch.no_grad()
 def evaluate(
-    run: Trainable, val: list[Encoded], labels: LabelSet, batch_size: int, group: Group = distributed.SOLO
+    run: Trainable,
+    val: list[Encoded],
+    labels: LabelSet,
+    batch_size: int,
+    group: Group = distributed.SOLO,
+    report: Reporter = lambda _: None,
 ) -> dict[str, float]:
     """Validation metrics over all processes' shares, from the label scores the checker reads.
 
     val_loss: the validation value of the run's objective (what the sweep and the best epoch go by);
     val_lm_loss: label-token loss; val_label_loss: cross-entropy of the label scores (what --loss label-set
-    trains); val_accuracy; val_recall: per label, the share of its examples scored highest.
+    trains); val_accuracy; val_recall: per label, the share of its examples scored highest. A progress
+    line goes to `report` every PROGRESS_EVERY seconds: with many labels validation can take longer than
+    training.
     """
     run.model.eval()
     n = len(labels.names)
     totals = [0.0] * (3 + 2 * n)  # loss, tokens, label-set loss, then per label: correct, support
-    for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
+    mine = batches(val, max(batch_size, 8))[group.rank :: group.world]
+    started = shown = time.perf_counter()
+    for index, batch in enumerate(mine):
         if run.prefixes is not None:
             loss, tokens, scores = prefix_mod.suffix_eval(run.prefixes, batch, labels)
         else:
@@ -720,6 +757,10 @@ def evaluate(
         for guess, true in zip(scores.argmax(-1).tolist(), truth.tolist(), strict=True):
             totals[3 + true] += guess == true
             totals[3 + n + true] += 1
+        now = time.perf_counter()
+        if now - shown > PROGRESS_EVERY and index + 1 < len(mine):
+            shown, eta = now, (now - started) / (index + 1) * (len(mine) - index - 1)
+            report(f"validation: batch {index + 1}/{len(mine)} eta {_format_eta(eta)}")
     device = str(next(run.model.parameters()).device)
     totals = distributed.sum_values(totals, group, device)
     correct, support = totals[3 : 3 + n], totals[3 + n :]
