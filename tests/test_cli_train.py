@@ -38,7 +38,18 @@ CASES = {
     "absent device": (["good.jsonl", "--device", ABSENT_DEVICE], "not available here"),
     "occupied outfile": (["good.jsonl", "--outfile", "occupied"], "is not a reqcheck adapter"),
     "unknown positive label": (["good.jsonl", "--positive-label", "maybe"], "not a label in the data"),
+    "labels differing in case": (["casefold.jsonl"], "'yes' (line 1) and 'Yes' (line 2) differ only in case"),
+    "labels differing in unicode form": (
+        ["nfd.jsonl"],
+        "'caf\\xe9' (line 1) and 'cafe\\u0301' (line 2) differ only in Unicode normalisation",
+    ),
 }
+
+
+def _lines(labels: list[str]) -> str:
+    return "".join(
+        json.dumps({"item": f"reply {i}", "label": label}) + "\n" for i, label in enumerate(labels)
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
@@ -52,6 +63,8 @@ def test_bad_input_is_one_clear_error(
         "intlabel.jsonl": '{"item": "a", "label": 1}\n',
         "onelabel.jsonl": '{"item": "a", "label": "yes"}\n{"item": "b", "label": "yes"}\n',
         "tiny.jsonl": '{"item": "a", "label": "yes"}\n{"item": "b", "label": "no"}\n',
+        "casefold.jsonl": _lines(["yes", "Yes", "no"] * 4),
+        "nfd.jsonl": _lines(["caf\u00e9", "cafe\u0301", "no"] * 4),
     }
     for name, text in files.items():
         (workdir / name).write_text(text)

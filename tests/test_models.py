@@ -38,3 +38,16 @@ def test_local_directory_and_bad_specs(tiny_model_dir: Path, tmp_path: Path) -> 
         resolve_base_model(str(tmp_path / "empty"))
     with pytest.raises(ReqcheckError, match="is not a model directory, a .gguf file, a Hub id"):
         resolve_base_model("no such model")
+
+
+def test_a_relative_model_directory_is_recorded_so_it_resolves_from_anywhere(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    shutil.copytree(tiny_model_dir, tmp_path / "project" / "models" / "tiny")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    ref = resolve_base_model("models/tiny")
+    assert ref.spec == str((tmp_path / "project" / "models" / "tiny").resolve())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = resolve_base_model(ref.spec)  # offline: a Hub lookup of models/tiny would fail here
+    assert (again.name, again.revision, again.path) == (ref.name, ref.revision, ref.path)

@@ -4,6 +4,7 @@ every user error, before the model loads; nothing the user owns is deleted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -17,8 +18,9 @@ import torch
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import partial_dir, train
+from reqcheck.training.loop import partial_dir, prepare, train, warn_validation_cost
 from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
+from tests.tiny import FILLER, write_jsonl
 
 FAST_FLAGS = ["--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "--grad-accum", "1"]
 FAST_FLAGS += ["--device", "cpu", "--target-modules", ",".join(ALL_LINEAR)]
@@ -232,3 +234,107 @@ def test_user_files_put_into_the_outfile_during_training_are_kept(
     train(config, report=lines.append)
     assert any(line.startswith("resuming after epoch 1") for line in lines)
     assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
+
+
+def test_a_second_run_into_the_same_outfile_fails_at_once_naming_the_first(
+    marker_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+    config = TrainConfig(marker_data, str(tiny_model_dir), out, **{**FAST, "epochs": 1})
+    second: list[BaseException] = []
+
+    def start_a_second_run(line: str) -> None:
+        if line.startswith("epoch 1/") and not second:
+            with pytest.raises(ReqcheckError) as refused:
+                train(dataclasses.replace(config), report=lambda _: None)
+            second.append(refused.value)
+
+    train(config, report=start_a_second_run)
+    assert f"process {os.getpid()}" in str(second[0]) and len(str(second[0]).splitlines()) == 1
+    assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
+
+
+@pytest.mark.parametrize("given", [".", "./", ""], ids=["dot", "dot-slash", "empty"])
+def test_an_outfile_naming_the_current_directory_is_refused_before_training(
+    given: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
+    code, err = run_cli(_train_cli(marker_data, tiny_model_dir, given), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, "is the current directory")
+    assert list(tmp_path.iterdir()) == [work] and list(work.iterdir()) == []
+
+
+def test_an_outfile_that_is_a_symlink_is_written_through(
+    marker_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    train(TrainConfig(marker_data, str(tiny_model_dir), link, **{**FAST, "epochs": 1}), report=lambda _: None)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real / "reqcheck.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def _unusable_cache(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if where == "REQCHECK_CACHE is a file":
+        (tmp_path / "cache").write_text("not a directory")
+        monkeypatch.setenv("REQCHECK_CACHE", str(tmp_path / "cache"))
+        return
+    monkeypatch.delenv("REQCHECK_CACHE", raising=False)
+    home = tmp_path / "home"
+    if where == "HOME is a file":
+        home.write_text("not a directory")
+    else:
+        home.mkdir(mode=0o555)
+    monkeypatch.setenv("HOME", str(home))
+
+
+CACHE_PROBLEMS = ["REQCHECK_CACHE is a file", "HOME is a file"]
+if os.geteuid() != 0:  # root may write into a read-only directory
+    CACHE_PROBLEMS.append("HOME is read-only")
+
+
+@pytest.mark.parametrize("where", CACHE_PROBLEMS)
+def test_an_unusable_cache_directory_is_found_before_the_model_is_converted(
+    where: str, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import transformers
+
+    _unusable_cache(where, tmp_path, monkeypatch)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    for kind in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM, transformers.AutoConfig):
+        monkeypatch.setattr(kind, "from_pretrained", _must_not_load)
+    code, err = run_cli(_train_cli(marker_data, gguf, tmp_path / "adapter"), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, "set REQCHECK_CACHE to a directory you may write to")
+
+
+def test_many_labels_warn_up_front_and_validation_shows_progress(
+    tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    rng = random.Random(3)
+    labels = FILLER[:20]
+    rows = [
+        {"item": " ".join(rng.choices(FILLER, k=5) + [label]), "label": label}
+        for label in labels
+        for _ in range(4)
+    ]
+    data = write_jsonl(tmp_path / "many.jsonl", rows)
+    monkeypatch.setattr("reqcheck.training.loop.PROGRESS_EVERY", 0.0, raising=False)
+    lines: list[str] = []
+    config = TrainConfig(data, str(tiny_model_dir), tmp_path / "adapter", **{**FAST, "epochs": 1})
+    train(config, report=lines.append)
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/"))
+    warning = [i for i, line in enumerate(lines) if "scores each of the 20 labels" in line]
+    assert warning and warning[0] < first_epoch, lines
+    assert any(line.startswith("validation: batch ") for line in lines[first_epoch:]), lines
+
+    two_labels: list[str] = []
+    prep = prepare(TrainConfig(marker_data, str(tiny_model_dir), tmp_path / "two", **FAST), print, "cpu")
+    for cached in (True, False):
+        warn_validation_cost(prep, cached, two_labels.append)
+    assert two_labels == []

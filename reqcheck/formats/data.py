@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,25 @@ def load_examples(path: str | Path) -> list[Example]:
 
 def label_counts(examples: list[Example]) -> dict[str, int]:
     return dict(sorted(Counter(e.label for e in examples).items()))
+
+
+def check_label_spellings(examples: list[Example]) -> None:
+    """Refuse labels that differ only in case or Unicode form (`yes`/`Yes`, `café` NFC/NFD).
+
+    A user means one label by them, but they are different tokens, so they would train as two labels.
+    """
+    seen: dict[str, Example] = {}
+    for example in examples:
+        other = seen.setdefault(unicodedata.normalize("NFKC", example.label).casefold(), example)
+        if other.label == example.label:
+            continue
+        same_form = unicodedata.normalize("NFKC", other.label) == unicodedata.normalize("NFKC", example.label)
+        show, how = (ascii, "Unicode normalisation") if same_form else (repr, "case")
+        raise ReqcheckError(
+            f"{example.source}: labels {show(other.label)} (line {other.line}) and {show(example.label)} "
+            f"(line {example.line}) differ only in {how}, so they would train as two labels; write each "
+            "label one way."
+        )
 
 
 def fingerprint(examples: list[Example]) -> str:

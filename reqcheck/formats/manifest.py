@@ -70,9 +70,10 @@ def default_positive_labels(labels: list[str]) -> list[str]:
 class BaseModelRef:
     """The base model an adapter was trained on.
 
-    `spec` is what resolves the same model again (an alias, a Hub id, or the path given); `name` is how
-    the Hub, Mellea and the intrinsic layout name it; `revision` identifies its weights. `path` is where
-    this machine keeps it: the local manifest keeps it, the public one (`Manifest.public`) does not.
+    `spec` is what resolves the same model again from any directory (an alias, a Hub id, or the absolute
+    path of a local directory or .gguf file); `name` is how the Hub, Mellea and the intrinsic layout name
+    it; `revision` identifies its weights. `path` is where this machine keeps it: the local manifest keeps
+    it, the public one (`Manifest.public`) does not.
     """
 
     spec: str

@@ -36,6 +36,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _check_writable(directory: Path) -> None:
+    """Create a cache directory, or say in one sentence why it cannot be: before minutes of conversion."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        reason = None if os.access(directory, os.W_OK | os.X_OK) else "not writable"
+    if reason:
+        raise ReqcheckError(
+            f"The reqcheck cache {directory} cannot be written ({reason}); set REQCHECK_CACHE to a directory "
+            "you may write to."
+        )
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -81,6 +96,7 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
     source = target / _SOURCE_FILE
     if source.exists():
         return target, json.loads(source.read_text())["sha256"]
+    _check_writable(target.parent)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -96,7 +112,6 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     sha = _sha256_file(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target, concurrent_ok=True) as tmp:  # other ranks may convert it too
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -105,21 +120,26 @@ def _convert_gguf(gguf: Path, name: str) -> tuple[Path, str]:
 
 
 def resolve_base_model(spec: str) -> BaseModelRef:
-    """Turn what the user typed after --basemodel into a local, loadable directory."""
+    """Turn what the user typed after --basemodel into a local, loadable directory.
+
+    A local directory or .gguf file is recorded by its absolute path: a relative one such as
+    `models/tiny` would read as a Hub id from any other directory.
+    """
     if spec in ALIASES:
         path, sha = _convert_gguf(smollm2_gguf(), ALIASES[spec])
         return BaseModelRef(spec, ALIASES[spec], f"gguf-sha256:{sha}", str(path))
     local = Path(spec).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         path, sha = _convert_gguf(local, local.stem)
-        return BaseModelRef(spec, local.stem, f"gguf-sha256:{sha}", str(path))
+        return BaseModelRef(str(local.resolve()), local.stem, f"gguf-sha256:{sha}", str(path))
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ReqcheckError(f"{local} has no config.json; pass a Hugging Face model directory.")
         _check_config(local)
         source = local / _SOURCE_FILE
         name = json.loads(source.read_text())["name"] if source.exists() else local.resolve().name
-        return BaseModelRef(spec, name, f"dir-sha256:{_dir_fingerprint(local)}", str(local.resolve()))
+        revision = f"dir-sha256:{_dir_fingerprint(local)}"
+        return BaseModelRef(str(local.resolve()), name, revision, str(local.resolve()))
     if local.exists() or not is_hub_id(spec):
         raise ReqcheckError(
             f"--basemodel {spec!r} is not a model directory, a .gguf file, a Hub id (org/name) or the "

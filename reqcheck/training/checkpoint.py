@@ -7,7 +7,11 @@ planted there cannot run code.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -109,3 +113,39 @@ def partial_dir(outfile: Path) -> Path:
     """Where an unfinished run keeps its resume checkpoint (never mistaken for an adapter)."""
     outfile = Path(outfile)
     return outfile.parent / f".{outfile.name}.reqcheck-partial"
+
+
+@contextmanager
+def output_lock(outfile: Path) -> Iterator[None]:
+    """Hold --outfile for one run: a second run into it fails at once with one sentence naming this one.
+
+    Two runs into one --outfile would share its resume checkpoint, and the first to finish would delete
+    it. The lock is an OS file lock on a file beside the output holding this process's id; the kernel
+    releases it when the process ends, even under kill -9. The file is removed while still locked, so a
+    run that opened it just before checks that it locked the file still in place, and otherwise retries.
+    """
+    path = Path(outfile).parent / f".{Path(outfile).name}.reqcheck-lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "whose id is not written yet"
+            handle.close()
+            raise ReqcheckError(
+                f"--outfile {outfile} is being written by another reqcheck train (process {holder}); wait "
+                "for it to finish or choose another --outfile."
+            ) from None
+        if path.exists() and os.path.samestat(path.stat(), os.fstat(handle.fileno())):
+            break
+        handle.close()
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()

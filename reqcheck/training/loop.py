@@ -15,6 +15,7 @@ reference. Under torchrun each process trains on its share of every step (see `d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -58,12 +59,13 @@ from reqcheck.models.loading import (
 from reqcheck.models.scoring import score_labels
 from reqcheck.training import distributed
 from reqcheck.training import prefix_cache as prefix_mod
-from reqcheck.training.checkpoint import Checkpoint, RunState, partial_dir
+from reqcheck.training.checkpoint import Checkpoint, RunState, output_lock, partial_dir
 from reqcheck.training.config import AdapterType, Loss, LRSchedule, TrainConfig
 from reqcheck.training.distributed import Group
 from reqcheck.training.encoding import LM, Encoded, Objective, batches, encode, forward_groups, label_loss
 
 Reporter = Callable[[str], None]
+PROGRESS_EVERY = 2.0  # seconds between progress lines of training steps and of validation batches
 
 
 @dataclass
@@ -119,14 +121,16 @@ class Trainable:
 def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
     """Train an adapter as `config` says and write it to `config.outfile`.
 
-    Under torchrun every process calls this; only rank 0 reports and writes.
+    Under torchrun every process calls this; only rank 0 reports, writes, and holds --outfile against
+    other runs (`output_lock`).
     """
     config.check()
-    _check_outfile(Path(config.outfile))
+    config = dataclasses.replace(config, outfile=_check_outfile(Path(config.outfile)))
     device = resolve_device(config.device)
     group, rank_device = distributed.start(device)
     try:
-        return _train(config, report if group.main else lambda _: None, group, rank_device)
+        with output_lock(config.outfile) if group.main else contextlib.nullcontext():
+            return _train(config, report if group.main else lambda _: None, group, rank_device)
     finally:
         distributed.stop(group)
 
@@ -143,6 +147,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
     pad_id = prep.tokenizer.pad_token_id
     cache_mode, prefixes = prefix_caches(config, model, prep.train_set + prep.val_set, pad_id, device, report)
+    warn_validation_cost(prep, prefixes is not None, report)
 
     # Objective: the loss over the label positions (--loss), weighted by label under --balance.
     objective = make_objective(config, prep, report)
@@ -171,7 +176,7 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
 
         # Evaluate: validation loss and accuracy; the epoch with the best loss keeps its weights.
         if prep.val_set:
-            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
+            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
             report(
                 f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
             )
@@ -277,8 +282,21 @@ def _replaceable(out: Path) -> bool:
     return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or is_reqcheck_adapter(out)))
 
 
-def _check_outfile(out: Path) -> None:
-    """Refuse an --outfile that is not ours to replace, or that cannot be written, before any work."""
+def _check_outfile(given: Path) -> Path:
+    """--outfile as an absolute path; refuse one that is not ours to replace, or cannot be written, up front.
+
+    The path is resolved through symlinks, so a linked --outfile is written where the link points (the
+    link stays), and the resume checkpoint of a run does not depend on the directory it ran from. The
+    current directory (`.`, `./` or an empty path) and the directories above it are refused: writing the
+    adapter would replace the directory the user works in.
+    """
+    out = given.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ReqcheckError(
+            f"--outfile {given} is the current directory or one above it, which the adapter would replace; "
+            "name a new directory, such as --outfile ./adapter."
+        )
     if not _replaceable(out):
         raise ReqcheckError(
             f"--outfile {out} exists and is not a reqcheck adapter; choose a new path or remove it yourself."
@@ -289,11 +307,13 @@ def _check_outfile(out: Path) -> None:
             f"--outfile {out} cannot be written: {parent} is not a directory you may write to; choose "
             "another path."
         )
+    return out
 
 
 def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
     """All examples, then the stratified (train, val) split; every data problem is raised here."""
     examples = data_mod.load_examples(config.datafile)
+    data_mod.check_label_spellings(examples)
     counts = data_mod.label_counts(examples)
     if len(counts) < 2:
         only = next(iter(counts))
@@ -515,7 +535,7 @@ def lr_sweep(
         metrics = run_epoch(
             config, run, prep.train_set, rng, 0, group, device, Progress(lambda _: None, 1, 0)
         )
-        metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group))
+        metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
         report(
             f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
         )
@@ -583,7 +603,7 @@ class Progress:
 
     def step(self, index: int, loss: float) -> None:
         now = time.perf_counter()
-        if now - self.last <= 2.0 and index + 1 != self.steps:
+        if now - self.last <= PROGRESS_EVERY and index + 1 != self.steps:
             return
         self.last = now
         done = (self.epoch - self.first_epoch) * self.steps + index + 1
@@ -677,20 +697,55 @@ def _full_eval(
     return float(loss), tokens, scores
 
 
+def warn_validation_cost(prep: Prepared, cached: bool, report: Reporter) -> None:
+    """Warn before training when validating an epoch costs more than training it.
+
+    Validation scores every label for every example (each label's tokens after the invocation on the
+    prefix cache, or after the prompt when a label is longer than one token), so its cost grows with the
+    label count and training's does not. Costs are counted in tokens through the model, a training token
+    as three (forward and backward).
+    """
+    n = len(prep.labels.names)
+    per_label = cached or not prep.labels.single_token
+    label_width = max(len(ids) for ids in prep.labels.token_ids)
+    validation = sum(
+        (0 if cached else e.length)
+        + (n * (e.length - e.invocation_start if cached else label_width) if per_label else 0)
+        for e in prep.val_set
+    )
+    training = 3 * sum(e.length - e.invocation_start if cached else e.length for e in prep.train_set)
+    if validation > training:
+        report(
+            f"warning: validation scores each of the {n} labels for each of the {len(prep.val_set)} "
+            f"validation examples, about {validation / max(training, 1):.0f}x the work of training an epoch; "
+            "expect every epoch's validation to take longer than its training, or pass --val-fraction 0 "
+            "to skip it."
+        )
+
+
 @torch.no_grad()
 def evaluate(
-    run: Trainable, val: list[Encoded], labels: LabelSet, batch_size: int, group: Group = distributed.SOLO
+    run: Trainable,
+    val: list[Encoded],
+    labels: LabelSet,
+    batch_size: int,
+    group: Group = distributed.SOLO,
+    report: Reporter = lambda _: None,
 ) -> dict[str, float]:
     """Validation metrics over all processes' shares, from the label scores the checker reads.
 
     val_loss: the validation value of the run's objective (what the sweep and the best epoch go by);
     val_lm_loss: label-token loss; val_label_loss: cross-entropy of the label scores (what --loss label-set
-    trains); val_accuracy; val_recall: per label, the share of its examples scored highest.
+    trains); val_accuracy; val_recall: per label, the share of its examples scored highest. A progress
+    line goes to `report` every PROGRESS_EVERY seconds: with many labels validation can take longer than
+    training.
     """
     run.model.eval()
     n = len(labels.names)
     totals = [0.0] * (3 + 2 * n)  # loss, tokens, label-set loss, then per label: correct, support
-    for batch in batches(val, max(batch_size, 8))[group.rank :: group.world]:
+    mine = batches(val, max(batch_size, 8))[group.rank :: group.world]
+    started = shown = time.perf_counter()
+    for index, batch in enumerate(mine):
         if run.prefixes is not None:
             loss, tokens, scores = prefix_mod.suffix_eval(run.prefixes, batch, labels)
         else:
@@ -702,6 +757,10 @@ def evaluate(
         for guess, true in zip(scores.argmax(-1).tolist(), truth.tolist(), strict=True):
             totals[3 + true] += guess == true
             totals[3 + n + true] += 1
+        now = time.perf_counter()
+        if now - shown > PROGRESS_EVERY and index + 1 < len(mine):
+            shown, eta = now, (now - started) / (index + 1) * (len(mine) - index - 1)
+            report(f"validation: batch {index + 1}/{len(mine)} eta {_format_eta(eta)}")
     device = str(next(run.model.parameters()).device)
     totals = distributed.sum_values(totals, group, device)
     correct, support = totals[3 : 3 + n], totals[3 + n :]
