@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import signal
 import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from reqcheck.errors import ReqcheckError
+from reqcheck.errors import ReqcheckError, hide_url_credentials
 from reqcheck.training.config import Device, TrainConfig
 
 if TYPE_CHECKING:
@@ -175,7 +177,7 @@ def upload(
             _say("dry run: nothing was uploaded")
             return
         url = push(Path(tmp), target, hub_token())
-    _say(f"uploaded in one commit: {url}")
+    _say(f"uploaded in one commit: {hide_url_credentials(url)}")
 
 
 def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str) -> None:
@@ -183,31 +185,26 @@ def _describe_upload(folder: Path, target: Target, built: Package, endpoint: str
 
     layout = f"intrinsic ({built.subdir}/)" if built.subdir else "plain (adapter at the repo root)"
     visibility = "private" if target.private else "public"
-    _say(f"target: {endpoint}/{target.repo_id} @ {target.revision} ({visibility}, {layout})")
+    where = hide_url_credentials(f"{endpoint}/{target.repo_id}")
+    _say(f"target: {where} @ {target.revision} ({visibility}, {layout})")
     for path in file_tree(folder):
         _say(f"  {path}  ({(folder / path).stat().st_size} bytes)")
 
 
 def _confirm_public(built: Package, ask: bool) -> None:
     """Before a public upload, show what the training data seems to hold and ask (never print values)."""
-    from reqcheck.publishing.personal_data import scan_file
+    from reqcheck.publishing.personal_data import scan_training_data
 
     manifest = built.facts.manifest
-    data_path = Path(manifest.data.path) if manifest and manifest.data.path else None
-    findings = scan_file(data_path) if data_path else None
-    if findings == []:
+    scan = scan_training_data(manifest.data if manifest else None, built.facts.path)
+    if scan.unscanned is None and not scan.findings:
         return
-    if findings is None:
-        where = (
-            f"{data_path}, named in reqcheck.json, cannot be read on this machine"
-            if data_path
-            else f"of {built.facts.path} is not named in a reqcheck.json"
-        )
-        _say(f"The training data {where}, so it could not be scanned for personal data or secrets.")
+    if scan.unscanned is not None:
+        _say(f"The training data {scan.unscanned}, so it could not be scanned for personal data or secrets.")
         concern = "whose training data could not be scanned"
     else:
-        _say(f"The training data {data_path} seems to hold personal data or secrets:")
-        for finding in findings:
+        _say(f"The training data {manifest.data.path} seems to hold personal data or secrets:")
+        for finding in scan.findings:
             _say(f"  {finding.describe()}")
         concern = "whose training data looks personal"
     _say("A public adapter can leak what it was trained on.")
@@ -309,8 +306,14 @@ def demo(
     run_demo(config, say=_say)
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (how CI cancels a job) stops reqcheck as Ctrl-C does, so temp copies are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except ReqcheckError as exc:
@@ -327,3 +330,5 @@ def main() -> None:
             else:
                 _say("interrupted")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

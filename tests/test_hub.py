@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from reqcheck.checking.adapters import CustomIntrinsicAdapter
 from reqcheck.checking.backend import LocalHFBackend
 from reqcheck.checking.requirements import ALoraRequirement
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import fingerprint, load_examples
 from reqcheck.formats.io_yaml import IoYaml, io_yaml_labels
 from reqcheck.formats.manifest import content_hash, short_model_name
 from reqcheck.publishing.adapter import generate_io_yaml, read_adapter
+from reqcheck.publishing.packaging import build_package
 from reqcheck.publishing.personal_data import scan_text
 from tests.fake_hub import FakeHub
 from tests.helpers import PLEASE, run_cli
@@ -309,7 +313,7 @@ def leaky_adapter(adapter: Path, tmp_path: Path) -> Path:
         f'{{"item": "key {secret}", "label": "no"}}\n'
     )
     manifest = json.loads((adapter / "reqcheck.json").read_text())
-    manifest["data"]["path"] = str(data)
+    manifest["data"].update(path=str(data), fingerprint=fingerprint(load_examples(data)))
     (adapter / "reqcheck.json").write_text(json.dumps(manifest))
     return adapter
 
@@ -523,3 +527,165 @@ def test_package_of_truncated_weights_is_one_sentence(adapter, tmp_path, capsys,
     )
     assert code == 2 and "adapter_model.safetensors is damaged" in err and "Traceback" not in err
     assert not (tmp_path / "p").exists()
+
+
+def _record_data(adapter: Path, **data: object) -> None:
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    manifest["data"].update(data)
+    (adapter / "reqcheck.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change", ["cleaned since training", "no fingerprint recorded"])
+def test_public_upload_of_data_that_is_not_what_the_adapter_learnt_is_not_vouched_for(
+    hub, leaky_adapter, capsys, monkeypatch, change
+):
+    """A training file cleaned after training no longer shows what the adapter learnt, so it is not scanned."""
+    data = Path(json.loads((leaky_adapter / "reqcheck.json").read_text())["data"]["path"])
+    if change == "cleaned since training":
+        data.write_text('{"item": "hi", "label": "no"}\n{"item": "mail someone", "label": "yes"}\n')
+        reason = "has changed since the adapter was trained"
+    else:
+        data.write_text('{"item": "hi", "label": "no"}\n')
+        _record_data(leaky_adapter, fingerprint=None)
+        reason = "no fingerprint of it"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    args = [str(leaky_adapter), "--name", "acme/cleaned", "--no-gate", "--public"]
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and reason in err and "could not be scanned" in err and "--yes" in err, err
+    assert hub.requests == []
+    code, err = upload([*args, "--yes"], capsys, monkeypatch)
+    assert code == 0 and reason in err and "could not be scanned" in err, err
+
+
+def _secret_docker_config(tmp_path: Path) -> Path:
+    secret = tmp_path / "docker" / "config.json"
+    secret.parent.mkdir()
+    secret.write_text(json.dumps({"auths": {"registry.example": {"auth": "c2VjcmV0LXB3"}}}))
+    return secret
+
+
+def test_package_refuses_a_config_that_is_not_a_peft_config(adapter, tmp_path, capsys, monkeypatch):
+    """Any JSON object passed as adapter_config.json, and its keys went into the packaged config."""
+    config = adapter / "adapter_config.json"
+    config.write_text(_secret_docker_config(tmp_path).read_text())
+    out = tmp_path / "pkg"
+    code, err = run_cli(["package", str(adapter), "--name", "acme/p", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "is not a PEFT adapter config" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors", "reqcheck.json"])
+def test_package_refuses_an_adapter_file_that_resolves_outside_the_adapter(
+    adapter, tmp_path, capsys, monkeypatch, name
+):
+    """A symlinked adapter file packaged whatever it points at (a docker config.json with credentials)."""
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    shutil.move(adapter / name, outside)
+    (adapter / name).symlink_to(outside)
+    out = tmp_path / "pkg"
+    code, err = run_cli(["package", str(adapter), "--name", "acme/p", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and f"{adapter / name} resolves to {outside}, outside" in err, err
+    assert not out.exists()
+    code, err = upload([str(adapter), "--name", "acme/p", "--no-gate", "--dry-run"], capsys, monkeypatch)
+    assert code == 2 and "outside" in err
+
+
+def test_package_reads_an_adapter_from_the_hugging_face_cache(adapter, tmp_path, capsys, monkeypatch):
+    """The Hub cache keeps a snapshot's files as links into the repo's blobs: those are the adapter's own."""
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--acme--please"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in adapter.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    out = tmp_path / "pkg"
+    code, err = run_cli(
+        ["package", str(snapshot), "--name", "acme/p", "--out", str(out)], capsys, monkeypatch
+    )
+    assert code == 0, err
+
+
+HOSTILE_LABEL = "y|es\n<img src=x onerror=alert(1)>"
+HOSTILE_REQUIREMENT = "Be | polite\n# Owned\n<script>alert(1)</script>"
+
+
+def test_the_model_card_shows_hostile_labels_and_requirement_as_text(adapter, tmp_path):
+    """Labels and requirements with `|`, newlines or HTML broke the card's tables and injected markup."""
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    manifest["requirement"] = HOSTILE_REQUIREMENT
+    manifest["labels"][HOSTILE_LABEL] = 1
+    (adapter / "reqcheck.json").write_text(json.dumps(manifest))
+    report = write_report(tmp_path / "report.json", adapter)
+    data = json.loads(report.read_text())
+    data["adapters"][0]["gates"][0]["mode"] = "adapter|<b>x</b>"
+    report.write_text(json.dumps(data))
+    card = build_package(adapter, "acme/p", intrinsic=False, gate_report=report).card
+    prose = re.sub(r"^```python\n.*?^```$", "", card, flags=re.S | re.M)  # code blocks show HTML as code
+    assert prose.count("```") == 0 and "<script>" not in prose and "<img" not in prose and "<b>" not in prose
+    assert not any(line.startswith("# Owned") for line in card.splitlines())
+    rows = [line for line in card.splitlines() if line.startswith("|")]
+    tables = {line.count("|") - line.count("\\|") for line in rows}
+    assert tables == {3, 4, 6}, rows  # the summary's 2 columns, labels' 3, the gate tables' 5
+    assert "| y\\|es &lt;img src=x onerror=alert(1)&gt; | no | 1 |" in card
+    assert "**Requirement:** Be \\| polite # Owned &lt;script&gt;alert(1)&lt;/script&gt;" in card
+
+
+_TERMINATE_WHILE_WRITING = """
+import os, signal, sys, time
+
+import reqcheck.publishing.packaging as packaging
+
+stage = packaging.stage
+
+
+def stage_then_terminate(*args, **kwargs):
+    stage(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # as CI cancels a job
+    time.sleep(60)
+
+
+packaging.stage = stage_then_terminate
+from reqcheck.cli import main
+
+sys.argv = ["reqcheck", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["package", "upload"])
+def test_sigterm_while_writing_leaves_no_partial_copy(adapter, tmp_path, command):
+    """SIGTERM, how CI cancels a job, is handled like Ctrl-C: the temp copy is removed."""
+    work = tmp_path / "work"
+    (work / "tmp").mkdir(parents=True)
+    args = ["--out", str(work / "pkg")] if command == "package" else ["--no-gate", "--dry-run"]
+    done = subprocess.run(
+        [sys.executable, "-c", _TERMINATE_WHILE_WRITING, command, str(adapter), "--name", "acme/p", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(work / "tmp")},
+    )
+    assert done.returncode == 130 and "interrupted" in done.stderr, done.stderr[-2000:]
+    assert [p.relative_to(work).as_posix() for p in work.rglob("*")] == ["tmp"]
+
+
+def test_endpoint_credentials_are_never_printed(hub, adapter, capsys, monkeypatch):
+    """HF_ENDPOINT=http://user:pass@host printed the password in the target line and in errors."""
+    with_password = hub.url.replace("http://", "http://alice:s3cret-pw@")
+    monkeypatch.setenv("HF_ENDPOINT", with_password)
+    args = [str(adapter), "--name", "acme/x", "--no-gate"]
+    code, err = upload([*args, "--dry-run"], capsys, monkeypatch)
+    assert code == 0 and f"target: {hub.url.replace('http://', 'http://***@')}/acme/x" in err, err
+    assert "s3cret-pw" not in err and "alice" not in err
+    hub.fail_commits = True
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and "Could not reach the Hub at http://***@127.0.0.1" in err, err
+    assert "s3cret-pw" not in err and "alice" not in err
+    monkeypatch.setenv("HF_ENDPOINT", "http://alice:s3cret-pw@127.0.0.1:9")
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and "s3cret-pw" not in err and "alice" not in err, err

@@ -100,11 +100,16 @@ def _read_text(path: Path) -> tuple[str | None, str | None]:
 
 def parse_lines(path: Path) -> tuple[list[Example], list[str]]:
     """Parse a JSONL file into examples and a list of `file:line: reason` problems."""
-    examples: list[Example] = []
-    problems: list[str] = []
     text, problem = _read_text(path)
     if text is None:
         return [], [str(problem)]
+    return parse_text(text, path)
+
+
+def parse_text(text: str, path: Path) -> tuple[list[Example], list[str]]:
+    """Parse the JSONL text of the file `path` (read once by the caller) into examples and problems."""
+    examples: list[Example] = []
+    problems: list[str] = []
     # JSON Lines ends lines with \n only: U+2028, U+2029 and U+0085 are valid inside JSON strings
     for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():

@@ -263,9 +263,51 @@ def adapter_config(directory: Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReqcheckError(f"{path} is not valid JSON ({exc}); retrain or re-download the adapter.") from exc
-    if not isinstance(config, dict):
-        raise ReqcheckError(f"{path} is not a PEFT adapter config; retrain the adapter.")
+    if not _is_peft_config(config):
+        raise ReqcheckError(
+            f"{path} is not a PEFT adapter config (it needs a peft_type and a rank r); pass an adapter "
+            "directory written by reqcheck train or PEFT's save_pretrained."
+        )
     return config
+
+
+def _is_peft_config(config: Any) -> bool:
+    """What PEFT itself needs to load a LoRA config: a peft_type name and a positive integer rank `r`."""
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        return False
+    rank = config.get("r")
+    return isinstance(rank, int) and not isinstance(rank, bool) and rank > 0
+
+
+def check_files_inside(directory: Path) -> None:
+    """Refuse an adapter file that resolves outside its directory (a link to a docker config.json, say).
+
+    Packaging copies what the files resolve to, so a link would publish another file. Files that resolve
+    into the Hugging Face cache stay allowed: a downloaded snapshot's files are links into its blobs.
+    """
+    home = directory.resolve()
+    allowed = (home, *_hub_cache_roots(home))
+    for name in ADAPTER_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in allowed):
+            raise ReqcheckError(
+                f"{path} resolves to {resolved}, outside the adapter directory; copy the adapter's own file "
+                "there instead of linking to another."
+            )
+
+
+def _hub_cache_roots(home: Path) -> list[Path]:
+    """The Hugging Face cache, and the cache repo holding `home` when it is a snapshot (any cache_dir)."""
+    from huggingface_hub import constants
+
+    roots = [Path(constants.HF_HUB_CACHE).resolve()]
+    snapshots = next((p for p in home.parents if p.name == "snapshots"), None)
+    if snapshots is not None and snapshots.parent.name.startswith("models--"):
+        roots.append(snapshots.parent / "blobs")
+    return roots
 
 
 def check_weights(path: Path) -> None:

@@ -115,7 +115,7 @@ def markdown(report: GateReport) -> str:
     parts = [f"## reqcheck gate: {verdict(report.passed)}", ""]
     for entry in report.adapters:
         confidence = entry.confidence
-        parts += [f"### {_md(entry.name)}: {verdict(entry.passed)}", ""]
+        parts += [f"### {md(entry.name)}: {verdict(entry.passed)}", ""]
         parts += [
             f"| mode | cases | accuracy | {confidence:.0%} interval | macro-F1 | ECE | Brier |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -140,9 +140,9 @@ def markdown(report: GateReport) -> str:
 
 
 def _markdown_gate(gate: Gate) -> str:
-    name = gate.name + (f"[{_md(gate.label)}]" if gate.label else "")
+    name = gate.name + (f"[{md(gate.label)}]" if gate.label else "")
     said = {True: "PASS", False: "FAIL"}.get(gate.passed, "not run")
-    note = f": {_md(gate.problem)}" if gate.problem else ""
+    note = f": {md(gate.problem)}" if gate.problem else ""
     if gate.resolved is False:
         needed = gate.cases_needed
         note = f" (unresolved: about {needed:,} cases would resolve it)" if needed else " (unresolved)"
@@ -156,10 +156,10 @@ def _markdown_baseline(baseline: BaselineComparison | None) -> list[str]:
     if baseline is None:
         return []
     if baseline.problem is not None:
-        return ["", f"Baseline: {_md(baseline.problem)}"]
+        return ["", f"Baseline: {md(baseline.problem)}"]
     parts = [
         "",
-        f"**Against the baseline {_md(Path(baseline.path).name)}** ({baseline.shared} shared cases): "
+        f"**Against the baseline {md(Path(baseline.path).name)}** ({baseline.shared} shared cases): "
         f"{len(baseline.right_to_wrong)} right → wrong, {len(baseline.wrong_to_right)} wrong → right",
     ]
     changes = [("right → wrong", c) for c in baseline.right_to_wrong]
@@ -167,10 +167,10 @@ def _markdown_baseline(baseline: BaselineComparison | None) -> list[str]:
     if changes:
         parts += ["", "| change | case | item | expected | baseline | now |", "|---|---|---|---|---|---|"]
         for kind, change in changes:
-            item = _md(change.item) if change.item is not None else f"sha256:{change.item_hash[:16]}…"
+            item = md(change.item) if change.item is not None else f"sha256:{change.item_hash[:16]}…"
             parts.append(
-                f"| {kind} | {_md(change.id)} ({_md(change.file)}:{change.line}) | {item} | "
-                f"{_md(change.expected)} | {_md(change.baseline.predicted)} | {_md(change.current.predicted)} |"
+                f"| {kind} | {md(change.id)} ({md(change.file)}:{change.line}) | {item} | "
+                f"{md(change.expected)} | {md(change.baseline.predicted)} | {md(change.current.predicted)} |"
             )
     return parts
 
@@ -178,7 +178,7 @@ def _markdown_baseline(baseline: BaselineComparison | None) -> list[str]:
 _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]|~])")  # what can start emphasis, code, a link or end a cell
 
 
-def _md(text: Any) -> str:
+def md(text: Any) -> str:
     """Data as inert Markdown table text: one line, inline Markdown backslash-escaped, then HTML-escaped."""
     flat = " ".join(str(text).split())
     return escape(_MARKDOWN_INLINE.sub(r"\\\1", flat), quote=True)

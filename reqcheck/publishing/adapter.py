@@ -17,6 +17,7 @@ from reqcheck.formats.manifest import (
     PEFT_FILES,
     Manifest,
     adapter_config,
+    check_files_inside,
     check_weights,
     portable_name,
     short_model_name,
@@ -76,6 +77,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
             f"{weight_path} has no {' or '.join(missing)}; pass a directory written by reqcheck train "
             "(or PEFT's save_pretrained with safetensors)."
         )
+    check_files_inside(weight_path)
     config = adapter_config(weight_path)
     check_weights(weight_path)
     manifest = Manifest.read(weight_path) if (weight_path / MANIFEST_NAME).is_file() else None

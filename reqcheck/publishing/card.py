@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from reqcheck.formats.manifest import (
 )
 from reqcheck.formats.output import RESULT_FIELD
 from reqcheck.gating.numbers import number
+from reqcheck.gating.report_text import md
 from reqcheck.publishing.adapter import AdapterFacts
 
 
@@ -79,12 +81,12 @@ def _summary(facts: AdapterFacts, context: CardContext) -> str:
         "",
     ]
     if manifest and manifest.requirement:
-        lines += [f"**Requirement:** {manifest.requirement}", ""]
+        lines += [f"**Requirement:** {md(manifest.requirement)}", ""]
     where = f"`{context.subdir}/` (intrinsic layout)" if context.subdir else "the repo root"
-    lines += ["| | |", "| --- | --- |", f"| Base model | `{facts.portable_base}` |"]
+    lines += ["| | |", "| --- | --- |", f"| Base model | {_code(facts.portable_base)} |"]
     lines += [f"| Adapter type | {facts.adapter_type} |", f"| Adapter files | {where} |"]
     if manifest:
-        lines.append(f"| Invocation | `{manifest.prompt.invocation}` |")
+        lines.append(f"| Invocation | {_code(manifest.prompt.invocation)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +94,7 @@ def _labels(manifest: Manifest | None) -> str:
     if manifest is None:
         return ""
     rows = [
-        f"| {label} | {'yes' if label in manifest.positive_labels else 'no'} | {count} |"
+        f"| {md(label)} | {'yes' if label in manifest.positive_labels else 'no'} | {count} |"
         for label, count in manifest.labels.items()
     ]
     head = ["## Labels", "", "| label | counts as passing | training examples |", "| --- | --- | --- |"]
@@ -110,18 +112,26 @@ def _gate_section(entry: AdapterEntry | None) -> str:
     for mode, metrics in entry.modes.items():
         latency = metrics.latency_ms or Latency()
         lines.append(
-            f"| {mode} | {_fmt(metrics.n, 0)} | {_fmt(metrics.accuracy)}"
+            f"| {md(mode)} | {_fmt(metrics.n, 0)} | {_fmt(metrics.accuracy)}"
             f"{_interval(metrics.accuracy_interval, entry.confidence)} | "
             f"{_fmt(metrics.macro_f1)} | {_fmt(latency.p50, 0)} / {_fmt(latency.p95, 0)} |"
         )
     lines += ["", "| gate | mode | threshold | value | passed |", "| --- | --- | --- | --- | --- |"]
     for gate in entry.gates:
         lines.append(
-            f"| {gate.name} | {gate.mode} | {_fmt(gate.threshold)} | "
+            f"| {gate.name} | {md(gate.mode)} | {_fmt(gate.threshold)} | "
             f"{_fmt(gate.value)}{_interval(gate.interval, entry.confidence)} | {'yes' if gate.passed else 'no'} |"
         )
     lines += ["", f"Adapter content hash: `{entry.content_hash}`"]
     return "\n".join(lines) + "\n"
+
+
+def _code(text: str) -> str:
+    """`text` as one inline code span in a table cell: on one line, `|` escaped, fenced past its backticks."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    fence = "`" * (max(map(len, re.findall("`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

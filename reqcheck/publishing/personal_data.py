@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reqcheck.formats.data import fingerprint, parse_text
+from reqcheck.formats.manifest import DataRecord
+
 _MAX_LINES_SHOWN = 10
 
 
@@ -78,10 +81,40 @@ def scan_text(lines: list[str]) -> list[Finding]:
     return [f for f in findings.values() if f.lines]
 
 
-def scan_file(path: Path) -> list[Finding] | None:
-    """`scan_text` over a file (the training data a public upload might leak); None when it cannot be read."""
+@dataclass
+class DataScan:
+    """The scan of an adapter's training data: what it found, or why it could not vouch for the data.
+
+    `unscanned` ends the sentence "The training data ..., so it could not be scanned".
+    """
+
+    findings: list[Finding]
+    unscanned: str | None = None
+
+
+def scan_training_data(record: DataRecord | None, adapter: Path) -> DataScan:
+    """Scan the file the adapter was trained on, if it still holds what the adapter learnt.
+
+    The file is read once; its examples must give the fingerprint reqcheck.json recorded at training,
+    else the file was cleaned or replaced since and a clean scan would vouch for data the adapter never saw.
+    """
+    if record is None or not record.path:
+        return DataScan([], f"of {adapter} is not named in a reqcheck.json")
+    path = Path(record.path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return scan_text(text.split("\n"))  # JSONL line numbers: U+2028 inside a string does not end a line
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return DataScan([], f"{path}, named in reqcheck.json, cannot be read on this machine")
+    if not record.fingerprint:
+        return DataScan(
+            [], f"{path} cannot be matched to the adapter (reqcheck.json records no fingerprint of it)"
+        )
+    examples, problems = parse_text(text, path)
+    if problems or fingerprint(examples) != record.fingerprint:
+        return DataScan(
+            [],
+            f"{path} has changed since the adapter was trained (it no longer matches the fingerprint in "
+            "reqcheck.json)",
+        )
+    # JSONL line numbers: U+2028 inside a string does not end a line
+    return DataScan(scan_text(text.split("\n")))
