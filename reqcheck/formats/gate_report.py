@@ -10,15 +10,13 @@ take their defaults, and fields this reqcheck does not know are left out.
 from __future__ import annotations
 
 import json
-import math
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from reqcheck.atomic import atomic_write_text
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.typed import Mismatch, build
 
 REPORT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -242,6 +240,11 @@ class AdapterEntry:
     cases: list[CaseRecord] = field(default_factory=list)
     baseline: BaselineComparison | None = None
     passed: bool | None = None
+    # case items (one per line and mode) collected and run; `partial` when a run was narrowed (-k, -x, a
+    # node id) so its gates saw only some cases. Reports before these fields read as complete runs.
+    collected: int | None = None
+    ran: int | None = None
+    partial: bool = False
 
     @property
     def adapter_accuracy(self) -> float | None:
@@ -318,8 +321,8 @@ class GateReport:
                     f"writes them; {REGENERATE}."
                 )
         try:
-            return _build(cls, data, "")
-        except _Mismatch as exc:
+            return build(cls, data, "")
+        except Mismatch as exc:
             raise ReqcheckError(f"{source}: {exc} as the plugin writes it; {REGENERATE}.") from None
 
     @classmethod
@@ -345,58 +348,3 @@ class GateReport:
                 f"Report {path} is not valid JSON ({str(exc).split(';')[0]}); {REGENERATE}."
             ) from exc
         return cls.from_dict(data, str(path))
-
-
-class _Mismatch(Exception):
-    """A field of a report that is not of the type its record declares (internal to reading)."""
-
-
-def _build(kind: Any, value: Any, where: str) -> Any:
-    """`value` (JSON) as `kind` (a record, list, dict, union or scalar type), checked all the way down."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _build(inner, value, where)
-    if kind is Any:
-        return value
-    if origin is list:
-        _expect(isinstance(value, list), where, "a list")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _expect(isinstance(value, dict), where, "an object")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
-        return _record(kind, value, where)
-    return _scalar(kind, value, where)
-
-
-def _record(kind: type, value: Any, where: str) -> Any:
-    _expect(isinstance(value, dict), where or "the report", "an object")
-    hints = typing.get_type_hints(kind)
-    found = {}
-    for f in fields(kind):
-        path = f"{where}.{f.name}" if where else f.name
-        if f.name in value:
-            found[f.name] = _build(hints[f.name], value[f.name], path)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise _Mismatch(f"{path} is missing")
-    return kind(**found)
-
-
-def _scalar(kind: type, value: Any, where: str) -> Any:
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        _expect(ok, where, "a finite number")
-        return float(value)
-    if kind is int:
-        _expect(isinstance(value, int) and not isinstance(value, bool), where, "a whole number")
-        return value
-    _expect(isinstance(value, kind), where, {str: "a string", bool: "true or false"}.get(kind, kind.__name__))
-    return value
-
-
-def _expect(ok: bool, where: str, what: str) -> None:
-    if not ok:
-        raise _Mismatch(f"{where} is not {what}")
