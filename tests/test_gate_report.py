@@ -368,7 +368,7 @@ DAMAGED_REPORTS = {
 
 def test_damaged_reports_and_baselines_are_one_sentence(suite, capsys, monkeypatch) -> None:
     pytester, _ = suite
-    assert run(suite, "--reqcheck-report", "good.json").ret == 0
+    assert run(suite, "--reqcheck-min-accuracy", "0.5", "--reqcheck-report", "good.json").ret == 0
     good = json.loads((pytester.path / "good.json").read_text())
     for name, damage in DAMAGED_REPORTS.items():
         report = json.loads(json.dumps(good))
