@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from reqcheck.gating.evaluation import AdapterRun, GateSettings
 
 FIXTURE_PATTERN = "*.reqcheck.jsonl"
+OUTPUT_OPTIONS = ("reqcheck-report", "reqcheck-html")
 SETTINGS = {  # name: (type, help); each gate of the table is one more
     "validation": (str, "run cases with validation on (adapter), off (judge) or both [both]"),
     "strict": (bool, "a wrong label fails its case instead of being an expected failure"),
@@ -178,10 +179,21 @@ class ReqcheckPlugin:
         self.ungated: dict[str, list[str]] = {}  # adapter -> `gate[label]` of labels without cases
         check_gate_settings(config)
         try:
+            self.refuse_clashing_outputs([])
             self.settings = self._settings()
             self.adapters = self._locate()
         except ReqcheckError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+    def refuse_clashing_outputs(self, inputs: list[tuple[str, str]]) -> None:
+        """Refuse an output path (report, page, step summary) that is the baseline, an input or another output."""
+        from reqcheck.atomic import refuse_clashing_outputs
+
+        outputs = [(f"--{name}", self.config.getoption(name.replace("-", "_"))) for name in OUTPUT_OPTIONS]
+        outputs.append(("GITHUB_STEP_SUMMARY", os.environ.get("GITHUB_STEP_SUMMARY")))
+        if baseline := setting(self.config, "baseline"):
+            inputs = [*inputs, ("the baseline", baseline)]
+        refuse_clashing_outputs([(what, path) for what, path in outputs if path], inputs)
 
     def _settings(self) -> GateSettings:
         from reqcheck.gating.evaluation import GateSettings
@@ -213,6 +225,12 @@ class ReqcheckPlugin:
         for spec in specs:
             adapter = CustomIntrinsicAdapter(model_id=spec)
             path = locate_adapter(adapter, self.base_model.short_name)
+            if adapter.name in found:
+                raise ReqcheckError(
+                    f"--adapter {found[adapter.name].path} and --adapter {path} are both named "
+                    f"{adapter.name!r}, and the report and the cases tell adapters apart by name; copy or "
+                    "rename one folder so their names differ."
+                )
             if (path / MANIFEST_NAME).exists():
                 manifest = Manifest.read(path)
             else:  # trained by Mellea: labels and prompt format need the tokenizer (no model is loaded)
@@ -290,6 +308,10 @@ class ReqcheckPlugin:
         cases = [item for item in items if isinstance(item, ReqcheckCase)]
         if not cases:
             return
+        try:
+            self.refuse_clashing_outputs([("the fixture file", path) for path in self.files])
+        except ReqcheckError as exc:
+            pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.gates = self._make_gates(cases)
         items.extend(
             GateItem.from_parent(
@@ -487,6 +509,8 @@ class ReqcheckFile(pytest.File):
         for example in examples:
             adapter = plugin.adapter_for(example.requirement, f"{self.path}:{example.line}")
             by_adapter.setdefault(adapter, []).append(example)
+            run = plugin.adapters[adapter].run
+            run.collected = (run.collected or 0) + len(plugin.modes)
             name = example.id or f"line{example.line}"
             for mode in plugin.modes:
                 yield ReqcheckCase.from_parent(
@@ -545,10 +569,13 @@ class ReqcheckCase(pytest.Item):
         )
         if prediction.label == self.example.label:
             return
+        from reqcheck.gating.evaluation import item_label
+
         message = (
             f"{self.mode}: expected {self.example.label!r}, got {prediction.label!r} "
             f"(p={prediction.probabilities[prediction.label]:.3f}; p({self.example.label})="
-            f"{prediction.probabilities[self.example.label]:.3f}) for item {self.example.item!r}"
+            f"{prediction.probabilities[self.example.label]:.3f}) for item "
+            f"{item_label(self.example.item, self.plugin.settings.items)}"
         )
         if self.plugin.strict:
             raise ReqcheckFailure(message)

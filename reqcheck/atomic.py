@@ -76,3 +76,22 @@ def _move_into_place(tmp: Path, target: Path, replace_existing: bool, concurrent
             f"{target} appeared while reqcheck was writing it; another process writes the same path, so "
             "rerun when it has finished or choose another path."
         ) from exc
+
+
+def refuse_clashing_outputs(
+    outputs: list[tuple[str, str | Path]], inputs: list[tuple[str, str | Path]]
+) -> None:
+    """Refuse an output path that is an input or another output: writing it would destroy that file.
+
+    `outputs` and `inputs` pair what a path is (`--html`, `the report`) with the path; paths are
+    compared after resolving symlinks, so two spellings of one file clash too.
+    """
+    taken: dict[Path, str] = {Path(path).resolve(): f"{what} {path}" for what, path in inputs}
+    for what, path in outputs:
+        resolved = Path(path).resolve()
+        if resolved in taken:
+            raise ReqcheckError(
+                f"{what} {path} is also {taken[resolved]}; writing it would overwrite that file, so pass "
+                "another path."
+            )
+        taken[resolved] = f"{what} {path}"

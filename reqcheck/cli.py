@@ -114,6 +114,9 @@ _WEIGHT_PATH = typer.Argument(
 _NAME_HELP = "Hub repo id, org/repo."
 _IO_YAML_HELP = "io.yaml for the intrinsic layout (default: written from reqcheck.json)."
 _INTRINSIC_NAME_HELP = "Folder name of the intrinsic (default: the repo part of --name)."
+_ALLOW_PARTIAL_GATE = typer.Option(
+    "--allow-partial-gate", help="Accept a gate report of a run narrowed with -k or -x (some cases only)."
+)
 
 
 @app.command()
@@ -131,6 +134,7 @@ def upload(
         typer.Option(help="Gate report (pytest --reqcheck-report) that passed for these weights."),
     ] = None,
     no_gate: Annotated[bool, typer.Option("--no-gate", help="Upload without a passing gate report.")] = False,
+    allow_partial_gate: Annotated[bool, _ALLOW_PARTIAL_GATE] = False,
     public: Annotated[
         bool, typer.Option("--public", help="Make a new repo public (default: private).")
     ] = False,
@@ -161,6 +165,7 @@ def upload(
         io_yaml=io_yaml,
         intrinsic_name=intrinsic_name,
         gate_report=gate,
+        allow_partial_gate=allow_partial_gate,
     )
     if no_gate:
         _say("WARNING: uploading WITHOUT a passing gate: nothing vouches for this adapter's accuracy.")
@@ -230,13 +235,20 @@ def package(
     gate: Annotated[
         Path | None, typer.Option(help="Gate report whose metrics go into the model card.")
     ] = None,
+    allow_partial_gate: Annotated[bool, _ALLOW_PARTIAL_GATE] = False,
 ) -> None:
     """Write locally exactly what `upload --intrinsic` would upload, to inspect it or push it elsewhere."""
     from reqcheck.atomic import atomic_directory
     from reqcheck.publishing.packaging import build_package, file_tree, is_package_dir
 
     built = build_package(
-        weight_path, name, intrinsic=True, io_yaml=io_yaml, intrinsic_name=intrinsic_name, gate_report=gate
+        weight_path,
+        name,
+        intrinsic=True,
+        io_yaml=io_yaml,
+        intrinsic_name=intrinsic_name,
+        gate_report=gate,
+        allow_partial_gate=allow_partial_gate,
     )
     ours = out.is_dir() and is_package_dir(out)
     if out.exists() and not (out.is_dir() and (ours or not any(out.iterdir()))):
@@ -279,10 +291,23 @@ def report_command(
     html: Annotated[Path, typer.Option(help="Write the report as one self-contained HTML file here.")],
 ) -> None:
     """Render a saved gate report as HTML (plots, gates, misclassified cases, regressions); no model needed."""
+    from reqcheck.atomic import refuse_clashing_outputs
     from reqcheck.formats.gate_report import GateReport
     from reqcheck.gating.report_html import write_html
 
-    write_html(GateReport.read(report), html)
+    refuse_clashing_outputs([("--html", html)], [("the report", report)])
+    if html.is_dir():
+        raise ReqcheckError(f"--html {html} is a directory; pass the path of the HTML file to write.")
+    if any(part.exists() and not part.is_dir() for part in html.parents):
+        raise ReqcheckError(f"--html {html} lies under a file, not a folder; pass a path in a folder.")
+    loaded = GateReport.read(report)
+    try:
+        write_html(loaded, html)
+    except OSError as exc:
+        raise ReqcheckError(
+            f"Cannot write --html {html} ({exc.strerror or type(exc).__name__}); pass a file path you may "
+            "write to."
+        ) from exc
     _say(f"wrote {html}")
 
 

@@ -24,6 +24,7 @@ from reqcheck.formats.data import fingerprint, label_counts, load_examples
 from reqcheck.formats.gate_report import GateReport
 from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, default_positive_labels
 from reqcheck.gating.numbers import number
+from reqcheck.gating.report_html import is_report_page
 from reqcheck.models.loading import resolve_base_model
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import summary, train
@@ -162,8 +163,26 @@ def _check_gate_can_run() -> None:
         )
 
 
-def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the four steps; returns what a test or a user wants to know about the run."""
+def _refuse_foreign_outputs(report: Path, page: Path) -> None:
+    """Refuse to delete or overwrite a report or page in the workdir that reqcheck did not write."""
+    ours = {report: _is_gate_report(report), page: page.is_file() and is_report_page(page)}
+    for path, written_by_reqcheck in ours.items():
+        if path.exists() and not written_by_reqcheck:
+            raise ReqcheckError(
+                f"{path} exists and was not written by reqcheck; pass another --workdir or move it away."
+            )
+
+
+def _is_gate_report(path: Path) -> bool:
+    try:
+        GateReport.read(path)
+    except ReqcheckError:
+        return False
+    return True
+
+
+def _check_before_training(config: DemoConfig) -> None:
+    """Everything that would stop the demo after minutes of training, said before it starts."""
     for name in ("train.jsonl", "test.reqcheck.jsonl"):
         if not (config.example / name).is_file():
             raise ReqcheckError(
@@ -177,6 +196,12 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
             f"{config.example} is a classifier ({', '.join(labels)}) with no passing label such as yes or "
             "pass, and the demo checks a requirement; run the commands in that example's README instead."
         )
+    _refuse_foreign_outputs(config.workdir / "report.json", config.workdir / "report.html")
+
+
+def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, object]:
+    """Run the four steps; returns what a test or a user wants to know about the run."""
+    _check_before_training(config)
     config.workdir.mkdir(parents=True, exist_ok=True)
     requirement = _requirement(config.example)
     started = time.perf_counter()

@@ -33,6 +33,14 @@ CASES = {
         ["good.jsonl", "--promptfile", "bad-prompt.json"],
         "no non-empty 'invocation_prompt'",
     ),
+    "promptfile that is a folder": (
+        ["good.jsonl", "--promptfile", "occupied"],
+        "Promptfile occupied cannot be read",
+    ),
+    "promptfile under a file": (
+        ["good.jsonl", "--promptfile", "good.jsonl/p.json"],
+        "Promptfile good.jsonl/p.json cannot be read",
+    ),
     "unknown adapter": (["good.jsonl", "--adapter", "qlora"], "'qlora' is not one of"),
     "unknown device": (["good.jsonl", "--device", "tpu"], "'tpu' is not one of"),
     "absent device": (["good.jsonl", "--device", ABSENT_DEVICE], "not available here"),

@@ -115,3 +115,28 @@ def test_the_demo_retrains_for_another_base_model_or_requirement(
     other_base = build_tiny_model(tmp_path / "other-model", seed=3)
     other_model = TrainConfig(marker_data, str(other_base), trained, requirement=PLEASE, **FAST)
     assert changed_since_training(trained, other_model) == ["base model"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("report.json", '{"mine": true}'), ("report.html", "<p>my page</p>")]
+)
+def test_the_demo_leaves_a_report_or_page_it_did_not_write_alone(
+    tiny_model_dir: Path, tmp_path: Path, name: str, text: str
+) -> None:
+    example = tmp_path / "please"
+    example.mkdir()
+    write_jsonl(example / "train.jsonl", marker_task(40, seed=4))
+    write_jsonl(
+        example / "test.reqcheck.jsonl", [{**row, "requirement": PLEASE} for row in marker_task(8, seed=5)]
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / name).write_text(text)
+    with pytest.raises(
+        ReqcheckError, match=f"{name} exists and was not written by reqcheck; pass another --workdir"
+    ):
+        config = DemoConfig(example=example, basemodel=str(tiny_model_dir), workdir=work, device="cpu", epochs=1,
+                            target_modules=ALL_LINEAR, max_new_tokens=4)  # fmt: skip
+        run_demo(config, say=lambda _: None)
+    assert (work / name).read_text() == text
+    assert sorted(p.name for p in work.iterdir()) == [name]

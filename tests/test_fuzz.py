@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 from reqcheck.cli import main
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.data import fingerprint, label_counts, load_examples
+from reqcheck.formats.gate_report import DataFile, Gate
 from reqcheck.formats.io_yaml import RESPONSE_SCHEMA
 from reqcheck.formats.manifest import content_hash
+from reqcheck.gating.evaluation import AdapterRun, Prediction, build_report
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import load_training_data
 
@@ -326,24 +328,52 @@ def _slots(node: object) -> list[tuple[object, object]]:
     return found
 
 
+def format_2_report(adapter: Path) -> dict:
+    """A report as the plugin writes it (format 2: cases, gates with intervals, a baseline comparison)."""
+    run = AdapterRun("adapter", str(adapter), content_hash(adapter), {"name": "tiny"}, "alora", ["no", "yes"],
+                     ["yes"], gates=[Gate("min_accuracy", "adapter", 0.5)], collected=6)  # fmt: skip
+    for line, (expected, yes) in enumerate([("yes", 0.9), ("no", 0.2), ("no", 0.7)], start=1):
+        for mode in ("adapter", "judge"):
+            prediction = Prediction({"no": 1 - yes, "yes": yes}, 0.01)
+            run.record(id=f"c{line}", file="t.reqcheck.jsonl", line=line, item=f"item {line}",
+                       expected=expected, mode=mode, prediction=prediction)  # fmt: skip
+    run.data = [DataFile("t.reqcheck.jsonl", "adapter", "sha256:" + "0" * 64, 3)]
+    for gate in run.gates:
+        run.evaluate(gate)
+    report = build_report([run]).to_dict()
+    report["adapters"][0]["baseline"] = {"path": "base.json", "shared": 3, "baseline_only": 0, "current_only": 0,
+                                         "right_to_wrong": [], "wrong_to_right": []}  # fmt: skip
+    return report
+
+
+# markup where a page shows a value: the page's CSP blocks scripts, not forms, images or a meta refresh
+MARKUP = ["<img src=x>", '<form action="https://example.com">', '<meta http-equiv="refresh" content="0">']
+hostile_values = st.one_of(json_values, st.sampled_from(MARKUP))
+
+
+def damaged(draw: st.DrawFn, value: dict) -> dict:
+    """`value` with one to three of its parts deleted or replaced by other JSON or by markup."""
+    value = copy.deepcopy(value)
+    for _ in range(draw(st.integers(1, 3))):
+        container, key = draw(st.sampled_from(_slots(value)))
+        if isinstance(container, dict) and draw(st.booleans()):
+            del container[key]
+        else:
+            container[key] = draw(hostile_values)  # type: ignore[index]
+        if not _slots(value):
+            break
+    return value
+
+
 @st.composite
-def gate_reports(draw: st.DrawFn, adapter: Path) -> bytes:
+def gate_reports(draw: st.DrawFn, adapter: Path, format_2: bool = False) -> bytes:
     """A valid report for `adapter` with a few parts deleted or replaced, or JSON that is no report at all."""
     kind = draw(st.sampled_from(["mutated", "mutated", "mutated", "json", "bytes"]))
     if kind == "bytes":
         return draw(st.binary(max_size=40))
     if kind == "json":
         return json.dumps(draw(json_values)).encode()
-    report = copy.deepcopy(valid_report(adapter))
-    for _ in range(draw(st.integers(1, 3))):
-        container, key = draw(st.sampled_from(_slots(report)))
-        if isinstance(container, dict) and draw(st.booleans()):
-            del container[key]
-        else:
-            container[key] = draw(json_values)  # type: ignore[index]
-        if not _slots(report):
-            break
-    return json.dumps(report).encode()
+    return json.dumps(damaged(draw, format_2_report(adapter) if format_2 else valid_report(adapter))).encode()
 
 
 @given(data=st.data())
@@ -366,3 +396,64 @@ def test_a_ten_megabyte_line_is_read_or_reported(tmp_path: Path) -> None:
     path.write_text(json.dumps({"item": big, "label": "yes"}) + "\n" + '{"item": "' + big + "\n")
     with pytest.raises(ReqcheckError, match=rf"{re.escape(str(path))}:2: not valid JSON"):
         load_examples(path)
+
+
+@settings(max_examples=max(8, settings.default.max_examples // 3))  # a page with five plots per case
+@given(data=st.data())
+def test_damaged_reports_through_reqcheck_report_end_in_one_sentence_and_no_markup(
+    workspace: Workspace, adapter: Path, data: st.DataObject
+) -> None:
+    folder = workspace.new()
+    (folder / "report.json").write_bytes(data.draw(gate_reports(adapter, format_2=True)))
+    page = folder / "report.html"
+    code, err = cli(["report", str(folder / "report.json"), "--html", str(page)])
+    assert_clean_exit(code, err)
+    assert page.exists() == (code == 0)
+    if code == 0:
+        text = page.read_text(encoding="utf-8")
+        assert not [markup for markup in MARKUP if markup in text]
+
+
+@settings(max_examples=max(8, settings.default.max_examples // 4))  # a pytest session per case
+@given(data=st.data())
+def test_damaged_baselines_are_usage_errors_of_the_plugin(
+    workspace: Workspace, adapter: Path, data: st.DataObject
+) -> None:
+    folder = workspace.new()
+    (folder / "base.json").write_bytes(data.draw(gate_reports(adapter, format_2=True)))
+    (folder / "t.reqcheck.jsonl").write_text(json.dumps({"item": "a", "label": "yes"}) + "\n")
+    quiet = [f"-pno:{name}" for name in ("cacheprovider", "hypothesispytest", "anyio", "unraisableexception")]
+    args = ["--collect-only", "-q", *quiet, f"--rootdir={folder}", str(folder / "t.reqcheck.jsonl")]
+    baseline = [
+        f"--adapter={adapter}",
+        f"--reqcheck-baseline={folder / 'base.json'}",
+        "--reqcheck-max-drop=0.1",
+    ]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = pytest.main([*args, *baseline])
+    assert code in (pytest.ExitCode.OK, pytest.ExitCode.USAGE_ERROR), err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+@st.composite
+def manifests(draw: st.DrawFn, adapter: Path) -> bytes:
+    """The adapter's reqcheck.json with a few parts deleted or replaced, or JSON that is no manifest."""
+    kind = draw(st.sampled_from(["mutated", "mutated", "mutated", "json", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=40))
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    return json.dumps(damaged(draw, json.loads((adapter / "reqcheck.json").read_text()))).encode()
+
+
+@settings(max_examples=max(8, settings.default.max_examples // 2))
+@given(data=st.data())
+def test_damaged_manifests_through_package_and_upload_end_in_one_sentence(
+    workspace: Workspace, adapter: Path, data: st.DataObject
+) -> None:
+    folder = workspace.new()
+    copy_of = Path(shutil.copytree(adapter, folder / "adapter"))
+    (copy_of / "reqcheck.json").write_bytes(data.draw(manifests(adapter)))
+    upload = ["upload", str(copy_of), "--name", "acme/fuzz", "--intrinsic", "--no-gate", "--dry-run"]
+    assert_clean_exit(*cli(upload))
+    assert_clean_exit(*cli(["package", str(copy_of), "--name", "acme/fuzz", "--out", str(folder / "out")]))

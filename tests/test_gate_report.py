@@ -240,3 +240,168 @@ def test_an_output_that_cannot_be_written_ends_the_run_with_one_line(suite) -> N
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["reqcheck: could not write taken/r.html: *"])
     assert json.loads((pytester.path / "r.json").read_text())["report_format"] == 2
+
+
+def test_report_items_hash_keeps_item_text_out_of_the_terminal_and_junit(suite) -> None:
+    pytester, _ = suite
+    for strict in ([], ["--reqcheck-strict"]):
+        result = run(suite, "--reqcheck-report-items", "hash", "-rx", "--junitxml", "junit.xml", *strict)
+        output = "\n".join(result.outlines) + (pytester.path / "junit.xml").read_text()
+        assert "alert" not in output and "today please" not in output and "shipped" not in output
+        assert "for item sha256:" in output
+
+
+def test_a_failed_case_cuts_a_long_item_in_its_message(pytester: pytest.Pytester, tiny_adapters) -> None:
+    long_item = "no polite word here " * 40
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps({"id": "long", "item": long_item, "label": "yes"}))
+    result = pytester.runpytest(
+        f"--adapter={tiny_adapters['alora'].outfile}", "--reqcheck-validation", "on", "-rx"
+    )
+    result.assert_outcomes(xfailed=1)
+    assert long_item not in result.stdout.str() and "no polite word here" in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "clash"),
+    [
+        (
+            ["--reqcheck-report", "cases.reqcheck.jsonl"],
+            "--reqcheck-report cases.reqcheck.jsonl is also the fixture",
+        ),
+        (
+            ["--reqcheck-html", "cases.reqcheck.jsonl"],
+            "--reqcheck-html cases.reqcheck.jsonl is also the fixture",
+        ),
+        (
+            ["--reqcheck-report", "r.json", "--reqcheck-html", "r.json"],
+            "--reqcheck-html r.json is also --reqcheck-report",
+        ),
+        (
+            ["--reqcheck-baseline", "base.json", "--reqcheck-report", "base.json"],
+            "is also the baseline base.json",
+        ),
+    ],
+)
+def test_an_output_that_is_an_input_or_the_other_output_is_refused(
+    suite, args: list[str], clash: str
+) -> None:
+    pytester, _ = suite
+    assert run(suite, "--reqcheck-report", "base.json").ret == 0
+    before = {p.name: p.read_bytes() for p in pytester.path.iterdir() if p.is_file()}
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert clash in result.stdout.str() + result.stderr.str()
+    assert {p.name: p.read_bytes() for p in pytester.path.iterdir() if p.is_file()} == before
+
+
+def test_a_partial_run_is_recorded_in_the_report_and_the_terminal(suite) -> None:
+    pytester, _ = suite
+    result = run(suite, "-k", "c1 or c2", "--reqcheck-min-accuracy", "0.5", "--reqcheck-report", "part.json")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*partial run: 2 of 5 collected cases ran*--allow-partial-gate*"])
+    entry = json.loads((pytester.path / "part.json").read_text())["adapters"][0]
+    assert (entry["collected"], entry["ran"], entry["partial"]) == (5, 2, True)
+    assert run(suite, "--reqcheck-report", "whole.json").ret == 0
+    entry = json.loads((pytester.path / "whole.json").read_text())["adapters"][0]
+    assert (entry["collected"], entry["ran"], entry["partial"]) == (5, 5, False)
+
+
+# a hand-edited report: each numeric field the page shows, holding markup (the CSP blocks scripts, not forms)
+NUMERIC_FIELDS = {
+    "modes.adapter.n": ("modes", "adapter", "n"),
+    "modes.adapter.cached": ("modes", "adapter", "cached"),
+    "modes.adapter.accuracy": ("modes", "adapter", "accuracy"),
+    "data[0].n": ("data", 0, "n"),
+    "baseline.shared": ("baseline", "shared"),
+    "baseline.baseline_only": ("baseline", "baseline_only"),
+    "baseline.current_only": ("baseline", "current_only"),
+    "gates[0].n": ("gates", 0, "n"),
+    "gates[0].threshold": ("gates", 0, "threshold"),
+    "cases[0].line": ("cases", 0, "line"),
+    "confidence": ("confidence",),
+}
+HOSTILE_VALUES = [
+    "<img src=x>",
+    '<form action="https://example.com">',
+    '<meta http-equiv="refresh" content="0">',
+]
+
+
+def test_markup_in_a_numeric_field_is_one_sentence_and_no_page(suite, capsys, monkeypatch) -> None:
+    pytester, _ = suite
+    assert run(suite, "--reqcheck-report", "base.json").ret == 0
+    assert run(suite, "--reqcheck-min-accuracy", "0.5", "--reqcheck-baseline", "base.json",
+               "--reqcheck-report", "r.json").ret == 0  # fmt: skip
+    good = json.loads((pytester.path / "r.json").read_text())
+    for name, path in NUMERIC_FIELDS.items():
+        for value in HOSTILE_VALUES:
+            report = json.loads(json.dumps(good))
+            node = report["adapters"][0]
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            (pytester.path / "bad.json").write_text(json.dumps(report))
+            page = pytester.path / "bad.html"
+            code, err = run_cli(
+                ["report", str(pytester.path / "bad.json"), "--html", str(page)], capsys, monkeypatch
+            )
+            assert code == 2 and err.startswith("error: ") and f"adapters[0].{name} is not" in err, (
+                name,
+                err,
+            )
+            assert "\n" not in err.strip() and not page.exists()
+
+
+DAMAGED_REPORTS = {
+    "accuracy a word": lambda e: e["modes"]["adapter"].update(accuracy="high"),
+    "gate without name": lambda e: e["gates"][0].pop("name"),
+    "gate a string": lambda e: e["gates"].__setitem__(0, "min_accuracy"),
+    "case without modes as objects": lambda e: e["cases"][0].update(modes={"adapter": "yes"}),
+    "case without expected": lambda e: e["cases"][0].pop("expected"),
+    "probabilities of words": lambda e: e["cases"][0]["modes"]["adapter"].update(probabilities={"yes": "hi"}),
+    "cases an object": lambda e: e.update(cases={"c1": 1}),
+    "interval of three": lambda e: e["modes"]["adapter"].update(accuracy_interval="[0, 1]"),
+    "data of strings": lambda e: e.update(data=["cases.reqcheck.jsonl"]),
+    "training a list": lambda e: e.update(training=[1]),
+}
+
+
+def test_damaged_reports_and_baselines_are_one_sentence(suite, capsys, monkeypatch) -> None:
+    pytester, _ = suite
+    assert run(suite, "--reqcheck-min-accuracy", "0.5", "--reqcheck-report", "good.json").ret == 0
+    good = json.loads((pytester.path / "good.json").read_text())
+    for name, damage in DAMAGED_REPORTS.items():
+        report = json.loads(json.dumps(good))
+        damage(report["adapters"][0])
+        (pytester.path / "bad.json").write_text(json.dumps(report))
+        code, err = run_cli(
+            ["report", str(pytester.path / "bad.json"), "--html", "bad.html"], capsys, monkeypatch
+        )
+        assert code == 2 and err.startswith("error: ") and "Traceback" not in err, (name, err)
+    result = run(
+        suite, "--reqcheck-baseline", "bad.json", "--reqcheck-max-drop", "0.1", "--reqcheck-report", "r.json"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
+    assert "bad.json: adapters[0].training is not an object" in result.stderr.str()
+
+
+def test_report_paths_that_are_folders_or_lie_under_a_file_are_one_sentence(
+    suite, capsys, monkeypatch
+) -> None:
+    pytester, _ = suite
+    assert run(suite, "--reqcheck-report", "r.json").ret == 0
+    (pytester.path / "folder").mkdir()
+    report = str(pytester.path / "r.json")
+    cases = {
+        "html a folder": ([report, "--html", str(pytester.path / "folder")], "is a directory"),
+        "html under a file": ([report, "--html", str(pytester.path / "r.json/x.html")], "lies under a file"),
+        "report under a file": (
+            [str(pytester.path / "r.json/x.json"), "--html", "x.html"],
+            "part of its path is a file",
+        ),
+        "html is the report": ([report, "--html", report], "is also the report"),
+    }
+    for name, (args, message) in cases.items():
+        code, err = run_cli(["report", *args], capsys, monkeypatch)
+        assert code == 2 and message in err and "Traceback" not in err, (name, err)
+    assert json.loads((pytester.path / "r.json").read_text())["report_format"] == 2

@@ -689,3 +689,76 @@ def test_endpoint_credentials_are_never_printed(hub, adapter, capsys, monkeypatc
     monkeypatch.setenv("HF_ENDPOINT", "http://alice:s3cret-pw@127.0.0.1:9")
     code, err = upload(args, capsys, monkeypatch)
     assert code == 2 and "s3cret-pw" not in err and "alice" not in err, err
+
+
+def test_a_partial_gate_run_is_refused_unless_allowed(hub, adapter, tmp_path, capsys, monkeypatch):
+    report = write_report(tmp_path / "report.json", adapter, collected=80, ran=22, partial=True)
+    code, err = upload([str(adapter), "--name", "acme/x", "--gate", str(report)], capsys, monkeypatch)
+    assert code == 2 and "on a partial run (22 of 80 collected cases ran)" in err, err
+    assert "--allow-partial-gate" in err and hub.requests == []
+    out = tmp_path / "out"
+    code, err = run_cli(
+        ["package", str(adapter), "--name", "acme/x", "--out", str(out), "--gate", str(report)],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and "partial run" in err and not out.exists()
+    allowed = ["--gate", str(report), "--allow-partial-gate"]
+    code, err = upload([str(adapter), "--name", "acme/x", *allowed, "--dry-run"], capsys, monkeypatch)
+    assert code == 0, err
+    complete = write_report(tmp_path / "complete.json", adapter, collected=80, ran=80)
+    code, err = upload(
+        [str(adapter), "--name", "acme/x", "--gate", str(complete), "--dry-run"], capsys, monkeypatch
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("option", ["--gate", "--io-yaml"])
+def test_an_input_path_under_a_file_is_one_sentence(adapter, tmp_path, capsys, monkeypatch, option):
+    (tmp_path / "file").write_text("not a folder")
+    gate = [] if option == "--gate" else ["--gate", str(write_report(tmp_path / "report.json", adapter))]
+    args = [
+        str(adapter),
+        "--name",
+        "acme/x",
+        "--intrinsic",
+        "--dry-run",
+        *gate,
+        option,
+        str(tmp_path / "file/x"),
+    ]
+    code, err = upload(args, capsys, monkeypatch)
+    assert code == 2 and err.startswith("error: ") and "file/x" in err, err
+    assert "Traceback" not in err
+
+
+DAMAGED_MANIFESTS = {
+    "labels a string": {"labels": "yes"},
+    "labels of numbers": {"labels": [1, 2]},
+    "base model a list": {"base_model": ["x"]},
+    "no base model": {"base_model": None},
+    "requirement a number": {"requirement": 3},
+    "data a string": {"data": "train.jsonl"},
+    "metrics a list": {"metrics": [1]},
+    "hyperparameters a list": {"hyperparameters": [1]},
+    "output a string": {"output": "json"},
+    "label counts of words": {"labels": {"no": "many", "yes": 1}},
+    "invocation ids of words": {"invocation_ids": ["a"]},
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_MANIFESTS, ids=list(DAMAGED_MANIFESTS))
+def test_a_damaged_manifest_is_one_sentence_for_package_and_upload(
+    adapter, tmp_path, capsys, monkeypatch, case
+):
+    manifest = json.loads((adapter / "reqcheck.json").read_text())
+    (adapter / "reqcheck.json").write_text(json.dumps({**manifest, **DAMAGED_MANIFESTS[case]}))
+    report = write_report(tmp_path / "report.json", adapter)
+    code, err = upload([str(adapter), "--name", "acme/x", "--intrinsic", "--gate", str(report), "--dry-run"],
+                       capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    out = tmp_path / "out"
+    code, err = run_cli(["package", str(adapter), "--name", "acme/x", "--out", str(out), "--gate", str(report)],
+                        capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert not out.exists()

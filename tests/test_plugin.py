@@ -389,3 +389,14 @@ def test_a_base_model_that_cannot_load_stops_the_run_once(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stdout.str().count("reqcheck: Could not load base model") == 1
     assert "failed" not in result.parseoutcomes()
+
+
+def test_two_adapters_with_the_same_folder_name_are_refused(pytester: pytest.Pytester, tiny_adapters) -> None:
+    for parent in ("a", "b"):
+        shutil.copytree(tiny_adapters["alora"].outfile, pytester.path / parent / "ad")
+    pytester.makefile(".reqcheck.jsonl", cases=json.dumps(CASES[0]))
+    result = pytester.runpytest(f"--adapter={pytester.path / 'a/ad'}", f"--adapter={pytester.path / 'b/ad'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--adapter */a/ad and --adapter */b/ad are both named 'ad'*rename one folder*"]
+    )

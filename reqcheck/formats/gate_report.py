@@ -9,18 +9,14 @@ take their defaults, and fields this reqcheck does not know are left out.
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from reqcheck.atomic import atomic_write_text
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.typed import Mismatch, build
 
 REPORT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -244,6 +240,11 @@ class AdapterEntry:
     cases: list[CaseRecord] = field(default_factory=list)
     baseline: BaselineComparison | None = None
     passed: bool | None = None
+    # case items (one per line and mode) collected and run; `partial` when a run was narrowed (-k, -x, a
+    # node id) so its gates saw only some cases. Reports before these fields read as complete runs.
+    collected: int | None = None
+    ran: int | None = None
+    partial: bool = False
 
     @property
     def adapter_accuracy(self) -> float | None:
@@ -320,8 +321,8 @@ class GateReport:
                     f"writes them; {REGENERATE}."
                 )
         try:
-            return _converter(cls)(data)
-        except _Mismatch as exc:
+            return build(cls, data, "")
+        except Mismatch as exc:
             raise ReqcheckError(f"{source}: {exc} as the plugin writes it; {REGENERATE}.") from None
 
     @classmethod
@@ -347,122 +348,3 @@ class GateReport:
                 f"Report {path} is not valid JSON ({str(exc).split(';')[0]}); {REGENERATE}."
             ) from exc
         return cls.from_dict(data, str(path))
-
-
-class _Mismatch(Exception):
-    """A field of a report that is not of the type its record declares (internal to reading).
-
-    `path` is filled in on the way out, by each container the field sits in, so a report that reads
-    cleanly builds no path strings.
-    """
-
-    def __init__(self, what: str, path: str = "") -> None:
-        super().__init__(what)
-        self.what, self.path = what, path
-
-    def within(self, segment: str) -> _Mismatch:
-        joined = segment + ("" if not self.path or self.path.startswith("[") else ".") + self.path
-        return _Mismatch(self.what, joined)
-
-    def __str__(self) -> str:
-        return f"{self.path or 'the report'} {self.what}"
-
-
-@functools.cache
-def _converter(kind: Any) -> Callable[[Any], Any]:
-    """A function that checks and converts a JSON value to `kind`, built once per type."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        convert = _converter(inner)
-        return lambda value: None if value is None else convert(value)
-    if kind is Any:
-        return lambda value: value
-    if origin is list:
-        return _list_converter(_converter(args[0]))
-    if origin is dict:
-        return _dict_converter(_converter(args[1]))
-    if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
-        return _record_converter(kind)
-    return _scalar_converter(kind)
-
-
-def _list_converter(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def convert(value: Any) -> list[Any]:
-        _expect(isinstance(value, list), "a list")
-        out = []
-        for index, element in enumerate(value):
-            try:
-                out.append(item(element))
-            except _Mismatch as exc:
-                raise exc.within(f"[{index}]") from None
-        return out
-
-    return convert
-
-
-def _dict_converter(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def convert(value: Any) -> dict[str, Any]:
-        _expect(isinstance(value, dict), "an object")
-        out = {}
-        for key, element in value.items():
-            try:
-                out[key] = item(element)
-            except _Mismatch as exc:
-                raise exc.within(str(key)) from None
-        return out
-
-    return convert
-
-
-def _record_converter(kind: type) -> Callable[[Any], Any]:
-    hints = typing.get_type_hints(kind)
-    slots = [
-        (f.name, _converter(hints[f.name]), f.default is MISSING and f.default_factory is MISSING)
-        for f in fields(kind)
-    ]
-
-    def convert(value: Any) -> Any:
-        _expect(isinstance(value, dict), "an object")
-        found = {}
-        for name, field_converter, required in slots:
-            if name in value:
-                try:
-                    found[name] = field_converter(value[name])
-                except _Mismatch as exc:
-                    raise exc.within(name) from None
-            elif required:
-                raise _Mismatch("is missing", name)
-        return kind(**found)
-
-    return convert
-
-
-def _scalar_converter(kind: type) -> Callable[[Any], Any]:
-    if kind is float:
-
-        def number(value: Any) -> float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            _expect(ok, "a finite number")
-            return float(value)
-
-        return number
-    if kind is int:
-
-        def whole(value: Any) -> int:
-            _expect(isinstance(value, int) and not isinstance(value, bool), "a whole number")
-            return value
-
-        return whole
-    what = {str: "a string", bool: "true or false"}.get(kind, kind.__name__)
-
-    def plain(value: Any) -> Any:
-        _expect(isinstance(value, kind), what)
-        return value
-
-    return plain
-
-
-def _expect(ok: bool, what: str) -> None:
-    if not ok:
-        raise _Mismatch(f"is not {what}")

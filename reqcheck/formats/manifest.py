@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet, OutputSpec
 from reqcheck.formats.prompting import PromptSpec
+from reqcheck.formats.typed import Mismatch, build
 
 MANIFEST_NAME = "reqcheck.json"
 # 2 adds `output` (the output contract); a manifest without it is version 1 and uses label-v1.
@@ -127,6 +129,11 @@ class TrainingMetrics:
     lr_sweep: LrSweep | None = None
 
 
+# fields of reqcheck.json read as their type hints say (the others have readers of their own)
+PLAIN_FIELDS = ("adapter_type", "invocation_ids", "labels", "label_token_ids", "positive_labels", "requirement",
+                "split_seed", "hyperparameters", "versions", "format_version")  # fmt: skip
+
+
 def _record(kind: type, data: Any, what: str) -> Any:
     """A typed sub-record of reqcheck.json from its JSON object; unknown keys are left out."""
     if not isinstance(data, dict):
@@ -189,8 +196,12 @@ class Manifest:
                 f"reqcheck.json has format version {version}, this reqcheck reads "
                 f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade reqcheck or retrain the adapter."
             )
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields["base_model"] = _record(BaseModelRef, data["base_model"], "base_model")
+        hints = typing.get_type_hints(cls)
+        try:  # the plain fields and the base model, checked against their types; the rest below
+            fields = {k: build(hints[k], v, k) for k, v in data.items() if k in PLAIN_FIELDS}
+            fields["base_model"] = build(BaseModelRef, data["base_model"], "base_model")
+        except Mismatch as exc:
+            raise TypeError(str(exc)) from None
         fields["data"] = _record(DataRecord, data.get("data") or {}, "data")
         metrics = _record(TrainingMetrics, data.get("metrics") or {}, "metrics")
         if metrics.lr_sweep is not None:
@@ -198,8 +209,6 @@ class Manifest:
         fields["metrics"] = metrics
         fields["prompt"] = PromptSpec.from_dict(data["prompt"])
         fields["output"] = OutputSpec.from_dict(data.get("output"))
-        if not isinstance(fields["labels"], dict):
-            raise TypeError("labels is not an object of label counts")
         return cls(**fields)
 
     def label_set(self, tokenizer: Any) -> LabelSet:

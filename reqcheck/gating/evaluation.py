@@ -110,6 +110,11 @@ def item_hash(item: str) -> str:
     return hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def item_label(item: str, items: str = "text") -> str:
+    """An item as messages show it: quoted and shortened, or (`items="hash"`) only its hash."""
+    return repr(shorten(item)) if items == "text" else f"sha256:{item_hash(item)[:16]}…"
+
+
 @dataclass(frozen=True)
 class GateSettings:
     """How verdicts are reached (point or bound, at which confidence) and what the report keeps of items."""
@@ -298,6 +303,7 @@ class AdapterRun:
     data: list[DataFile] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
     cases: dict[tuple[str, int], Case] = field(default_factory=dict)
+    collected: int | None = None  # case items (line and mode) collected; None: not counted
 
     def record(
         self, *, id: str, file: str, line: int, item: str, expected: str, mode: str, prediction: Prediction
@@ -404,7 +410,15 @@ class AdapterRun:
             cases=self.case_records(),
             baseline=baseline,
             passed=self.passed,
+            collected=self.collected,
+            ran=self.ran,
+            partial=self.collected is not None and self.ran < self.collected,
         )
+
+    @property
+    def ran(self) -> int:
+        """Case items (line and mode) that ran."""
+        return sum(len(case.predictions) for case in self.cases.values())
 
 
 def _rate(run: AdapterRun, gate: Gate) -> None:

@@ -28,8 +28,10 @@ from reqcheck.formats.gate_report import (
 )
 from reqcheck.gating import numbers
 from reqcheck.gating.gates import KINDS, op
+from reqcheck.gating.report_text import partial_run
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
+TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
 LABEL_CHARS = 24  # tick labels are cut to this many characters
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1280px;
@@ -55,6 +57,15 @@ def write_html(report: GateReport, path: str | Path) -> None:
     atomic_write_text(path, render_html(report))
 
 
+def is_report_page(path: Path) -> bool:
+    """True when `path` is a page `write_html` wrote, so rewriting it loses nothing the user made."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as page:
+            return TITLE in page.read(4096)
+    except OSError:
+        return False
+
+
 def render_html(report: GateReport) -> str:
     """The whole page for a format-2 report (one section per adapter)."""
     if report.report_format < 2:
@@ -67,7 +78,7 @@ def render_html(report: GateReport) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>reqcheck gate report: {numbers.verdict(report.passed)}</title><style>{STYLE}</style>"
+        f"{TITLE}{numbers.verdict(report.passed)}</title><style>{STYLE}</style>"
         "</head><body>"
     )
     intro = (
@@ -92,6 +103,7 @@ def _adapter_section(entry: AdapterEntry, index: int) -> str:
         f'<p class="meta">intervals: {confidence:.0%} (Wilson for rates; exact, paired by case, for '
         f"differences); gates decided on the {'lower bound' if entry.gate_on == 'bound' else 'point value'}"
         "</p>",
+        f'<p class="fail">{_e(partial_run(entry))}</p>' if entry.partial else "",
         "<h3>Gates</h3>",
         _gate_table(entry.gates),
         "<h3>Metrics</h3>",

@@ -49,9 +49,19 @@ def terminal_lines(entry: AdapterEntry) -> list[str]:
             if s.support
         ]
         lines.append(f"  recall ({mode}): " + ", ".join(recalls))
+    if entry.partial:
+        lines.append(f"  {partial_run(entry)}")
     lines += [f"  {gate_line(gate)}" for gate in entry.gates]
     lines += _baseline_lines(entry.baseline)
     return lines
+
+
+def partial_run(entry: AdapterEntry) -> str:
+    """What a narrowed run (-k, -x, a node id) means for its gates."""
+    return (
+        f"partial run: {entry.ran} of {entry.collected} collected cases ran, so the gates saw only those; "
+        "reqcheck upload refuses this report unless given --allow-partial-gate"
+    )
 
 
 def gate_line(gate: Gate) -> str:

@@ -107,13 +107,23 @@ def is_package_dir(path: Path) -> bool:
     ) and all(name.rsplit("/", 1)[-1] in allowed for name in files if name != CARD_NAME)
 
 
-def gate_entry(report_path: Path, adapter_hash: str, weight_path: Path) -> AdapterEntry:
-    """The report's entry for these exact weights, if it passed every gate; else refuse, saying what to run."""
+def gate_entry(
+    report_path: Path, adapter_hash: str, weight_path: Path, allow_partial: bool = False
+) -> AdapterEntry:
+    """The report's entry for these exact weights, if it passed every gate; else refuse, saying what to run.
+
+    A partial run (narrowed with -k, -x or node ids) gated only some cases: refused unless `allow_partial`.
+    """
     rerun = f"run `pytest --adapter={weight_path} --reqcheck-report {report_path}`"
     entries = GateReport.read(report_path).adapters
     entry = next((e for e in entries if e.content_hash == adapter_hash), None)
     if entry is None:
         return _refuse_mismatch(report_path, adapter_hash, entries, rerun, weight_path)
+    if entry.partial and not allow_partial:
+        raise ReqcheckError(
+            f"{report_path} gated {weight_path} on a partial run ({entry.ran} of {entry.collected} collected "
+            f"cases ran); {rerun} without -k or -x, or pass --allow-partial-gate to accept it."
+        )
     gates = entry.gates
     if not gates:
         raise ReqcheckError(
@@ -185,6 +195,7 @@ def build_package(
     io_yaml: Path | None = None,
     intrinsic_name: str | None = None,
     gate_report: Path | None = None,
+    allow_partial_gate: bool = False,
 ) -> Package:
     """Validate everything an upload needs (adapter, name, io.yaml, gate) and render io.yaml and the card."""
     facts = read_adapter(weight_path)
@@ -192,7 +203,7 @@ def build_package(
     if io_yaml is not None and not intrinsic:
         raise ReqcheckError("--io-yaml only applies to the intrinsic layout; add --intrinsic.")
     adapter_hash = content_hash(weight_path)
-    gate = gate_entry(gate_report, adapter_hash, weight_path) if gate_report else None
+    gate = gate_entry(gate_report, adapter_hash, weight_path, allow_partial_gate) if gate_report else None
     name = intrinsic_name or repo_id.split("/")[-1]
     subdir = adapter_subdir(name, facts) if intrinsic else None
     io_text = _io_yaml_text(facts, io_yaml) if intrinsic else None

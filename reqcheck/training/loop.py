@@ -267,6 +267,11 @@ def read_promptfile(path: Path) -> str:
         raise ReqcheckError(
             f"Promptfile {path} does not exist; pass a JSON file with 'invocation_prompt'."
         ) from None
+    except OSError as exc:  # a directory, a path under a file, no permission
+        raise ReqcheckError(
+            f"Promptfile {path} cannot be read ({exc.strerror or type(exc).__name__}); pass a JSON file with "
+            "'invocation_prompt'."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReqcheckError(
             f'Promptfile {path} is not valid JSON ({exc}); write {{"invocation_prompt": "..."}}.'
