@@ -762,3 +762,17 @@ def test_a_damaged_manifest_is_one_sentence_for_package_and_upload(
                         capsys, monkeypatch)  # fmt: skip
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_a_report_with_a_gate_this_reqcheck_does_not_know_is_refused(
+    hub, adapter, tmp_path, capsys, monkeypatch
+):
+    report = write_report(tmp_path / "report.json", adapter)
+    data = json.loads(report.read_text())
+    data["adapters"][0]["gates"][0]["name"] = "min_accuracy | <img src=x>"
+    report.write_text(json.dumps(data))
+    code, err = upload(
+        [str(adapter), "--name", "acme/x", "--gate", str(report), "--dry-run"], capsys, monkeypatch
+    )
+    assert code == 2 and "gates this reqcheck does not know" in err and err.count("\n") == 1, err
+    assert hub.requests == []

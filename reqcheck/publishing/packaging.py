@@ -22,6 +22,7 @@ from reqcheck.formats.manifest import (
     ADAPTER_FILES,
     content_hash,
 )
+from reqcheck.gating.gates import KINDS
 from reqcheck.publishing.adapter import AdapterFacts, generate_io_yaml, read_adapter
 from reqcheck.publishing.card import CardContext, model_card
 
@@ -129,6 +130,12 @@ def gate_entry(
         raise ReqcheckError(
             f"{report_path} scored {weight_path} without any gate; {rerun} with a gate such as "
             "--reqcheck-min-accuracy 0.9."
+        )
+    unknown = sorted({g.name for g in gates} - KINDS.keys())
+    if unknown:
+        raise ReqcheckError(
+            f"{report_path} holds gates this reqcheck does not know ({', '.join(repr(n[:40]) for n in unknown[:3])}); "
+            f"{rerun} with this reqcheck."
         )
     failed = [g for g in gates if not g.passed]
     if failed or entry.passed is not True:
