@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.formats.gate_report import AdapterEntry, BaselineComparison, Change, Gate, GateReport
+from reqcheck.gating.evaluation import shorten
 from reqcheck.gating.gates import op
 from reqcheck.gating.numbers import interval, number, p_value, verdict
 
@@ -108,11 +109,7 @@ def _baseline_lines(baseline: BaselineComparison | None) -> list[str]:
 
 def _change(change: Change) -> str:
     was, now, item = change.baseline, change.current, change.item
-    text = (
-        repr(item if len(item) <= ITEM_CHARS else item[: ITEM_CHARS - 1] + "…")
-        if item
-        else change.item_hash[:16]
-    )
+    text = repr(shorten(item, ITEM_CHARS)) if item else change.item_hash[:16]
     return (
         f"{change.id} ({change.file}:{change.line}) expected {change.expected!r}: now "
         f"{now.predicted!r} (p={now.probabilities.get(now.predicted, 0.0):.2f}), was {was.predicted!r} "
