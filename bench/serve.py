@@ -69,15 +69,18 @@ def _label(probabilities: dict[str, float]) -> str:
 
 
 def compare(local: list[dict[str, float]], served: list[dict[str, float]], expected: list[str]) -> dict[str, Any]:
+    n = len(expected)
     same = sum(_label(a) == _label(b) for a, b in zip(local, served, strict=True))
     diff = max(abs(a[k] - b[k]) for a, b in zip(local, served, strict=True) for k in a)
+    right_local = sum(_label(a) == e for a, e in zip(local, expected, strict=True))
+    right_served = sum(_label(b) == e for b, e in zip(served, expected, strict=True))
     return {
-        "cases": len(expected),
-        "same_label": round(same / len(expected), 4),
+        "cases": n,
+        "same_label": round(same / n, 4),
         "max_abs_score_diff": round(diff, 5),
-        "accuracy_in_process": round(sum(_label(a) == e for a, e in zip(local, expected, strict=True)) / len(expected), 4),
-        "accuracy_served": round(sum(_label(b) == e for b, e in zip(served, expected, strict=True)) / len(expected), 4),
-    }  # fmt: skip
+        "accuracy_in_process": round(right_local / n, 4),
+        "accuracy_served": round(right_served / n, 4),
+    }
 
 
 def served_scores(server: LlamaServer, adapters: dict[str, Path], concurrency: int) -> dict[str, list]:
@@ -167,10 +170,11 @@ def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, 
             started = time.perf_counter()
             served_scores(server, {name: adapters[name]}, concurrency)
             rows[f"served_concurrency_{concurrency}"] = time.perf_counter() - started
+    n = len(items)
     return {
-        variant: {"cases": len(items), "cases_per_s": round(len(items) / s, 2), "s_per_1000": round(1000 * s / len(items), 1)}
+        variant: {"cases": n, "cases_per_s": round(n / s, 2), "s_per_1000": round(1000 * s / n, 1)}
         for variant, s in rows.items()
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
