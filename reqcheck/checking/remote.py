@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class RemoteBackend(Checker):
         self.adapters: dict[str, ResolvedAdapter] = {}
         self.default_to_constraint_checking_alora = True
         self._served: dict[str, Served] = {}
+        self._one_alora = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reqcheck-remote")
 
     @property
@@ -196,7 +198,13 @@ class RemoteBackend(Checker):
             logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
         )
         body.setdefault("temperature", 0.0)
-        answer = self._complete(body, f"adapter {adapter.name}")
+        if adapter.is_alora and self.engine == LLAMA_CPP:
+            # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
+            # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
+            with self._one_alora:
+                answer = self._complete(body, f"adapter {adapter.name}")
+        else:
+            answer = self._complete(body, f"adapter {adapter.name}")
         response = ChatCompletionResponse.model_validate(answer)
         try:
             return {label: float(_score(p, response, rewritten)) for label, p in served.processors.items()}
