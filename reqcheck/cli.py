@@ -283,6 +283,28 @@ def _say_intrinsic_notes(built: Package) -> None:
         )
 
 
+@app.command()
+def export(
+    adapter: Annotated[Path, typer.Argument(help="Adapter directory written by reqcheck train.")],
+    gguf: Annotated[Path, typer.Option("--gguf", help="Folder to write adapter.gguf (and base.gguf) into.")],
+    base: Annotated[
+        bool,
+        typer.Option("--base", help="Also write base.gguf, from the same weights the adapter trained on."),
+    ] = False,
+    base_type: Annotated[str, typer.Option(help="Float type of base.gguf: f32, f16 or bf16.")] = "f32",
+) -> None:
+    """Export the adapter for llama.cpp's llama-server (LoRA and aLoRA), with llama.cpp's own converters."""
+    from reqcheck.serving.export import export as export_gguf
+
+    exported = export_gguf(adapter, gguf, with_base=base, base_type=base_type)
+    for path in (exported.adapter, exported.base):
+        if path is not None:
+            _say(f"  {path}")
+    if exported.invocation_tokens is not None:
+        _say(f"aLoRA invocation tokens for llama-server: {exported.invocation_tokens}")
+    _say(f"start the server with: {exported.start_command}")
+
+
 @app.command("report")
 def report_command(
     report: Annotated[

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,17 @@ from hypothesis import HealthCheck, settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests never touch the network
 
+from reqcheck.demo import examples_dir
+from reqcheck.serving.export import Exported, export
+from reqcheck.serving.llamacpp import server_binary, source_dir
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import TrainResult, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
+
+# llama.cpp's source and llama-server build (minutes) live in the user's cache across sessions, not in the
+# per-session cache the other tests get; captured before `_isolated_cache` changes REQCHECK_CACHE
+_USER_CACHE = os.environ.get("REQCHECK_CACHE") or str(Path.home() / ".cache" / "reqcheck")
 
 # The fuzz suite (tests/test_fuzz.py): `ci` is what .ci/run gets (the same cases every run, well under
 # 30 s); `pytest tests/test_fuzz.py --hypothesis-profile thorough` searches much longer.
@@ -86,3 +95,66 @@ def mellea_adapter(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: py
     }
     (out / "io.yaml").write_text(yaml.safe_dump(io))
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_cpp() -> Iterator[Path]:
+    """llama.cpp's source tree, fetched once into the user's reqcheck cache; exported to later calls via
+    REQCHECK_LLAMA_CPP, so the per-test cache directories never fetch it again."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQCHECK_CACHE", _USER_CACHE)
+        tree = source_dir()
+        patch.setenv("REQCHECK_LLAMA_CPP", str(tree))
+        yield tree
+
+
+@pytest.fixture(scope="session")
+def llama_server(llama_cpp: Path) -> Iterator[Path]:
+    """A llama-server: REQCHECK_LLAMA_SERVER, the PATH, else built once (CPU) into the user's reqcheck cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQCHECK_CACHE", _USER_CACHE)
+        binary = server_binary()
+        patch.setenv("REQCHECK_LLAMA_SERVER", str(binary))
+        yield binary
+
+
+@dataclass(frozen=True)
+class ServedPair:
+    """An aLoRA and a LoRA trained on SmolLM2 for the support-polite example, exported for llama-server."""
+
+    alora: Path
+    lora: Path
+    exports: dict[str, Exported]
+    base: Path
+    test_cases: Path
+
+
+@pytest.fixture(scope="session")
+def served_smollm2(llama_cpp: Path, tmp_path_factory: pytest.TempPathFactory) -> ServedPair:
+    """One short epoch each: served-versus-trained agreement needs the same weights, not a good checker."""
+    root = tmp_path_factory.mktemp("served")
+    example = examples_dir() / "support-polite"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQCHECK_CACHE", str(root / "cache"))
+        trained = {
+            kind: train(
+                TrainConfig(
+                    example / "train.jsonl",
+                    "smollm2-135m-instruct",
+                    root / kind,
+                    adapter=kind,
+                    epochs=1,
+                    learning_rate=1e-3,
+                    device="cpu",
+                ),
+                report=lambda _: None,
+            )
+            for kind in ("alora", "lora")
+        }
+        exports = {
+            kind: export(result.outfile, root / f"{kind}-gguf", with_base=kind == "alora")
+            for kind, result in trained.items()
+        }
+    base = exports["alora"].base
+    assert base is not None
+    return ServedPair(root / "alora", root / "lora", exports, base, example / "test.reqcheck.jsonl")

@@ -25,7 +25,18 @@ LAYERS: dict[str, set[str]] = {
     "checking": {"foundation", "formats", "models"},
     "gating": {"foundation", "formats"},
     "publishing": {"foundation", "formats", "gating"},
-    "top": {"foundation", "formats", "models", "training", "checking", "gating", "publishing", "top"},
+    "serving": {"foundation", "formats", "models", "checking"},
+    "top": {
+        "foundation",
+        "formats",
+        "models",
+        "training",
+        "checking",
+        "gating",
+        "publishing",
+        "serving",
+        "top",
+    },
 }
 TORCH_FREE = {"foundation", "formats", "gating"}
 HEAVY = ("torch", "transformers", "peft", "accelerate")  # safetensors reads headers with numpy

@@ -1,0 +1,1 @@
+"""Checkers outside reqcheck's process: export to llama.cpp, serve, and check through an endpoint."""

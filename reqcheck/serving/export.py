@@ -1,0 +1,136 @@
+"""`reqcheck export`: a trained adapter (and its base model) as llama.cpp GGUF files for llama-server.
+
+The conversion is llama.cpp's own (`convert_lora_to_gguf.py`, `convert_hf_to_gguf.py`); reqcheck then
+edits two keys with gguf-py's `copy_with_new_metadata`:
+- `adapter.lora.task_name` gets the adapter's content hash (`formats.served.ServedTag`), so a client
+  finds the adapter's id in `/lora-adapters`;
+- an aLoRA's `adapter.alora.invocation_tokens` loses its first token. llama-server runs the adapter
+  from one token before the invocation it finds (`server-context.cpp`: the pre-aLoRA batch ends at
+  `alora_invocation_start - 1`), while PEFT, which trained it, starts at the invocation's first token;
+  matching the shorter sequence makes the server start exactly where PEFT does.
+The base model is converted from the same safetensors reqcheck trained on, so served scores can match.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from contextlib import redirect_stderr
+from dataclasses import dataclass
+from pathlib import Path
+
+from reqcheck.atomic import atomic_directory, atomic_write_text
+from reqcheck.choices import AdapterType
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.manifest import Manifest, content_hash
+from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
+from reqcheck.models.loading import resolve_base_model
+from reqcheck.serving.llamacpp import run_script, source_dir
+
+ADAPTER_FILE = "adapter.gguf"
+BASE_FILE = "base.gguf"
+START_FILE = "llama-server.txt"
+BASE_TYPES = ("f32", "f16", "bf16")
+_OURS = {ADAPTER_FILE, BASE_FILE, START_FILE}
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export` wrote, and the command line that serves it."""
+
+    folder: Path
+    adapter: Path
+    base: Path | None
+    tag: ServedTag
+    invocation_tokens: list[int] | None
+    start_command: str
+
+
+def export(adapter: Path, out: Path, with_base: bool = False, base_type: str = "f32") -> Exported:
+    """Write OUT/adapter.gguf (and OUT/base.gguf) in one step: OUT appears whole or not at all.
+
+    An OUT that holds only an earlier export's files is replaced; any other non-empty OUT is refused.
+    """
+    adapter, out = Path(adapter).expanduser(), Path(out).expanduser()
+    manifest = Manifest.read(adapter)
+    if base_type not in BASE_TYPES:
+        raise ReqcheckError(
+            f"--base-type {base_type} is not one of {', '.join(BASE_TYPES)}; pass one of them."
+        )
+    _check_out(out, adapter)
+    base = resolve_base_model(manifest.base_model.spec)
+    tag = ServedTag(adapter.resolve().name, content_hash(adapter))
+    tokens = _served_invocation(manifest)
+    with atomic_directory(out, replace_existing=out.exists()) as tmp:
+        _convert_adapter(adapter, Path(base.path or base.spec), tmp / ADAPTER_FILE, tag, tokens)
+        if with_base:
+            run_script(
+                source_dir() / "convert_hf_to_gguf.py",
+                [str(base.path or base.spec), "--outfile", str(tmp / BASE_FILE), "--outtype", base_type],
+            )
+        line = start_command(out, with_base, base.portable)
+        atomic_write_text(tmp / START_FILE, line + "\n")
+    return Exported(out, out / ADAPTER_FILE, out / BASE_FILE if with_base else None, tag, tokens, line)
+
+
+def start_command(out: Path, with_base: bool, alias: str) -> str:
+    """The one line that starts llama-server with the export (adapters load unapplied; requests pick one)."""
+    base = str(out / BASE_FILE) if with_base else "BASE.gguf"
+    return f"llama-server -m {base} --lora {out / ADAPTER_FILE} --lora-init-without-apply --alias {alias}" + (
+        "" if with_base else "   # BASE.gguf: the adapter's base model, e.g. from reqcheck export --base"
+    )
+
+
+def _check_out(out: Path, adapter: Path) -> None:
+    if out.resolve() == adapter.resolve() or adapter.resolve() in out.resolve().parents:
+        raise ReqcheckError(f"--gguf {out} is inside the adapter {adapter}; pass a folder outside it.")
+    if out.is_file():
+        raise ReqcheckError(f"--gguf {out} is a file; pass a folder to write the GGUF files into.")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS)
+        if foreign:
+            raise ReqcheckError(
+                f"--gguf {out} already holds {', '.join(foreign[:3])}; pass a new or empty folder, so that "
+                "reqcheck does not overwrite your files."
+            )
+
+
+def _served_invocation(manifest: Manifest) -> list[int] | None:
+    """The invocation llama-server must find for it to start the adapter where PEFT does."""
+    if manifest.adapter_type != AdapterType.alora:
+        return None
+    if len(manifest.invocation_ids) < 2:
+        raise ReqcheckError(
+            "This aLoRA's invocation is a single token, which llama-server cannot start at faithfully (it "
+            "applies the adapter from one token earlier); retrain with a longer --invocation-prompt."
+        )
+    return list(manifest.invocation_ids[1:])
+
+
+def _convert_adapter(
+    adapter: Path, base: Path, target: Path, tag: ServedTag, tokens: list[int] | None
+) -> None:
+    """llama.cpp's conversion (it only reads the adapter folder), then the two served keys set."""
+    with tempfile.TemporaryDirectory() as work:
+        converted = Path(work) / ADAPTER_FILE
+        run_script(
+            source_dir() / "convert_lora_to_gguf.py",
+            [str(adapter), "--base", str(base), "--outfile", str(converted), "--outtype", "f32"],
+        )
+        _set_keys(converted, target, tag, tokens)
+
+
+def _set_keys(source: Path, target: Path, tag: ServedTag, tokens: list[int] | None) -> None:
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(source)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    writer = gguf.GGUFWriter(target, arch=arch.contents(), endianess=reader.endianess)
+    keys = {TASK_NAME_KEY: MetadataDetails(gguf.GGUFValueType.STRING, tag.render())}
+    if tokens is not None:
+        keys[gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS] = MetadataDetails(
+            gguf.GGUFValueType.ARRAY, tokens, sub_type=gguf.GGUFValueType.UINT32
+        )
+    with redirect_stderr(io.StringIO()):  # its progress bar; the CLI prints what was written
+        copy_with_new_metadata(reader, writer, keys, [])

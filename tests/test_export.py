@@ -1,0 +1,119 @@
+"""`reqcheck export`: adapters as llama.cpp GGUF files, checked against llama.cpp's own converter and server."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from reqcheck.formats.manifest import Manifest, content_hash
+from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
+from reqcheck.serving.export import ADAPTER_FILE, START_FILE, export
+from reqcheck.serving.llama_server import LlamaServer
+from reqcheck.serving.llamacpp import run_script
+from reqcheck.training.loop import TrainResult
+from tests.conftest import ServedPair
+from tests.helpers import run_cli
+
+
+def _fields(path: Path) -> dict[str, object]:
+    reader = gguf.GGUFReader(path)
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def _converted_by_llama_cpp(adapter: Path, llama_cpp: Path, out: Path) -> Path:
+    """The same adapter through convert_lora_to_gguf.py alone, as a llama.cpp user would run it."""
+    manifest = Manifest.read(adapter)
+    target = out / "direct.gguf"
+    run_script(
+        llama_cpp / "convert_lora_to_gguf.py",
+        [str(adapter), "--base", str(manifest.base_model.path), "--outfile", str(target), "--outtype", "f32"],
+    )
+    return target
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora"])
+def test_export_is_llama_cpps_conversion_with_the_served_tag(
+    kind: str, tiny_adapters: dict[str, TrainResult], llama_cpp: Path, tmp_path: Path
+) -> None:
+    adapter = tiny_adapters[kind].outfile
+    manifest = Manifest.read(adapter)
+    exported = export(adapter, tmp_path / "out")
+    direct = _converted_by_llama_cpp(adapter, llama_cpp, tmp_path)
+
+    ours, theirs = _fields(exported.adapter), _fields(direct)
+    assert ours.pop(TASK_NAME_KEY) == ServedTag(adapter.name, content_hash(adapter)).render()
+    invocation = gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS
+    if kind == "alora":
+        # llama-server starts one token before the invocation it finds: the export drops the first token
+        assert theirs.pop(invocation) == manifest.invocation_ids
+        assert ours.pop(invocation) == manifest.invocation_ids[1:] == exported.invocation_tokens
+    else:
+        assert invocation not in ours and invocation not in theirs and exported.invocation_tokens is None
+    assert ours == theirs
+    ours_t, theirs_t = _tensors(exported.adapter), _tensors(direct)
+    assert ours_t.keys() == theirs_t.keys() and len(ours_t) > 0
+    assert all(np.array_equal(ours_t[name], theirs_t[name]) for name in ours_t)
+    assert "--lora" in (tmp_path / "out" / START_FILE).read_text()
+
+
+def test_export_replaces_its_own_files_and_refuses_anyone_elses(
+    tiny_adapters: dict[str, TrainResult], llama_cpp: Path, tmp_path: Path
+) -> None:
+    adapter = tiny_adapters["lora"].outfile
+    out = tmp_path / "out"
+    export(adapter, out)
+    first = (out / ADAPTER_FILE).stat().st_mtime_ns
+    export(adapter, out)
+    assert (out / ADAPTER_FILE).stat().st_mtime_ns != first
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="already holds notes.txt; pass a new or empty folder"):
+        export(adapter, out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_export_names_the_server_command_and_refuses_a_non_adapter(
+    tiny_adapters: dict[str, TrainResult],
+    llama_cpp: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = tiny_adapters["alora"].outfile
+    code, err = run_cli(["export", str(adapter), "--gguf", str(tmp_path / "g")], capsys, monkeypatch)
+    assert code == 0
+    assert "start the server with: llama-server -m BASE.gguf --lora" in err
+    assert (tmp_path / "g" / ADAPTER_FILE).is_file()
+
+    code, err = run_cli(["export", str(tmp_path), "--gguf", str(tmp_path / "h")], capsys, monkeypatch)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "has no reqcheck.json; pass a directory written by" in err
+    assert "Traceback" not in err and not (tmp_path / "h").exists()
+
+
+def _get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_llama_server_serves_both_exports_and_finds_them_by_tag(
+    served_smollm2: ServedPair, llama_server: Path, tmp_path: Path
+) -> None:
+    pair = served_smollm2
+    adapters = [pair.exports["alora"].adapter, pair.exports["lora"].adapter]
+    with LlamaServer(pair.base, adapters, log=tmp_path / "server.log") as server:
+        listed = _get(f"{server.url}/lora-adapters")
+    assert isinstance(listed, list) and len(listed) == 2
+    tags = {ServedTag.parse(entry["task_name"]): entry for entry in listed}
+    alora = tags[ServedTag("alora", content_hash(pair.alora))]
+    lora = tags[ServedTag("lora", content_hash(pair.lora))]
+    assert alora["alora_invocation_tokens"] == Manifest.read(pair.alora).invocation_ids[1:]
+    assert "alora_invocation_tokens" not in lora
