@@ -37,11 +37,11 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.io_yaml import IoYaml
 from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, content_hash, short_model_name
 from reqcheck.formats.prompting import INTRINSIC_RENDERER, Messages, as_messages
+from reqcheck.formats.served import ServedTag
 
 # top logprobs asked for: granite-common's own number (its rewriter asks for 10), and the judge's
 TOP_LOGPROBS = 10
 JUDGE_TOP_LOGPROBS = 20
-TASK_PREFIX = "reqcheck:"
 
 
 @dataclass
@@ -282,7 +282,8 @@ def _llama_adapter_id(backend: RemoteBackend, adapter: ResolvedAdapter) -> int:
     """The `/lora-adapters` id whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
     digest = content_hash(adapter.path)
     entries = backend.info.adapters
-    found = [a for a in entries if str(a.get("task_name", "")).endswith(":" + digest)]
+    tags = [ServedTag.parse(a.get("task_name")) for a in entries]
+    found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
     shown = backend.endpoint.shown
     if not found:
         served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
