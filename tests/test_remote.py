@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from reqcheck.serving.llama_server import LlamaServer, free_port
-from reqcheck.serving.llamacpp import run_script, source_dir
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter
 from reqcheck.checking.endpoint import Endpoint
@@ -26,6 +24,8 @@ from reqcheck.checking.requirements import req
 from reqcheck.checking.session import Session
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import GateReport
+from reqcheck.serving.llama_server import LlamaServer, free_port
+from reqcheck.serving.llamacpp import run_script, source_dir
 
 pytest_plugins = ["pytester"]
 
