@@ -23,7 +23,7 @@ from reqcheck.checking.remote import RemoteBackend
 from reqcheck.checking.requirements import req
 from reqcheck.checking.session import Session
 from reqcheck.errors import ReqcheckError
-from reqcheck.formats.gate_report import GateReport
+from reqcheck.formats.gate_report import AdapterEntry, GateReport, ServedRecord
 from reqcheck.serving.llama_server import LlamaServer, free_port
 from reqcheck.serving.llamacpp import run_script, source_dir
 
@@ -234,3 +234,16 @@ def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_rep
     report = GateReport.read(pytester.path / "report.json")
     assert report.passed is False and report.adapters[0].partial
     assert sorted(p.name for p in pytester.path.iterdir() if p.name.startswith("report")) == ["report.json"]
+
+
+def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path) -> None:
+    served = ServedRecord("http://127.0.0.1:8080", "llama.cpp", "b1-0c1e570", "base.gguf", None, True)
+    report = GateReport(report_format=2, passed=True, adapters=[AdapterEntry(name="a", served=served)])
+    report.write(tmp_path / "served.json")
+    assert GateReport.read(tmp_path / "served.json").adapters[0].served == served
+    older = report.to_dict()
+    del older["adapters"][0]["served"]
+    assert GateReport.from_dict(older).adapters[0].served is None
+    older["adapters"][0]["served"] = {"endpoint": 8080, "engine": "llama.cpp"}
+    with pytest.raises(ReqcheckError, match=r"served\.endpoint"):
+        GateReport.from_dict(older)
