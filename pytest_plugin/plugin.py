@@ -86,6 +86,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--reqcheck-batch-size", type=int, default=16, help="cases per model call [16]")
     group.addoption("--reqcheck-device", default="auto", help="auto, cpu, cuda or mps [auto]")
+    group.addoption(
+        "--reqcheck-endpoint",
+        default=None,
+        metavar="URL",
+        help="check through this llama-server or vLLM server instead of in process (no local model needed)",
+    )
+    group.addoption(
+        "--reqcheck-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests in flight to the endpoint [4]",
+    )
+    group.addoption(
+        "--reqcheck-compare",
+        action="store_true",
+        help="with --reqcheck-endpoint, also run every case in process (mode local) to measure train/serve skew",
+    )
     parser.addini("reqcheck_files", type="linelist", help="extra glob patterns of reqcheck fixture files")
     for name, (kind, text) in SETTINGS.items():
         parser.addini(f"reqcheck_{name}", type="bool" if kind is bool else "string", default=None, help=text)
@@ -142,6 +160,14 @@ def check_gate_settings(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
         if kind.needs_baseline and not setting(config, "baseline"):
             raise pytest.UsageError(f"{kind.option} needs --reqcheck-baseline REPORT.")
+        if "local" in kind.modes and not config.getoption("reqcheck_compare"):
+            raise pytest.UsageError(f"{kind.option} needs --reqcheck-endpoint URL --reqcheck-compare.")
+    if config.getoption("reqcheck_compare") and not config.getoption("reqcheck_endpoint"):
+        raise pytest.UsageError(
+            "--reqcheck-compare needs --reqcheck-endpoint URL, the server to compare with."
+        )
+    if config.getoption("reqcheck_concurrency") < 1:
+        raise pytest.UsageError("--reqcheck-concurrency must be at least 1; pass e.g. 4.")
 
 
 class ReqcheckFailure(Exception):
@@ -168,9 +194,15 @@ class ReqcheckPlugin:
         if validation not in ("on", "off", "both"):
             raise pytest.UsageError(f"reqcheck_validation must be on, off or both, not {validation!r}.")
         self.modes = {"on": ["adapter"], "off": ["judge"], "both": ["adapter", "judge"]}[validation]
+        self.endpoint = config.getoption("reqcheck_endpoint")
+        self.compare = bool(config.getoption("reqcheck_compare"))
+        if self.compare:
+            self.modes.append("local")
         self.strict = setting(config, "strict")
         self.patterns = [FIXTURE_PATTERN, *config.getini("reqcheck_files")]
         self._backend: Any = None
+        self._local: Any = None
+        self.case_errors: dict[tuple[str, str, str], str] = {}  # cases a failing server could not check
         self.predictions: dict[tuple[str, str, str], Any] = {}
         self.files: dict[str, list[DataFile]] = {}
         self.gates: list[tuple[str, Gate]] = []
@@ -219,8 +251,10 @@ class ReqcheckPlugin:
         baseline_path = setting(self.config, "baseline")
         baseline = Baseline.read(baseline_path) if baseline_path else None
         specs = self.config.getoption("adapter")
-        base = self.config.getoption("basemodel") or _base_spec(specs[0])
-        self.base_model = resolve_base_model(base)
+        if self.endpoint and not self.compare:  # the server holds the model: nothing to load or convert here
+            self.base_model = _served_base(specs[0])
+        else:
+            self.base_model = resolve_base_model(self.config.getoption("basemodel") or _base_spec(specs[0]))
         found = {}
         for spec in specs:
             adapter = CustomIntrinsicAdapter(model_id=spec)
@@ -258,21 +292,57 @@ class ReqcheckPlugin:
 
     @property
     def backend(self) -> Any:
-        """The session's LocalHFBackend, loaded on the first case that is not in the cache."""
+        """The session's backend, made on the first case not in the cache: the endpoint's, else in process."""
         if self._backend is None:
-            from reqcheck.checking.backend import LocalHFBackend
+            self._backend = self._load(served=bool(self.endpoint))
+        return self._backend
 
-            try:
+    @property
+    def local_backend(self) -> Any:
+        """The in-process LocalHFBackend that --reqcheck-compare scores every case with too (mode local)."""
+        if self._local is None:
+            self._local = self._load(served=False)
+        return self._local
+
+    def _load(self, served: bool) -> Any:
+        """A backend with every --adapter registered; its failure stops the run once, as a usage error."""
+        try:
+            if served:
+                from reqcheck.checking.remote import RemoteBackend
+
+                backend = RemoteBackend(
+                    self.endpoint, concurrency=self.config.getoption("reqcheck_concurrency")
+                )
+            else:
+                from reqcheck.checking.backend import LocalHFBackend
+
                 backend = LocalHFBackend(
                     self.base_model.spec, device=self.config.getoption("reqcheck_device")
                 )
-                for name, adapter in self.adapters.items():
-                    adapter.spec.intrinsic_name = name
-                    backend.add_adapter(adapter.spec)
-            except ReqcheckError as exc:  # every case would fail the same way: stop once, as a usage error
-                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-            self._backend = backend
-        return self._backend
+            for name, adapter in self.adapters.items():
+                adapter.spec.intrinsic_name = name
+                backend.add_adapter(adapter.spec)
+        except ReqcheckError as exc:  # every case would fail the same way: stop once, as a usage error
+            pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        if served:
+            self._record_server(backend)
+        return backend
+
+    def _record_server(self, backend: Any) -> None:
+        from reqcheck.errors import hide_url_credentials
+        from reqcheck.formats.gate_report import ServedRecord
+
+        info = backend.info
+        record = ServedRecord(
+            hide_url_credentials(self.endpoint),
+            info.engine,
+            info.version,
+            info.model,
+            info.model_hash,
+            self.compare,
+        )
+        for adapter in self.adapters.values():
+            adapter.run.served = record
 
     def adapter_for(self, requirement: str | None, where: str) -> str:
         """The adapter that checks a fixture line: the one trained for its requirement, else the only one."""
@@ -349,20 +419,25 @@ class ReqcheckPlugin:
     def prediction(self, case: ReqcheckCase) -> Any:
         """The case's prediction; on the first miss, every selected case is predicted in batches."""
         key = (case.adapter, case.mode, case.key)
-        if key not in self.predictions:
+        if key not in self.predictions and key not in self.case_errors:
             try:
                 self._predict_all([i for i in case.session.items if isinstance(i, ReqcheckCase)])
             except ReqcheckError as exc:  # the whole batch failed: one message, not one per case
                 pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        if key in self.case_errors:
+            raise ReqcheckFailure(f"{case.mode}: could not be checked: {self.case_errors[key]}")
         return self.predictions[key]
 
     def _predict_all(self, cases: list[ReqcheckCase]) -> None:
         """Predict every case in batches, both modes per batch, reading and writing the pytest cache."""
-        from reqcheck.gating.evaluation import Prediction, predict
+        from reqcheck.gating.evaluation import Prediction
 
         # config.cache does not exist at all under -p no:cacheprovider
-        use_cache = getattr(self.config, "cache", None) is not None and not self.config.getoption(
-            "reqcheck_no_cache"
+        # a served run checks the server as it is now: it neither reads nor writes cached results
+        use_cache = (
+            getattr(self.config, "cache", None) is not None
+            and not self.config.getoption("reqcheck_no_cache")
+            and not self.endpoint
         )
         for adapter, entry in self.adapters.items():
             members = [c for c in cases if c.adapter == adapter]
@@ -381,23 +456,53 @@ class ReqcheckPlugin:
             )
             fresh: set[str] = set()
             if missing:
-                requirements = {
-                    mode: [self.requirement(adapter, mode, e) for e in missing] for mode in self.modes
-                }
-                batch = self.config.getoption("reqcheck_batch_size")
-                computed = predict(self.backend, adapter, [e.item for e in missing], requirements, batch)
-                for mode, predictions in computed.items():
+                for mode, predictions in self._predict_missing(adapter, missing).items():
                     for example, p in zip(missing, predictions, strict=True):
                         key = ReqcheckCase.case_key(self, adapter, mode, example)
-                        stored[mode][key] = {"probabilities": p.probabilities, "seconds": p.seconds}
-                        fresh.add(key)
+                        if p is not None:
+                            stored[mode][key] = {"probabilities": p.probabilities, "seconds": p.seconds}
+                            fresh.add(key)
                 if use_cache:
                     for mode, slot in slots.items():
                         self.config.cache.set(slot, stored[mode])
             for c in members:
-                found = stored[c.mode][c.key]
+                found = stored[c.mode].get(c.key)
+                if found is None:
+                    self.case_errors[(adapter, c.mode, c.key)] = entry.run.errors[0]
+                    continue
                 prediction = Prediction(found["probabilities"], found["seconds"], cached=c.key not in fresh)
                 self.predictions[(adapter, c.mode, c.key)] = prediction
+
+    def _predict_missing(self, adapter: str, missing: list[Any]) -> dict[str, list[Any]]:
+        """Each mode's predictions of `missing` in their order; None where a served check failed.
+
+        In process, a failure stops the run (every case would fail alike). Through an endpoint, the cases
+        are sent a batch at a time, and when the server fails (it died, say) the cases not yet checked
+        keep its one-sentence reason, which fails them and the gates.
+        """
+        from reqcheck.gating.evaluation import predict
+
+        items = [e.item for e in missing]
+        batch = self.config.getoption("reqcheck_batch_size")
+        modes = [mode for mode in self.modes if mode != "local"]
+        requirements = {mode: [self.requirement(adapter, mode, e) for e in missing] for mode in modes}
+        if not self.endpoint:
+            return predict(self.backend, adapter, items, requirements, batch)
+        out: dict[str, list[Any]] = {mode: [None] * len(missing) for mode in self.modes}
+        if "local" in self.modes:
+            told = {"adapter": [self.requirement(adapter, "adapter", e) for e in missing]}
+            out["local"] = predict(self.local_backend, adapter, items, told, batch)["adapter"]
+        step = max(batch, 4 * self.config.getoption("reqcheck_concurrency"))
+        for start in range(0, len(missing), step):
+            chunk = {mode: reqs[start : start + step] for mode, reqs in requirements.items()}
+            try:
+                done = predict(self.backend, adapter, items[start : start + step], chunk, step)
+            except ReqcheckError as exc:
+                self.adapters[adapter].run.errors.append(str(exc))
+                break
+            for mode, predictions in done.items():
+                out[mode][start : start + len(predictions)] = predictions
+        return out
 
     def requirement(self, adapter: str, mode: str, example: Any) -> str | None:
         """What a case's model is told: the line's requirement, else (for the judge) the adapter's."""
@@ -462,6 +567,22 @@ class ReqcheckPlugin:
                 terminalreporter.write_line(f"  gate {gate}: no cases -> not gated")
         for problem in self.problems:
             terminalreporter.write_line(f"reqcheck: {problem}", red=True)
+
+
+def _served_base(adapter: str) -> Any:
+    """The base model a served run's adapter was trained on, as its manifest records it (nothing loaded)."""
+    from reqcheck.formats.manifest import MANIFEST_NAME, Manifest
+
+    path = Path(adapter).expanduser()
+    if not (path / MANIFEST_NAME).exists():
+        raise pytest.UsageError(
+            f"--adapter {adapter} holds no {MANIFEST_NAME}; --reqcheck-endpoint checks adapters trained by "
+            "reqcheck, given as their directory."
+        )
+    try:
+        return Manifest.read(path).base_model
+    except ReqcheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _base_spec(adapter: str) -> str:

@@ -12,27 +12,19 @@ loses tokens from its start exactly as a long training item did; the result's `r
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
 from reqcheck.checking.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
-from reqcheck.checking.requirements import (
-    ALoraRequirement,
-    LLMaJRequirement,
-    Requirement,
-    ValidationResult,
-    same_requirement,
-)
+from reqcheck.checking.routing import Checker, Context, Route
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet
-from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, as_messages, render
+from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, render
 from reqcheck.models import kvcache
 from reqcheck.models.kvcache import KV
 from reqcheck.models.loading import (
@@ -45,19 +37,10 @@ from reqcheck.models.loading import (
 )
 from reqcheck.models.scoring import Prefix, left_pad, score_labels
 
-Context = str | Messages
+__all__ = ["Context", "LocalHFBackend", "Route"]
 
 
-@dataclass(frozen=True)
-class Route:
-    """Where a requirement is checked and which rule decided it."""
-
-    via: str
-    adapter: str | None
-    reason: str
-
-
-class LocalHFBackend:
+class LocalHFBackend(Checker):
     """A Hugging Face causal LM that checks requirements through registered adapters or as a judge.
 
     `default_to_constraint_checking_alora = False` sends every requirement (except an
@@ -106,92 +89,19 @@ class LocalHFBackend:
         self.adapters[resolved.name] = resolved
         return resolved
 
-    def route(self, requirement: Requirement) -> Route:
-        """Which checker serves `requirement`, by the first rule that applies:
-
-        1. a `validation_fn` runs as Python; 2. `LLMaJRequirement` goes to the judge; 3. `ALoraRequirement`
-        goes to its named adapter (an error if it is not registered); 4. with the switch off, the judge;
-        5. the adapter trained for this requirement text; 6. the only registered adapter; 7. the judge.
-        """
-        if requirement.validation_fn is not None:
-            return Route("function", None, "the requirement has a validation_fn")
-        if isinstance(requirement, LLMaJRequirement):
-            return Route("judge", None, "an LLMaJRequirement always uses the base-model judge")
-        if isinstance(requirement, ALoraRequirement):
-            if requirement.intrinsic_name not in self.adapters:
-                known = ", ".join(sorted(self.adapters)) or "none"
-                raise ReqcheckError(
-                    f"ALoraRequirement names adapter {requirement.intrinsic_name!r}, which is not registered "
-                    f"(registered: {known}); add it with backend.add_adapter(CustomIntrinsicAdapter(...))."
-                )
-            return Route(
-                "adapter", requirement.intrinsic_name, "an ALoraRequirement always uses its named adapter"
-            )
-        if not self.default_to_constraint_checking_alora:
-            return Route("judge", None, "default_to_constraint_checking_alora is False")
-        for name, adapter in self.adapters.items():
-            if same_requirement(adapter.manifest.requirement, requirement.description):
-                return Route("adapter", name, f"adapter {name!r} was trained for this requirement")
-        if len(self.adapters) == 1:
-            name = next(iter(self.adapters))
-            return Route("adapter", name, f"{name!r} is the only registered adapter")
-        if self.adapters:
-            return Route("judge", None, "no registered adapter was trained for this requirement")
-        return Route("judge", None, "no adapter is registered")
-
-    # checking
-
-    def check(self, requirement: Requirement, context: Context) -> ValidationResult:
-        """Check one requirement on one context (an output text, or a conversation whose last turn is checked)."""
-        return self.check_batch([requirement], [context])[0]
-
-    def check_batch(
-        self, requirements: Sequence[Requirement], contexts: Sequence[Context]
-    ) -> list[ValidationResult]:
-        """Check requirement i on context i, batching the model calls of each route."""
-        if len(requirements) != len(contexts):
-            raise ReqcheckError("check_batch needs one context per requirement; pass lists of equal length.")
-        for requirement, context in zip(requirements, contexts, strict=True):
-            if not isinstance(requirement, Requirement):
-                raise ReqcheckError(
-                    f"A requirement is a {type(requirement).__name__}, not a Requirement; wrap its text "
-                    "in req('...') or check('...')."
-                )
-            as_messages(context)
-        routes = [self.route(r) for r in requirements]
-        results: list[ValidationResult | None] = [None] * len(requirements)
-        groups: dict[tuple[str, str | None], list[int]] = {}
-        for index, route in enumerate(routes):
-            groups.setdefault((route.via, route.adapter), []).append(index)
-        for (via, name), indices in groups.items():
-            started = time.perf_counter()
-            cut = [""] * len(indices)
-            if via == "function":
-                produced = [_run_function(requirements[i], contexts[i]) for i in indices]
-            else:
-                adapter = self.adapters[name] if name else None
-                labels, positives = _label_sets(adapter)
-                chosen = [contexts[i] for i in indices]
-                described = [requirements[i].description for i in indices]
-                if via == "adapter":
-                    probs, rendered, limit = self._classify(name, chosen, described)
-                else:
-                    probs, rendered, limit = self._judge(chosen, described, labels)
-                produced = [_result(p, positives, adapter) for p in probs]
-                cut = [_truncation_note(r, limit) for r in rendered]
-            each = (time.perf_counter() - started) / len(indices)
-            for i, result, note in zip(indices, produced, cut, strict=True):
-                tag = f"adapter:{routes[i].adapter}" if via == "adapter" else via
-                results[i] = ValidationResult(
-                    result.passed,
-                    result.score,
-                    result.label,
-                    result.probabilities,
-                    routes[i].reason + note,
-                    tag,
-                    each,
-                )
-        return [r for r in results if r is not None]
+    def _scores(
+        self,
+        via: str,
+        name: str | None,
+        contexts: list[Context],
+        requirements: list[str],
+        labels: list[str],
+    ) -> tuple[list[dict[str, float]], list[str]]:
+        if via == "adapter":
+            probs, rendered, limit = self._classify(name, contexts, requirements)
+        else:
+            probs, rendered, limit = self._judge(contexts, requirements, labels)
+        return probs, [_truncation_note(r, limit) for r in rendered]
 
     def classify(
         self, adapter_name: str, contexts: Sequence[Context], requirements: Sequence[str | None] | None = None
@@ -376,39 +286,4 @@ def _truncation_note(rendered: Rendered, limit: int | None) -> str:
     return (
         f"; the context's first {rendered.truncated} tokens were dropped to fit the {limit}-token limit "
         "(the model's positions or the adapter's --max-length), as training drops them"
-    )
-
-
-def _label_sets(adapter: ResolvedAdapter | None) -> tuple[list[str], list[str]]:
-    """The labels and positive labels a requirement is read with: the adapter's, else yes/no."""
-    if adapter is None:
-        return list(JUDGE_LABELS), ["yes"]
-    return list(adapter.manifest.labels), list(adapter.manifest.positive_labels)
-
-
-def _result(
-    probabilities: dict[str, float], positives: list[str], adapter: ResolvedAdapter | None
-) -> ValidationResult:
-    if not positives:
-        name = adapter.name if adapter else "judge"
-        raise ReqcheckError(
-            f"Adapter {name!r} has no positive label, so a requirement check cannot pass or fail; pass "
-            "positive_labels=[...] to CustomIntrinsicAdapter or retrain with --positive-label."
-        )
-    label = max(probabilities, key=probabilities.__getitem__)
-    score = sum(probabilities[p] for p in positives)
-    return ValidationResult(label in positives, score, label, probabilities)
-
-
-def _run_function(requirement: Requirement, context: Context) -> ValidationResult:
-    text = as_messages(context)[-1]["content"]
-    outcome = requirement.validation_fn(text)  # type: ignore[misc]
-    if isinstance(outcome, ValidationResult):
-        return outcome
-    passed = bool(outcome)
-    return ValidationResult(
-        passed,
-        float(passed),
-        "pass" if passed else "fail",
-        {"pass": float(passed), "fail": float(not passed)},
     )

@@ -7,14 +7,16 @@ lower- and capitalised spellings pooled, since an instruct model answers "Yes" a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from reqcheck.checking.routing import JUDGE_LABELS
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import CHAT_RENDERER, PromptSpec, label_ids, question_invocation
 
-JUDGE_LABELS = ["yes", "no"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["JUDGE_LABELS", "judge_labels", "judge_question", "judge_spec", "pool_variants"]
 
 
 def judge_question(labels: list[str]) -> str:
@@ -48,6 +50,8 @@ def judge_labels(tokenizer: Any, labels: list[str]) -> tuple[LabelSet, list[int]
 
 def pool_variants(scores: torch.Tensor, owner: list[int], n_labels: int) -> torch.Tensor:
     """Per-label log-likelihoods from per-variant ones (logsumexp over each label's spellings)."""
+    import torch  # here, so that the served judge (checking.remote) reads the question without torch
+
     pooled = torch.full((scores.shape[0], n_labels), float("-inf"))
     for column, index in enumerate(owner):
         pooled[:, index] = torch.logaddexp(pooled[:, index], scores[:, column])

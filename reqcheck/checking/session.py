@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reqcheck.checking.backend import Context, LocalHFBackend
 from reqcheck.checking.requirements import Requirement, ValidationResult
+from reqcheck.checking.routing import Checker, Context
 
 
 @dataclass
@@ -23,9 +23,12 @@ class InstructResult:
 
 
 class Session:
-    """A conversation with a backend in which outputs are validated against requirements."""
+    """A conversation with a backend in which outputs are validated against requirements.
 
-    def __init__(self, backend: LocalHFBackend, max_new_tokens: int = 200) -> None:
+    The backend is a `LocalHFBackend` or a `RemoteBackend` (checks and generation through a server).
+    """
+
+    def __init__(self, backend: Checker, max_new_tokens: int = 200) -> None:
         self.backend = backend
         self.max_new_tokens = max_new_tokens
 

@@ -220,6 +220,23 @@ class TrainingSummary:
 
 
 @dataclass
+class ServedRecord:
+    """Where a served run's predictions came from: the server as it reported itself.
+
+    `endpoint` is the URL with its credentials hidden; `model` what the server calls its base model (a
+    path, alias or Hub id); `model_hash` only when the server reports one (llama-server and vLLM do not).
+    `compared` is true when every case also ran in process (mode `local`).
+    """
+
+    endpoint: str
+    engine: str
+    engine_version: str | None = None
+    model: str | None = None
+    model_hash: str | None = None
+    compared: bool = False
+
+
+@dataclass
 class AdapterEntry:
     """One adapter's part of the report: what it is, its metrics per mode, gates, cases and baseline."""
 
@@ -245,6 +262,8 @@ class AdapterEntry:
     collected: int | None = None
     ran: int | None = None
     partial: bool = False
+    # a run through --reqcheck-endpoint: the server; absent (None) for an in-process run and older reports
+    served: ServedRecord | None = None
 
     @property
     def adapter_accuracy(self) -> float | None:
@@ -266,6 +285,10 @@ class AdapterEntry:
             data["baseline"] = asdict(self.baseline)
             if self.baseline.problem is None:
                 del data["baseline"]["problem"]
+        if self.served is None:
+            del data["served"]
+        else:
+            data["served"] = asdict(self.served)
         return data
 
 

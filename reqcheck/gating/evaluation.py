@@ -37,12 +37,13 @@ from reqcheck.formats.gate_report import (
     Latency,
     ModeSummary,
     ReliabilityBin,
+    ServedRecord,
     TrainingSummary,
 )
 from reqcheck.gating import stats
 from reqcheck.gating.gates import gate_kind
 
-MODES = ("adapter", "judge")
+MODES = ("adapter", "judge", "local")  # local: the in-process adapter, beside a served one
 GATE_ON = ("point", "bound")
 REPORT_ITEMS = ("text", "hash")
 ITEM_CHARS = 200
@@ -304,6 +305,8 @@ class AdapterRun:
     gates: list[Gate] = field(default_factory=list)
     cases: dict[tuple[str, int], Case] = field(default_factory=dict)
     collected: int | None = None  # case items (line and mode) collected; None: not counted
+    served: ServedRecord | None = None  # the server, when adapter (and judge) mode ran through one
+    errors: list[str] = field(default_factory=list)  # why cases could not be checked (a server that died)
 
     def record(
         self, *, id: str, file: str, line: int, item: str, expected: str, mode: str, prediction: Prediction
@@ -354,11 +357,21 @@ class AdapterRun:
         try:
             kind = gate_kind(gate.name)
             gate.on = self.settings.gate_on
+            if self.errors:
+                raise ReqcheckError(
+                    f"{len(self.errors)} case(s) could not be checked, so gate {gate.name} would judge only "
+                    f"part of the suite: {self.errors[0]}"
+                )
             missing = [m for m in kind.modes if not any(m in c.predictions for c in self.cases.values())]
             if missing:
+                how = (
+                    "--reqcheck-endpoint URL --reqcheck-compare"
+                    if "local" in missing
+                    else "--reqcheck-validation both"
+                )
                 raise ReqcheckError(
-                    f"Gate {gate.name} needs results in mode(s) {', '.join(missing)}; run with "
-                    "--reqcheck-validation both and without deselecting those cases."
+                    f"Gate {gate.name} needs results in mode(s) {', '.join(missing)}; run with {how} and "
+                    "without deselecting those cases."
                 )
             if kind.needs_baseline and self.baseline is None:
                 raise ReqcheckError(f"Gate {gate.name} needs --reqcheck-baseline REPORT.")
@@ -413,6 +426,7 @@ class AdapterRun:
             collected=self.collected,
             ran=self.ran,
             partial=self.collected is not None and self.ran < self.collected,
+            served=self.served,
         )
 
     @property
@@ -465,7 +479,39 @@ def _drop(run: AdapterRun, gate: Gate) -> None:
     run.paired(gate, difference, -1)
 
 
-MEASURES: dict[str, Callable[[AdapterRun, Gate], None]] = {"rate": _rate, "gain": _gain, "drop": _drop}
+def _compared(run: AdapterRun) -> list[Case]:
+    return [c for c in run.cases.values() if {"adapter", "local"} <= c.predictions.keys()]
+
+
+def _agreement(run: AdapterRun, gate: Gate) -> None:
+    """Share of cases whose served label (adapter mode) equals the in-process one (local), Wilson interval."""
+    both = _compared(run)
+    same = sum(c.predictions["adapter"].label == c.predictions["local"].label for c in both)
+    gate.value, gate.n = (same / len(both) if both else 0.0), len(both)
+    gate.interval = list(stats.wilson_interval(same, len(both), run.settings.confidence))
+
+
+def _score_diff(run: AdapterRun, gate: Gate) -> None:
+    """The largest difference between a served and an in-process label probability, over cases and labels."""
+    both = _compared(run)
+    gate.n = len(both)
+    gate.value = max(
+        (
+            abs(c.predictions["adapter"].probabilities[label] - c.predictions["local"].probabilities[label])
+            for c in both
+            for label in run.labels
+        ),
+        default=0.0,
+    )
+
+
+MEASURES: dict[str, Callable[[AdapterRun, Gate], None]] = {
+    "rate": _rate,
+    "gain": _gain,
+    "drop": _drop,
+    "agreement": _agreement,
+    "score_diff": _score_diff,
+}
 
 
 def build_report(runs: list[AdapterRun]) -> GateReport:

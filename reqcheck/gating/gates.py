@@ -45,7 +45,7 @@ class GateKind:
     @property
     def paired(self) -> bool:
         """Compares two sets of predictions case by case (McNemar), rather than a rate against a threshold."""
-        return self.measure != "rate"
+        return self.measure in ("gain", "drop")
 
     @property
     def op(self) -> str:
@@ -96,6 +96,25 @@ GATES = (
         measure="rate",
         title="recall",
         per_label=True,
+    ),
+    GateKind(
+        "min_agreement",
+        "share of cases whose served label equals the in-process one (--reqcheck-compare) must be at least this",
+        0.0,
+        1.0,
+        measure="agreement",
+        title="agreement with in-process",
+        modes=("adapter", "local"),
+    ),
+    GateKind(
+        "max_score_diff",
+        "largest |served - in-process| label probability over the cases (--reqcheck-compare) may be at most this",
+        0.0,
+        1.0,
+        measure="score_diff",
+        title="largest score difference from in-process",
+        at_most=True,
+        modes=("adapter", "local"),
     ),
 )
 KINDS = {kind.name: kind for kind in GATES}

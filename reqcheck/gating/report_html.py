@@ -28,7 +28,7 @@ from reqcheck.formats.gate_report import (
 )
 from reqcheck.gating import numbers
 from reqcheck.gating.gates import KINDS, op
-from reqcheck.gating.report_text import partial_run
+from reqcheck.gating.report_text import partial_run, served_line
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
 TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
@@ -103,6 +103,7 @@ def _adapter_section(entry: AdapterEntry, index: int) -> str:
         f'<p class="meta">intervals: {confidence:.0%} (Wilson for rates; exact, paired by case, for '
         f"differences); gates decided on the {'lower bound' if entry.gate_on == 'bound' else 'point value'}"
         "</p>",
+        f'<p class="meta">served by {_e(served_line(entry.served))}</p>' if entry.served else "",
         f'<p class="fail">{_e(partial_run(entry))}</p>' if entry.partial else "",
         "<h3>Gates</h3>",
         _gate_table(entry.gates),

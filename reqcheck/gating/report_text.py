@@ -11,7 +11,14 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from reqcheck.formats.gate_report import AdapterEntry, BaselineComparison, Change, Gate, GateReport
+from reqcheck.formats.gate_report import (
+    AdapterEntry,
+    BaselineComparison,
+    Change,
+    Gate,
+    GateReport,
+    ServedRecord,
+)
 from reqcheck.gating.evaluation import shorten
 from reqcheck.gating.gates import op
 from reqcheck.gating.numbers import interval, number, p_value, verdict
@@ -20,9 +27,21 @@ TERMINAL_REGRESSIONS = 10  # the terminal lists this many of each kind; the repo
 ITEM_CHARS = 80
 
 
+def served_line(served: ServedRecord) -> str:
+    """Which server a served run used, as one line: engine, version, endpoint, model (and its hash)."""
+    model = served.model or "?"
+    if served.model_hash:
+        model += f", hash {served.model_hash}"
+    version = f" {served.engine_version}" if served.engine_version else ""
+    compared = "; every case also ran in process (mode local)" if served.compared else ""
+    return f"{served.engine}{version} at {served.endpoint} (model {model}){compared}"
+
+
 def terminal_lines(entry: AdapterEntry) -> list[str]:
     """One adapter's block of the pytest terminal summary."""
     lines = [f"{entry.name} ({entry.adapter_type}, {(entry.content_hash or '')[:19]}...)"]
+    if entry.served is not None:
+        lines.append(f"  served: {served_line(entry.served)}")
     header = ("mode", "cases", "accuracy", f"{entry.confidence:.0%} interval", "macro-F1", "ECE", "Brier",
               "p50 ms", "p95 ms", "items/s", "cached")  # fmt: skip
     widths = (8, 6, 8, 16, 8, 6, 6, 7, 7, 7, 6)

@@ -1,0 +1,338 @@
+"""RemoteBackend: checks through a served base model and adapter (llama-server or vLLM), no torch.
+
+`LocalHFBackend`'s API (`add_adapter`, `route`, `check`, `check_batch`, `classify`, `judge`, `generate`,
+`default_to_constraint_checking_alora`), usable by `Session` and the pytest plugin, for machines that
+hold no model: a CPU-only CI runner gating against a GPU server, or a check next to the generator.
+
+Each check is the chat completion that granite-common's `IntrinsicsRewriter` builds from the adapter's
+io.yaml (the one `reqcheck package` writes), sent with the engine's adapter selection: llama-server's
+`"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry whose `task_name` names this
+adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set to the LoRA module name.
+The answer is read with granite-common's `IntrinsicsResultProcessor`: a label's probability is the
+`likelihood` rule over the first value token's top logprobs. The judge asks the same server's base model
+(every adapter at scale 0) the question the in-process judge asks and reads yes/no from the top logprobs.
+`concurrency` requests are in flight at once over one connection pool; busy or failing servers are
+retried with backoff (see `endpoint.Endpoint`).
+
+The prompt is the server's: a context longer than the server's context window is an error there, not
+cut from its start as in process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
+from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
+from reqcheck.checking.judge import judge_question
+from reqcheck.checking.routing import Checker, Context
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.io_yaml import IoYaml
+from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, content_hash, short_model_name
+from reqcheck.formats.prompting import INTRINSIC_RENDERER, Messages, as_messages
+from reqcheck.formats.served import ServedTag
+
+# top logprobs asked for: granite-common's own number (its rewriter asks for 10), and the judge's
+TOP_LOGPROBS = 10
+JUDGE_TOP_LOGPROBS = 20
+
+
+@dataclass
+class Served:
+    """How one registered adapter is called on this server: its request fields and granite-common's readers."""
+
+    select: dict[str, Any]
+    config: dict[str, Any]
+    processors: dict[str, Any]
+
+
+class RemoteBackend(Checker):
+    """Requirement checks through an OpenAI-compatible server that serves the base model and the adapters.
+
+    `url` is the server's root (e.g. http://127.0.0.1:8080); `concurrency` requests are in flight at once;
+    `timeout` seconds per request; `retries` more attempts after a 429, 5xx, timeout or dropped
+    connection. `engine`, `version`, `model` and `model_hash` say what the server reported.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        retries: int = 3,
+        api_key: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ReqcheckError(f"Concurrency must be at least 1, not {concurrency}; pass e.g. 4.")
+        self.endpoint = Endpoint(url, concurrency, timeout, retries, api_key=api_key)
+        self.concurrency = concurrency
+        self.info = ServerInfo.probe(self.endpoint)
+        self.adapters: dict[str, ResolvedAdapter] = {}
+        self.default_to_constraint_checking_alora = True
+        self._served: dict[str, Served] = {}
+        self._one_alora = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reqcheck-remote")
+
+    @property
+    def engine(self) -> str:
+        return self.info.engine
+
+    def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
+        """Register an adapter the server serves; refuses one it lacks, would misapply, or has another base for."""
+        path = locate_adapter(adapter, short_model_name(adapter.base_model_name or ""))
+        if not (path / MANIFEST_NAME).exists():
+            raise ReqcheckError(
+                f"Adapter {adapter.name} has no {MANIFEST_NAME}; a served check needs an adapter trained by "
+                "reqcheck (check Mellea adapters in process with LocalHFBackend)."
+            )
+        manifest = Manifest.read(path)
+        if manifest.prompt.renderer != INTRINSIC_RENDERER:
+            raise ReqcheckError(
+                f"Adapter {adapter.name} was trained with --renderer {manifest.prompt.renderer}, whose prompt "
+                f"a server cannot build; retrain it with --renderer {INTRINSIC_RENDERER} to check it served."
+            )
+        if adapter.positive_labels:
+            manifest.positive_labels = list(adapter.positive_labels)
+        if adapter.name in self.adapters:
+            raise ReqcheckError(
+                f"An adapter named {adapter.name!r} is already registered; pass another intrinsic_name."
+            )
+        resolved = ResolvedAdapter(adapter.name, path, manifest, "reqcheck")
+        self._check_base(resolved)
+        select = self._select(resolved)
+        self._served[resolved.name] = _readers(manifest, select)
+        self.adapters[resolved.name] = resolved
+        return resolved
+
+    # what the server has
+
+    def _select(self, adapter: ResolvedAdapter) -> dict[str, Any]:
+        """The request fields that apply this adapter on this server, or why it cannot be applied."""
+        if self.engine == VLLM:
+            if adapter.is_alora:
+                raise ReqcheckError(
+                    f"Adapter {adapter.name} is an aLoRA and vLLM applies adapters as plain LoRA; serve it "
+                    "with llama-server (reqcheck export --gguf) or check it in process."
+                )
+            names = [str(a.get("id")) for a in self.info.adapters]
+            if adapter.name not in names:
+                raise ReqcheckError(
+                    f"The vLLM server at {self.endpoint.shown} has no LoRA module {adapter.name!r} (it serves "
+                    f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
+                )
+            return {"model": adapter.name}
+        return {"lora": [{"id": _llama_adapter_id(self, adapter), "scale": 1.0}]}
+
+    def _check_base(self, adapter: ResolvedAdapter) -> None:
+        """Refuse a server whose base model is not the adapter's: its tokenizer, and (llama-server) its width."""
+        manifest, shown = adapter.manifest, self.endpoint.shown
+        if self.engine == LLAMA_CPP:
+            body = {"content": manifest.prompt.invocation, "add_special": False, "parse_special": True}
+        else:
+            body = {"model": self.info.meta.get("id"), "prompt": manifest.prompt.invocation}
+            body["add_special_tokens"] = False
+        tokens = (self.endpoint.post("/tokenize", body) or {}).get("tokens")
+        width, served_width = _adapter_width(adapter.path), self.info.meta.get("n_embd")
+        if tokens != manifest.invocation_ids or (width and served_width and width != served_width):
+            raise ReqcheckError(
+                f"The server at {shown} runs {self.info.model or 'a model'}, not adapter {adapter.name}'s base "
+                f"model {manifest.base_model.name} (its tokenizer or width differs); serve the base model "
+                "the adapter was trained on (reqcheck export --base writes it)."
+            )
+
+    # checking
+
+    def _scores(
+        self,
+        via: str,
+        name: str | None,
+        contexts: list[Context],
+        requirements: list[str],
+        labels: list[str],
+    ) -> tuple[list[dict[str, float]], list[str]]:
+        if via == "adapter":
+            return self.classify(name, contexts, requirements), [""] * len(contexts)
+        return self.judge(contexts, requirements, labels), [""] * len(contexts)
+
+    def classify(
+        self, adapter_name: str, contexts: list[Context], requirements: list[str | None] | None = None
+    ) -> list[dict[str, float]]:
+        """The adapter's probability for each of its labels, per context, read from the served logprobs."""
+        adapter = self.adapters.get(adapter_name)
+        if adapter is None:
+            raise ReqcheckError(
+                f"No adapter named {adapter_name!r} is registered; add it with backend.add_adapter."
+            )
+        requirements = list(requirements) if requirements is not None else [None] * len(contexts)
+        jobs = [
+            (adapter, c, r or adapter.manifest.requirement)
+            for c, r in zip(contexts, requirements, strict=True)
+        ]
+        return list(self._pool.map(lambda job: self._classify_one(*job), jobs))
+
+    def _classify_one(
+        self, adapter: ResolvedAdapter, context: Context, requirement: str | None
+    ) -> dict[str, float]:
+        from granite_common import ChatCompletionResponse, IntrinsicsRewriter
+
+        served, manifest = self._served[adapter.name], adapter.manifest
+        instruction = manifest.prompt.instruction or ""
+        if manifest.prompt.requirement_in_prompt and not requirement:
+            raise ReqcheckError(
+                f"Adapter {adapter.name} reads the requirement text from its prompt and none was given; pass "
+                "the requirement you check."
+            )
+        kwargs = {"requirement": requirement or ""} if "{requirement}" in instruction else {}
+        messages = as_messages(context, manifest.prompt)
+        rewritten = IntrinsicsRewriter(config_dict=served.config).transform({"messages": messages}, **kwargs)
+        body = rewritten.model_dump(exclude_none=True)
+        body.pop("extra_body", None)  # the grammar constraint: scores are read from logprobs, not decoded
+        body.update(
+            logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
+        )
+        body.setdefault("temperature", 0.0)
+        if adapter.is_alora and self.engine == LLAMA_CPP:
+            # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
+            # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
+            with self._one_alora:
+                answer = self._complete(body, f"adapter {adapter.name}")
+        else:
+            answer = self._complete(body, f"adapter {adapter.name}")
+        response = ChatCompletionResponse.model_validate(answer)
+        try:
+            return {label: float(_score(p, response, rewritten)) for label, p in served.processors.items()}
+        except (ValueError, TypeError, KeyError) as exc:
+            content = response.choices[0].message.content
+            raise ReqcheckError(
+                f"The server's output for adapter {adapter.name}, {content!r:.80}, is not the JSON the adapter "
+                f"was trained to emit ({type(exc).__name__}); serve the exported adapter on its own base model."
+            ) from None
+
+    def judge(
+        self, contexts: list[Context], requirements: list[str | None], labels: list[str] | None = None
+    ) -> list[dict[str, float]]:
+        """The base model's probability for each label, asked the in-process judge's question."""
+        labels = labels or ["yes", "no"]
+        jobs = list(zip(contexts, requirements, strict=True))
+        return list(self._pool.map(lambda job: self._judge_one(job[0], job[1], labels), jobs))
+
+    def _judge_one(self, context: Context, requirement: str | None, labels: list[str]) -> dict[str, float]:
+        messages = as_messages(context)
+        if requirement:
+            messages.append({"role": "user", "content": f"Requirement: {requirement}"})
+        messages.append({"role": "user", "content": judge_question(labels)})
+        body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
+        body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
+        answer = self._complete(body, "the judge")
+        top = answer["choices"][0]["logprobs"]["content"][0].get("top_logprobs") or []
+        mass = dict.fromkeys(labels, 0.0)
+        for entry in top:
+            text = str(entry.get("token", "")).strip().lower()
+            owner = next((label for label in labels if text and label.lower() == text), None)
+            if owner is not None:
+                mass[owner] += math.exp(float(entry.get("logprob", -math.inf)))
+        total = sum(mass.values())
+        if not total:
+            return dict.fromkeys(labels, 1.0 / len(labels))
+        return {label: value / total for label, value in mass.items()}
+
+    def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
+        """The served base model's greedy reply (no adapter applied)."""
+        body = {"messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0, **self._base_select()}
+        answer = self.endpoint.post("/v1/chat/completions", body)
+        return str(answer["choices"][0]["message"]["content"] or "").strip()
+
+    def close(self) -> None:
+        """Stop the request threads (the backend is unusable afterwards)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # internals
+
+    def _base_select(self) -> dict[str, Any]:
+        """Request fields that run the base model alone: every llama-server adapter at scale 0."""
+        if self.engine == VLLM:
+            return {"model": self.info.meta.get("id")}
+        ids = [a.get("id") for a in self.info.adapters]
+        return {"lora": [{"id": i, "scale": 0.0} for i in ids]} if ids else {}
+
+    def _complete(self, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """A chat completion whose first generated token carries top logprobs, or one sentence why not."""
+        answer = self.endpoint.post("/v1/chat/completions", body)
+        try:
+            content = answer["choices"][0]["logprobs"]["content"]
+            if not content or "top_logprobs" not in content[0]:
+                raise TypeError
+        except (KeyError, IndexError, TypeError):
+            raise ReqcheckError(
+                f"The server at {self.endpoint.shown} returned no logprobs for {what}, and scores are read "
+                "from them; serve with an engine and options that return logprobs and top_logprobs "
+                "(vLLM: --max-logprobs 20)."
+            ) from None
+        return answer
+
+
+def _llama_adapter_id(backend: RemoteBackend, adapter: ResolvedAdapter) -> int:
+    """The `/lora-adapters` id whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
+    digest = content_hash(adapter.path)
+    entries = backend.info.adapters
+    tags = [ServedTag.parse(a.get("task_name")) for a in entries]
+    found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
+    shown = backend.endpoint.shown
+    if not found:
+        served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
+        raise ReqcheckError(
+            f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
+            f"{', '.join(served) or 'no adapter'}); export it with reqcheck export {adapter.path} --gguf OUT "
+            "and start llama-server with --lora OUT/adapter.gguf."
+        )
+    entry = found[0]
+    if adapter.is_alora:
+        tokens = list(entry.get("alora_invocation_tokens") or [])
+        if tokens != adapter.manifest.invocation_ids[1:]:
+            raise ReqcheckError(
+                f"The server at {shown} would apply aLoRA {adapter.name} as a plain LoRA or at the wrong place "
+                f"(its invocation tokens are {tokens or 'none'}); re-export it with reqcheck export --gguf and "
+                "restart llama-server with that file."
+            )
+    return int(entry["id"])
+
+
+def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:
+    """granite-common's config for the adapter, and one result processor per label that reads its probability."""
+    from granite_common import IntrinsicsResultProcessor
+
+    config = IoYaml.for_manifest(manifest).to_dict()
+    field_name = manifest.output.field
+    processors = {}
+    for label in manifest.labels:
+        one_hot = {other: 1.0 if other == label else 0.0 for other in manifest.labels}
+        steps = [{"type": "likelihood", "input_path": [field_name], "categories_to_values": one_hot}]
+        processors[label] = IntrinsicsResultProcessor(config_dict={**config, "transformations": steps})
+    return Served(select, config, processors)
+
+
+def _score(processor: Any, response: Any, rewritten: Any) -> float:
+    """One label's probability: what granite-common's likelihood rule makes of the served logprobs."""
+    processed = processor.transform(response, rewritten)
+    return json.loads(processed.choices[0].message.content)[processor.rules[0].input_path_expr[0]]
+
+
+def _adapter_width(path: Path) -> int | None:
+    """The base model's hidden size, read from the adapter's lora_A shapes (safetensors header, no torch)."""
+    try:
+        with (path / "adapter_model.safetensors").open("rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    for name, entry in header.items():
+        if name.endswith(("q_proj.lora_A.weight", "k_proj.lora_A.weight", "v_proj.lora_A.weight")):
+            return int(entry["shape"][1])
+    return None

@@ -1,0 +1,249 @@
+"""The served checker against a real llama-server: RemoteBackend, the plugin's --reqcheck-endpoint, failures.
+
+Every test talks to a real server built and started by the llama.cpp fixtures (tests/conftest.py), on
+SmolLM2 adapters trained and exported by `served_smollm2`. One test puts a small HTTP proxy of its own
+between the client and the real server, to strip logprobs from real answers: no real server omits them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from reqcheck.checking.adapters import CustomIntrinsicAdapter
+from reqcheck.checking.endpoint import Endpoint
+from reqcheck.checking.remote import RemoteBackend
+from reqcheck.checking.requirements import req
+from reqcheck.checking.session import Session
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.gate_report import AdapterEntry, GateReport, ServedRecord
+from reqcheck.serving.llama_server import LlamaServer, free_port
+from reqcheck.serving.llamacpp import run_script, source_dir
+
+pytest_plugins = ["pytester"]
+
+ITEMS = [
+    "Thank you so much for waiting, I am happy to help you with your refund.",
+    "Figure it out yourself.",
+    "We shipped it.",
+    "Sorry for the delay, we will fix it today, thanks!",
+]
+
+
+@pytest.fixture(scope="module")
+def server(served_smollm2, llama_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama-server with the exported base model, the aLoRA and the LoRA."""
+    pair = served_smollm2
+    log = tmp_path_factory.mktemp("server") / "llama-server.log"
+    with LlamaServer(
+        pair.base, [pair.exports["alora"].adapter, pair.exports["lora"].adapter], log=log
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def shared_cache(served_smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache the fixture trained in: the converted SmolLM2 is not converted again for in-process runs."""
+    monkeypatch.setenv("REQCHECK_CACHE", str(served_smollm2.alora.parent / "cache"))
+
+
+def remote(url: str, pair, *kinds: str) -> RemoteBackend:
+    backend = RemoteBackend(url, concurrency=4)
+    for kind in kinds:
+        backend.add_adapter(CustomIntrinsicAdapter(model_id=str(getattr(pair, kind)), intrinsic_name=kind))
+    return backend
+
+
+def test_served_checks_equal_in_process_ones(server, served_smollm2, shared_cache) -> None:
+    from reqcheck.checking.backend import LocalHFBackend
+
+    pair = served_smollm2
+    served = remote(server.url, pair, "alora", "lora")
+    local = LocalHFBackend("smollm2-135m-instruct", device="cpu")
+    for kind in ("alora", "lora"):
+        local.add_adapter(CustomIntrinsicAdapter(model_id=str(getattr(pair, kind)), intrinsic_name=kind))
+        there, here = served.classify(kind, ITEMS), local.classify(kind, ITEMS)
+        for a, b in zip(there, here, strict=True):
+            assert max(a, key=a.get) == max(b, key=b.get)
+            assert max(abs(a[label] - b[label]) for label in a) <= 0.02, (kind, a, b)
+    requirement = served.adapters["alora"].manifest.requirement
+    judged = served.judge(ITEMS, [requirement] * len(ITEMS))
+    assert [max(p, key=p.get) for p in judged] == [
+        max(p, key=p.get) for p in local.judge(ITEMS, [requirement] * len(ITEMS))
+    ]
+    results = Session(served).validate([req(requirement)], ITEMS[0])
+    assert results[0].via == "adapter:alora"
+    served.default_to_constraint_checking_alora = False
+    assert served.check(req(requirement), ITEMS[0]).via == "judge"
+    assert served.info.engine == "llama.cpp" and served.info.version
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora"])
+def test_the_plugin_gates_through_the_endpoint(
+    pytester: pytest.Pytester, server, served_smollm2, shared_cache, kind: str
+) -> None:
+    pair = served_smollm2
+    shutil.copy(pair.test_cases, pytester.path / "test.reqcheck.jsonl")
+    result = pytester.runpytest(
+        f"--adapter={getattr(pair, kind)}",
+        f"--reqcheck-endpoint={server.url}",
+        "--reqcheck-concurrency=4",
+        "--reqcheck-compare",
+        "--reqcheck-min-agreement=0.99",
+        "--reqcheck-max-score-diff=0.02",
+        "--reqcheck-report=report.json",
+        "--reqcheck-html=report.html",
+    )
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    entry = GateReport.read(pytester.path / "report.json").adapters[0]
+    assert entry.served is not None and entry.served.endpoint == server.url
+    assert entry.served.engine == "llama.cpp" and entry.served.compared
+    assert {"adapter", "judge", "local"} <= set(entry.modes)
+    assert all(gate.passed for gate in entry.gates) and not entry.partial
+    result.stdout.fnmatch_lines([f"*served: llama.cpp * at {server.url}*"])
+
+
+def test_a_refused_connection_is_one_sentence() -> None:
+    with pytest.raises(
+        ReqcheckError, match=r"failed GET /v1/models .*connection was refused.*; check"
+    ) as caught:
+        RemoteBackend(f"http://127.0.0.1:{free_port()}", retries=1)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(served_smollm2.alora, other)
+    manifest = json.loads((other / "reqcheck.json").read_text())
+    manifest["requirement"] += " Really."  # another adapter: its content hash differs
+    (other / "reqcheck.json").write_text(json.dumps(manifest))
+    backend = RemoteBackend(server.url)
+    with pytest.raises(ReqcheckError, match=r"does not serve adapter other .*start llama-server with --lora"):
+        backend.add_adapter(CustomIntrinsicAdapter(model_id=str(other)))
+
+
+def test_an_alora_the_server_would_apply_as_a_lora_is_refused(
+    served_smollm2, llama_server, tmp_path: Path
+) -> None:
+    pair = served_smollm2
+    plain = tmp_path / "plain.gguf"
+    script = source_dir() / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
+    run_script(
+        script,
+        [
+            "--remove-metadata",
+            "adapter.alora.invocation_tokens",
+            str(pair.exports["alora"].adapter),
+            str(plain),
+        ],
+    )
+    with LlamaServer(pair.base, [plain], log=tmp_path / "server.log") as running:
+        backend = RemoteBackend(running.url)
+        with pytest.raises(ReqcheckError, match=r"would apply aLoRA alora as a plain LoRA"):
+            backend.add_adapter(CustomIntrinsicAdapter(model_id=str(pair.alora), intrinsic_name="alora"))
+
+
+def test_a_server_running_another_base_model_is_refused(server, tiny_adapters) -> None:
+    backend = RemoteBackend(server.url)
+    with pytest.raises(ReqcheckError, match=r"not adapter .* base model .*serve the base model"):
+        backend.add_adapter(CustomIntrinsicAdapter(model_id=str(tiny_adapters["alora"].outfile)))
+
+
+class _StripLogprobs(BaseHTTPRequestHandler):
+    """Forwards to the real server and drops `logprobs` from chat completions, as a server without them would."""
+
+    target = ""
+    pool = urllib3.PoolManager()
+
+    def _forward(self, method: str) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        answer = self.pool.request(method, self.target + self.path, body=body)
+        data = answer.data
+        if self.path == "/v1/chat/completions" and answer.status == 200:
+            parsed = json.loads(data)
+            for choice in parsed["choices"]:
+                choice.pop("logprobs", None)
+            data = json.dumps(parsed).encode()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._forward("GET")
+
+    def do_POST(self) -> None:
+        self._forward("POST")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm2) -> None:
+    handler = type("Handler", (_StripLogprobs,), {"target": server.url})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        backend = remote(f"http://127.0.0.1:{proxy.server_address[1]}", served_smollm2, "alora")
+        with pytest.raises(ReqcheckError, match=r"returned no logprobs for adapter alora.*; serve with"):
+            backend.classify("alora", ITEMS[:1])
+    finally:
+        proxy.shutdown()
+
+
+def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_report(
+    pytester: pytest.Pytester, served_smollm2, llama_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pair = served_smollm2
+    shutil.copy(pair.test_cases, pytester.path / "test.reqcheck.jsonl")
+    with LlamaServer(pair.base, [pair.exports["alora"].adapter], log=tmp_path / "server.log") as running:
+        answered = []
+        post = Endpoint.post
+
+        def post_then_die(self: Endpoint, path: str, body: dict) -> object:
+            if path == "/v1/chat/completions":
+                answered.append(path)
+                if len(answered) == 5:
+                    running.stop()  # the real server goes away: later requests meet a refused connection
+            return post(self, path, body)
+
+        monkeypatch.setattr(Endpoint, "post", post_then_die)
+        result = pytester.runpytest(
+            f"--adapter={pair.alora}",
+            f"--reqcheck-endpoint={running.url}",
+            "--reqcheck-validation=on",
+            "--reqcheck-min-accuracy=0.5",
+            "--reqcheck-report=report.json",
+        )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*adapter: could not be checked: The server at * failed POST /v1/chat/completions *refused*",
+            "*min_accuracy*could not be checked*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    report = GateReport.read(pytester.path / "report.json")
+    assert report.passed is False and report.adapters[0].partial
+    assert sorted(p.name for p in pytester.path.iterdir() if p.name.startswith("report")) == ["report.json"]
+
+
+def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path) -> None:
+    served = ServedRecord("http://127.0.0.1:8080", "llama.cpp", "b1-0c1e570", "base.gguf", None, True)
+    report = GateReport(report_format=2, passed=True, adapters=[AdapterEntry(name="a", served=served)])
+    report.write(tmp_path / "served.json")
+    assert GateReport.read(tmp_path / "served.json").adapters[0].served == served
+    older = report.to_dict()
+    del older["adapters"][0]["served"]
+    assert GateReport.from_dict(older).adapters[0].served is None
+    older["adapters"][0]["served"] = {"endpoint": 8080, "engine": "llama.cpp"}
+    with pytest.raises(ReqcheckError, match=r"served\.endpoint"):
+        GateReport.from_dict(older)
