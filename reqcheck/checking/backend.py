@@ -34,6 +34,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, as_messages, render
 from reqcheck.models import kvcache
+from reqcheck.models.attention import use_gqa_sdpa
 from reqcheck.models.kvcache import KV
 from reqcheck.models.loading import (
     load_model,
@@ -77,6 +78,7 @@ class LocalHFBackend:
         self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(self.base_model)
         self.model: Any = load_model(self.base_model, self.device, dtype or training_dtype(self.device))
+        use_gqa_sdpa(self.model)
         self.use_caches = use_caches
         self.batch_size = batch_size
         self.default_to_constraint_checking_alora = True
@@ -296,7 +298,7 @@ class LocalHFBackend:
             chunk = rendered[start : start + self.batch_size]
             if reuse_context:
                 # everything before the invocation (context, requirement, instruction) is base-model KV
-                prefix = self._prefix([r.input_ids[: r.invocation_start] for r in chunk])
+                prefix = self._prefix(chunk)
                 suffixes = [r.input_ids[r.invocation_start :] for r in chunk]
                 rows.append(score_labels(self.model, suffixes, [0] * len(chunk), labels, pad, prefix))
             else:
@@ -327,8 +329,12 @@ class LocalHFBackend:
         return best, found
 
     @torch.no_grad()
-    def _context_kv(self, ids: tuple[int, ...]) -> KV:
-        """Base-model KV of a context, from the LRU or computed (extending the longest cached prefix)."""
+    def _context_kv(self, ids: tuple[int, ...], context_len: int) -> KV:
+        """Base-model KV of a prompt up to its invocation, from the LRU or computed.
+
+        The computation extends the longest cached prefix, so a prompt whose context was seen with
+        another instruction or requirement (the judge after the adapter) runs only its own turn.
+        """
         known, kv = self._longest_cached(ids)
         if known == len(ids) and kv is not None:
             return kv
@@ -336,37 +342,45 @@ class LocalHFBackend:
         positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
         with self._base():
             past = kvcache.to_cache(kv) if kv else None
-            out = self.model(input_ids=new, position_ids=positions, cache=past, use_cache=True)
+            out = self.model(
+                input_ids=new, position_ids=positions, cache=past, use_cache=True, logits_to_keep=1
+            )
         kv = kvcache.tensors(out.cache)
-        if self.use_caches:
-            self._remember(ids, kv)
+        self._remember_prompt(ids, context_len, kv, known)
         return kv
 
-    def _prefix(self, contexts: list[list[int]]) -> Prefix:
-        """A fresh, left-padded batch cache of the contexts (the forward pass will append to it).
+    def _remember_prompt(self, ids: tuple[int, ...], context_len: int, kv: KV, known: int = 0) -> None:
+        """Keep a prompt's KV, and its context's as a view of the same tensors (no copy) when not yet kept."""
+        if not self.use_caches:
+            return
+        if known < context_len < len(ids):
+            self._remember(ids[:context_len], kvcache.head(kv, context_len))
+        self._remember(ids, kv)
 
-        Contexts with nothing cached are computed together in one left-padded forward pass.
+    def _prefix(self, chunk: list[Rendered]) -> Prefix:
+        """A fresh, left-padded batch cache of the prompts up to their invocations (the forward pass will
+        append to it). Prompts with nothing cached are computed together in one left-padded forward pass.
         """
-        keys = [tuple(c) for c in contexts]
+        keys = [tuple(r.input_ids[: r.invocation_start]) for r in chunk]
+        context = dict(zip(keys, (r.context_len for r in chunk), strict=False))
         fresh = list(dict.fromkeys(k for k in keys if self._longest_cached(k)[0] == 0))
-        computed = dict(zip(fresh, self._batch_kv(fresh), strict=True)) if len(fresh) > 1 else {}
-        rows = [computed[k] if k in computed else self._context_kv(k) for k in keys]
+        computed = dict(zip(fresh, self._batch_kv(fresh, context), strict=True)) if len(fresh) > 1 else {}
+        rows = [computed[k] if k in computed else self._context_kv(k, context[k]) for k in keys]
         cache, mask = kvcache.left_pad_batch(rows)
-        return Prefix(cache, mask, torch.tensor([len(c) for c in contexts]))
+        return Prefix(cache, mask, torch.tensor([len(k) for k in keys]))
 
     @torch.no_grad()
-    def _batch_kv(self, contexts: list[tuple[int, ...]]) -> list[KV]:
-        """Base-model KV of several uncached contexts from one forward pass, remembered in the LRU."""
-        ids, mask, positions = left_pad([list(c) for c in contexts], self.tokenizer.pad_token_id, self.device)
+    def _batch_kv(self, prompts: list[tuple[int, ...]], context: dict[tuple[int, ...], int]) -> list[KV]:
+        """Base-model KV of several uncached prompts from one forward pass, remembered in the LRU."""
+        ids, mask, positions = left_pad([list(c) for c in prompts], self.tokenizer.pad_token_id, self.device)
         with self._base():
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
             )
         kv = kvcache.tensors(out.cache)
-        rows = [kvcache.row(kv, index, ids.shape[1] - len(c)) for index, c in enumerate(contexts)]
-        if self.use_caches:
-            for key, row in zip(contexts, rows, strict=True):
-                self._remember(key, row)
+        rows = [kvcache.row(kv, index, ids.shape[1] - len(c)) for index, c in enumerate(prompts)]
+        for key, row in zip(prompts, rows, strict=True):
+            self._remember_prompt(key, context[key], row)
         return rows
 
 

@@ -39,6 +39,11 @@ def row(kv: KV, index: int, start: int = 0) -> KV:
     return [(k[index : index + 1, :, start:].clone(), v[index : index + 1, :, start:].clone()) for k, v in kv]
 
 
+def head(kv: KV, n: int) -> KV:
+    """The first `n` positions of a cache, as views of its tensors: a prefix kept without copying."""
+    return [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
+
+
 def length(kv: KV) -> int:
     return kv[0][0].shape[2]
 
