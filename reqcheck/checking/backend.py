@@ -359,28 +359,55 @@ class LocalHFBackend:
 
     def _prefix(self, chunk: list[Rendered]) -> Prefix:
         """A fresh, left-padded batch cache of the prompts up to their invocations (the forward pass will
-        append to it). Prompts with nothing cached are computed together in one left-padded forward pass.
+        append to it). Prompts not wholly cached are computed together in one left-padded forward pass,
+        each from its longest cached prefix.
         """
         keys = [tuple(r.input_ids[: r.invocation_start]) for r in chunk]
         context = dict(zip(keys, (r.context_len for r in chunk), strict=False))
-        fresh = list(dict.fromkeys(k for k in keys if self._longest_cached(k)[0] == 0))
-        computed = dict(zip(fresh, self._batch_kv(fresh, context), strict=True)) if len(fresh) > 1 else {}
+        pending = [k for k in dict.fromkeys(keys) if self._longest_cached(k)[0] < len(k)]
+        computed = (
+            dict(zip(pending, self._batch_kv(pending, context), strict=True)) if len(pending) > 1 else {}
+        )
         rows = [computed[k] if k in computed else self._context_kv(k, context[k]) for k in keys]
         cache, mask = kvcache.left_pad_batch(rows)
         return Prefix(cache, mask, torch.tensor([len(k) for k in keys]))
 
     @torch.no_grad()
     def _batch_kv(self, prompts: list[tuple[int, ...]], context: dict[tuple[int, ...], int]) -> list[KV]:
-        """Base-model KV of several uncached prompts from one forward pass, remembered in the LRU."""
-        ids, mask, positions = left_pad([list(c) for c in prompts], self.tokenizer.pad_token_id, self.device)
+        """Base-model KV of several prompts from one forward pass over what the LRU lacks, remembered there.
+
+        Each row continues its longest cached prefix (the judge after the adapter runs only its own turns):
+        the batch is [padding, cached prefix, padding, new tokens], masked and positioned per row.
+        """
+        found = [self._longest_cached(p) for p in prompts]
+        known = [n for n, _ in found]
+        ids, mask, positions = left_pad(
+            [list(p[n:]) for p, n in zip(prompts, known, strict=True)],
+            self.tokenizer.pad_token_id,
+            self.device,
+        )
+        template = next((kv for _, kv in found if kv), None)
+        past, width = None, 0
+        if template is not None:
+            past, past_mask = kvcache.left_pad_batch([kv or kvcache.empty_like(template) for _, kv in found])
+            width = past_mask.shape[1]
+            mask = torch.cat([past_mask, mask], dim=1)
+            positions = positions + torch.tensor(known, device=self.device).unsqueeze(1)
         with self._base():
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
             )
         kv = kvcache.tensors(out.cache)
-        rows = [kvcache.row(kv, index, ids.shape[1] - len(c)) for index, c in enumerate(prompts)]
-        for key, row in zip(prompts, rows, strict=True):
-            self._remember_prompt(key, context[key], row)
+        rows = []
+        for index, (key, n) in enumerate(zip(prompts, known, strict=True)):
+            row = kvcache.join(kv, index, (width - n, width), mask.shape[1] - (len(key) - n))
+            self._remember_prompt(key, context[key], row, n)
+            rows.append(row)
         return rows
 
 
