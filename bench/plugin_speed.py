@@ -3,7 +3,8 @@
 Side by side in one run, each in its own pytest process with the adapter and judge modes both on:
 the cases evaluated in batches (the default), one at a time (`--reqcheck-batch-size 1`), and a
 second batched run served from the pytest cache. `wall_s` is the whole pytest process (start-up and
-model loading included); `model_s` is the time spent in model calls, from the gate report.
+model loading included); `model_s` is the time spent in model calls, from the gate report, and
+`<mode>_cases_per_s` each mode's throughput; `<mode>_batched_speedup` compares the two runs per mode.
 
     python bench/plugin_speed.py --adapter checkpoints/polite [--cases 200]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def timed_pytest(directory: Path, adapter: Path, *args: str) -> dict[str, float]
         "wall_s": seconds,
         "model_s": model_s,
         **{f"{mode}_accuracy": m.accuracy for mode, m in modes.items()},
+        **{f"{mode}_cases_per_s": m.items_per_s for mode, m in modes.items() if not m.cached},
         "cached": sum(m.cached for m in modes.values()),
     }
 
@@ -96,6 +99,16 @@ def main() -> None:
                 "batched_speedup_wall": one_at_a_time["wall_s"] / batched["wall_s"],
                 "batched_speedup_model_time": one_at_a_time["model_s"] / batched["model_s"],
                 "cached_over_batched": cached["wall_s"] / batched["wall_s"],
+                **{
+                    f"{mode}_batched_speedup": batched[f"{mode}_cases_per_s"]
+                    / one_at_a_time[f"{mode}_cases_per_s"]
+                    for mode in ("adapter", "judge")
+                },
+                "targets_met": {
+                    "batched_ge_3x": one_at_a_time["model_s"] / batched["model_s"] >= 3,
+                    "adapter_ge_20_cases_per_s": batched["adapter_cases_per_s"] >= 20,
+                },
+                "load_average": os.getloadavg(),
             },
             indent=2,
         )

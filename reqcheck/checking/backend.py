@@ -26,6 +26,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, render
 from reqcheck.models import kvcache
+from reqcheck.models.attention import use_gqa_sdpa
 from reqcheck.models.kvcache import KV
 from reqcheck.models.loading import (
     load_model,
@@ -60,6 +61,7 @@ class LocalHFBackend(Checker):
         self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(self.base_model)
         self.model: Any = load_model(self.base_model, self.device, dtype or training_dtype(self.device))
+        use_gqa_sdpa(self.model)
         self.use_caches = use_caches
         self.batch_size = batch_size
         self.default_to_constraint_checking_alora = True
@@ -206,7 +208,7 @@ class LocalHFBackend(Checker):
             chunk = rendered[start : start + self.batch_size]
             if reuse_context:
                 # everything before the invocation (context, requirement, instruction) is base-model KV
-                prefix = self._prefix([r.input_ids[: r.invocation_start] for r in chunk])
+                prefix = self._prefix(chunk)
                 suffixes = [r.input_ids[r.invocation_start :] for r in chunk]
                 rows.append(score_labels(self.model, suffixes, [0] * len(chunk), labels, pad, prefix))
             else:
@@ -237,8 +239,12 @@ class LocalHFBackend(Checker):
         return best, found
 
     @torch.no_grad()
-    def _context_kv(self, ids: tuple[int, ...]) -> KV:
-        """Base-model KV of a context, from the LRU or computed (extending the longest cached prefix)."""
+    def _context_kv(self, ids: tuple[int, ...], context_len: int) -> KV:
+        """Base-model KV of a prompt up to its invocation, from the LRU or computed.
+
+        The computation extends the longest cached prefix, so a prompt whose context was seen with
+        another instruction or requirement (the judge after the adapter) runs only its own turn.
+        """
         known, kv = self._longest_cached(ids)
         if known == len(ids) and kv is not None:
             return kv
@@ -246,37 +252,72 @@ class LocalHFBackend(Checker):
         positions = torch.arange(known, len(ids), device=self.device).unsqueeze(0)
         with self._base():
             past = kvcache.to_cache(kv) if kv else None
-            out = self.model(input_ids=new, position_ids=positions, cache=past, use_cache=True)
-        kv = kvcache.tensors(out.cache)
-        if self.use_caches:
-            self._remember(ids, kv)
-        return kv
-
-    def _prefix(self, contexts: list[list[int]]) -> Prefix:
-        """A fresh, left-padded batch cache of the contexts (the forward pass will append to it).
-
-        Contexts with nothing cached are computed together in one left-padded forward pass.
-        """
-        keys = [tuple(c) for c in contexts]
-        fresh = list(dict.fromkeys(k for k in keys if self._longest_cached(k)[0] == 0))
-        computed = dict(zip(fresh, self._batch_kv(fresh), strict=True)) if len(fresh) > 1 else {}
-        rows = [computed[k] if k in computed else self._context_kv(k) for k in keys]
-        cache, mask = kvcache.left_pad_batch(rows)
-        return Prefix(cache, mask, torch.tensor([len(c) for c in contexts]))
-
-    @torch.no_grad()
-    def _batch_kv(self, contexts: list[tuple[int, ...]]) -> list[KV]:
-        """Base-model KV of several uncached contexts from one forward pass, remembered in the LRU."""
-        ids, mask, positions = left_pad([list(c) for c in contexts], self.tokenizer.pad_token_id, self.device)
-        with self._base():
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+                input_ids=new, position_ids=positions, cache=past, use_cache=True, logits_to_keep=1
             )
         kv = kvcache.tensors(out.cache)
-        rows = [kvcache.row(kv, index, ids.shape[1] - len(c)) for index, c in enumerate(contexts)]
-        if self.use_caches:
-            for key, row in zip(contexts, rows, strict=True):
-                self._remember(key, row)
+        self._remember_prompt(ids, context_len, kv, known)
+        return kv
+
+    def _remember_prompt(self, ids: tuple[int, ...], context_len: int, kv: KV, known: int = 0) -> None:
+        """Keep a prompt's KV, and its context's as a view of the same tensors (no copy) when not yet kept."""
+        if not self.use_caches:
+            return
+        if known < context_len < len(ids):
+            self._remember(ids[:context_len], kvcache.head(kv, context_len))
+        self._remember(ids, kv)
+
+    def _prefix(self, chunk: list[Rendered]) -> Prefix:
+        """A fresh, left-padded batch cache of the prompts up to their invocations (the forward pass will
+        append to it). Prompts not wholly cached are computed together in one left-padded forward pass,
+        each from its longest cached prefix.
+        """
+        keys = [tuple(r.input_ids[: r.invocation_start]) for r in chunk]
+        context = dict(zip(keys, (r.context_len for r in chunk), strict=False))
+        pending = [k for k in dict.fromkeys(keys) if self._longest_cached(k)[0] < len(k)]
+        computed = (
+            dict(zip(pending, self._batch_kv(pending, context), strict=True)) if len(pending) > 1 else {}
+        )
+        rows = [computed[k] if k in computed else self._context_kv(k, context[k]) for k in keys]
+        cache, mask = kvcache.left_pad_batch(rows)
+        return Prefix(cache, mask, torch.tensor([len(k) for k in keys]))
+
+    @torch.no_grad()
+    def _batch_kv(self, prompts: list[tuple[int, ...]], context: dict[tuple[int, ...], int]) -> list[KV]:
+        """Base-model KV of several prompts from one forward pass over what the LRU lacks, remembered there.
+
+        Each row continues its longest cached prefix (the judge after the adapter runs only its own turns):
+        the batch is [padding, cached prefix, padding, new tokens], masked and positioned per row.
+        """
+        found = [self._longest_cached(p) for p in prompts]
+        known = [n for n, _ in found]
+        ids, mask, positions = left_pad(
+            [list(p[n:]) for p, n in zip(prompts, known, strict=True)],
+            self.tokenizer.pad_token_id,
+            self.device,
+        )
+        template = next((kv for _, kv in found if kv), None)
+        past, width = None, 0
+        if template is not None:
+            past, past_mask = kvcache.left_pad_batch([kv or kvcache.empty_like(template) for _, kv in found])
+            width = past_mask.shape[1]
+            mask = torch.cat([past_mask, mask], dim=1)
+            positions = positions + torch.tensor(known, device=self.device).unsqueeze(1)
+        with self._base():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        kv = kvcache.tensors(out.cache)
+        rows = []
+        for index, (key, n) in enumerate(zip(prompts, known, strict=True)):
+            row = kvcache.join(kv, index, (width - n, width), mask.shape[1] - (len(key) - n))
+            self._remember_prompt(key, context[key], row, n)
+            rows.append(row)
         return rows
 
 

@@ -350,7 +350,7 @@ def _render_intrinsic(
     `reserve` tokens after it fit.
     """
     content = messages[-1]["content"]
-    offsets = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets: list[tuple[int, int]] = []  # the content's token offsets, tokenised only when it must be cut
     dropped = 0
     while True:
         kept = content[offsets[dropped][0] :] if dropped else content
@@ -359,6 +359,10 @@ def _render_intrinsic(
         excess = len(ids) + reserve - max_length if max_length is not None else 0
         if excess <= 0:
             break
+        if not offsets:
+            offsets = tokenizer(content, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
         dropped += excess
         if dropped >= len(offsets):
             _too_small(max_length, len(ids) - len(offsets) + dropped - excess, reserve)

@@ -39,6 +39,29 @@ def row(kv: KV, index: int, start: int = 0) -> KV:
     return [(k[index : index + 1, :, start:].clone(), v[index : index + 1, :, start:].clone()) for k, v in kv]
 
 
+def join(kv: KV, index: int, cached: tuple[int, int], start: int) -> KV:
+    """Row `index` of a batch cache laid out as [padding, cached span, padding, new tokens from `start`],
+    without the padding, as its own tensors."""
+    a, b = cached
+    return [
+        (
+            torch.cat([k[index : index + 1, :, a:b], k[index : index + 1, :, start:]], dim=2),
+            torch.cat([v[index : index + 1, :, a:b], v[index : index + 1, :, start:]], dim=2),
+        )
+        for k, v in kv
+    ]
+
+
+def empty_like(kv: KV) -> KV:
+    """A cache of no positions shaped like `kv` (a row with nothing cached, in a batch with cached rows)."""
+    return [(k[:, :, :0], v[:, :, :0]) for k, v in kv]
+
+
+def head(kv: KV, n: int) -> KV:
+    """The first `n` positions of a cache, as views of its tensors: a prefix kept without copying."""
+    return [(k[:, :, :n], v[:, :, :n]) for k, v in kv]
+
+
 def length(kv: KV) -> int:
     return kv[0][0].shape[2]
 
