@@ -228,7 +228,9 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
         system_prompt=config.system_prompt,
     )
     positives = config.positive_labels or default_positive_labels(names)
-    spec, output = contract(tokenizer, config.renderer.value, invocation, positives, framing)
+    spec, output = contract(
+        tokenizer, config.renderer.value, invocation, positives, framing, config.alora_span.value
+    )
     labels = output.label_set(tokenizer, names)
     check_labels(output, tokenizer, labels)
     prep = Prepared(
