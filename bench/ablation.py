@@ -104,7 +104,10 @@ def _run(job: tuple[dict, dict]) -> dict:
     if time.time() > args["deadline"]:
         return {**key, "skipped": True}
     began = time.perf_counter()
-    row = train_and_score(args["data"] / key["set"], args["basemodel"], args["device"], args["settings"])
+    tag = f"{key['set']} {key['variant']} seed {key['seed']}"
+    row = train_and_score(
+        args["data"] / key["set"], args["basemodel"], args["device"], args["settings"], tag=tag
+    )
     return {**key, **row, "wall_seconds": round(time.perf_counter() - began, 1)}
 
 

@@ -31,11 +31,17 @@ REQUIREMENTS = {
 
 
 def train_and_score(
-    root: Path, basemodel: str, device: str, settings: dict[str, Any], judge: bool = False
+    root: Path,
+    basemodel: str,
+    device: str,
+    settings: dict[str, Any],
+    judge: bool = False,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Train on root/train.jsonl with `settings`, then score root/test.reqcheck.jsonl as users do.
 
     Scoring goes through `LocalHFBackend.classify` (and `.judge` for the base model asked as a judge).
+    Progress lines start with `[tag]` (default: the set's name), so runs side by side can be told apart.
     """
     from reqcheck.checking.adapters import CustomIntrinsicAdapter
     from reqcheck.checking.backend import LocalHFBackend
@@ -56,7 +62,7 @@ def train_and_score(
             **settings,
         )
         began = time.perf_counter()
-        result = train(config, report=lambda line: print(f"[{root.name}] {line}", file=sys.stderr))
+        result = train(config, report=lambda line: print(f"[{tag or root.name}] {line}", file=sys.stderr))
         seconds = time.perf_counter() - began
         backend = LocalHFBackend(basemodel, device=device)
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(out), intrinsic_name="checker"))

@@ -66,11 +66,11 @@ TRAIN_OPTIONS = [
     (
         ["--alora-span"],
         "str",
-        "instruction",
+        "generation",
         False,
-        "intrinsic-v1: where the aLoRA starts: instruction (the header of the instruction's turn, so the "
-        "adapter reads the instruction and requirement) or generation (the generation prompt, as adapters "
-        "trained before this option). The prompt is the same; --promptfile overrides both.",
+        "intrinsic-v1: where the aLoRA starts: generation (the generation prompt) or instruction (the "
+        "header of the instruction's turn, so the adapter reads the instruction and requirement). The "
+        "prompt is the same; --promptfile overrides both.",
     ),
     (
         ["--resume", "--no-resume"],
@@ -205,7 +205,7 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
         "dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj"],
         "renderer": "intrinsic-v1",
-        "alora_span": "instruction",
+        "alora_span": "generation",
         "resume": False,
         "prefix_cache": "auto",
         "prefix_cache_budget_mb": None,

@@ -70,18 +70,18 @@ def bpe_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkers(bpe_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A binary aLoRA requirement check and a three-class LoRA classifier, trained with the defaults, and
-    a binary aLoRA that starts at the generation prompt, as every aLoRA did before --alora-span."""
+    a binary aLoRA that starts at the instruction turn's header (--alora-span instruction)."""
     data, out = tmp_path_factory.mktemp("contract-data"), tmp_path_factory.mktemp("checkers")
     binary = write_jsonl(data / "binary.jsonl", marker_task(240, seed=1))
     triage = write_jsonl(data / "triage.jsonl", triage_task(240, seed=2))
     runs = {
         "binary": TrainConfig(binary, str(bpe_model_dir), out / "binary", requirement=PLEASE, **FAST),
-        "generation": TrainConfig(
+        "instruction": TrainConfig(
             binary,
             str(bpe_model_dir),
-            out / "generation",
+            out / "instruction",
             requirement=PLEASE,
-            alora_span="generation",
+            alora_span="instruction",
             **FAST,
         ),
         "triage": TrainConfig(
@@ -155,7 +155,7 @@ def test_binary_check_through_granite_common_equals_reqcheck(
     checkers, bpe_model_dir: Path, tmp_path: Path, capsys, monkeypatch, span: str
 ) -> None:
     """Both activated spans: the packaged `alora_invocation_tokens` are where reqcheck starts the adapter."""
-    adapter = checkers["binary"] if span == "instruction" else checkers["generation"]
+    adapter = checkers["instruction"] if span == "instruction" else checkers["binary"]
     if span == "generation":
         adapter = written_before_alora_span(adapter, tmp_path)
     invocation = Manifest.read(adapter).prompt.invocation
@@ -223,8 +223,8 @@ def test_reqcheck_prompt_is_the_one_granite_common_builds(
     checkers, bpe_model_dir: Path, tmp_path: Path
 ) -> None:
     """Same token ids for a plain text and for a conversation whose earlier turns hold the invocation too;
-    PEFT starts the default aLoRA (the instruction turn's header) where reqcheck does."""
-    granite = GraniteCommon(checkers["binary"], bpe_model_dir, io_yaml=tmp_path / "io.yaml")
+    PEFT starts an instruction-span aLoRA (the instruction turn's header) where reqcheck does."""
+    granite = GraniteCommon(checkers["instruction"], bpe_model_dir, io_yaml=tmp_path / "io.yaml")
     (tmp_path / "io.yaml").write_text(
         yaml.safe_dump(
             {

@@ -88,7 +88,7 @@ def test_manifest_holds_what_design_lists(tiny_adapters, marker_data: Path) -> N
     assert data["adapter_type"] == "alora"
     assert data["base_model"]["revision"].startswith("dir-sha256:")
     assert data["prompt"] == {
-        "invocation": "<|start_of_role|>user<|end_of_role|>",
+        "invocation": "<|start_of_role|>assistant<|end_of_role|>",
         "renderer": "intrinsic-v1",
         "requirement_in_prompt": False,
         "item_role": "assistant",

@@ -19,7 +19,7 @@ from typing import Any
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.prompting import (
-    INSTRUCTION_SPAN,
+    GENERATION_SPAN,
     INTRINSIC_RENDERER,
     PromptSpec,
     default_instruction,
@@ -138,13 +138,13 @@ def contract(
     invocation: str | None,
     positives: list[str],
     framing: PromptSpec,
-    span: str = INSTRUCTION_SPAN,
+    span: str = GENERATION_SPAN,
 ) -> tuple[PromptSpec, OutputSpec]:
     """How a new adapter is prompted and what it emits: intrinsic-v1 pairs granite-common's prompt with JSON.
 
     `framing` carries the item role, system prompt and whether the requirement is rendered. Under
-    intrinsic-v1 the invocation defaults to the header of the instruction's turn (`span` "instruction",
-    so the adapter reads the instruction) or the generation prompt (`span` "generation"), and the
+    intrinsic-v1 the invocation defaults to the generation prompt (`span` "generation") or the header of
+    the instruction's turn (`span` "instruction", so the adapter reads the instruction), and the
     instruction becomes the io.yaml `instruction`; the other renderers emit the bare label.
     """
     if renderer != INTRINSIC_RENDERER:

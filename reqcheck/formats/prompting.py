@@ -397,8 +397,8 @@ def _render_intrinsic(
     if start < context_len:
         raise ReqcheckError(
             "The invocation's token ids do not follow the checked text in the prompt granite-common builds, "
-            "so the adapter would silently run as the base model; drop --promptfile (the generation prompt "
-            f"is the invocation) or train with --renderer {CHAT_RENDERER}."
+            "so the adapter would silently run as the base model; drop --promptfile (--alora-span "
+            f"picks the invocation) or train with --renderer {CHAT_RENDERER}."
         )
     if start > context_len and ids[context_len : context_len + len(inv)] == inv:
         raise ReqcheckError(

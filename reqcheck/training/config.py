@@ -161,10 +161,10 @@ class TrainConfig:
         free_text=True,
     )
     alora_span: AloraSpan = option(
-        AloraSpan.instruction,
-        help="intrinsic-v1: where the aLoRA starts: instruction (the header of the instruction's turn, so "
-        "the adapter reads the instruction and requirement) or generation (the generation prompt, as "
-        "adapters trained before this option). The prompt is the same; --promptfile overrides both.",
+        AloraSpan.generation,
+        help="intrinsic-v1: where the aLoRA starts: generation (the generation prompt) or instruction (the "
+        "header of the instruction's turn, so the adapter reads the instruction and requirement). The "
+        "prompt is the same; --promptfile overrides both.",
         learns=True,
         free_text=True,
     )
