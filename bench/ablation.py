@@ -11,7 +11,7 @@ bf16), so GPU accuracies differ from CPU ones only by float noise. `--deadline` 
 after it, so a bounded machine still returns every finished row.
 
     python bench/ablation.py --rates 2e-4 --epochs 3 --batch-size 8 --grad-accum 1
-    python bench/ablation.py --rates auto --seeds 0 1 2 --variants base span=generation adapter=lora \
+    python bench/ablation.py --rates auto --seeds 0 1 2 --variants base span=instruction adapter=lora \
         --device cuda --float32 --jobs 12
 """
 
@@ -31,11 +31,11 @@ from quality import data_arguments, train_and_score  # noqa: E402
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VARIANTS: dict[str, dict] = {
     "base": {},
-    "span=generation": {"alora_span": "generation"},
+    "span=instruction": {"alora_span": "instruction"},
     "rank=64": {"rank": 64, "alpha": 64},
     "rank=128": {"rank": 128, "alpha": 128},
-    "span=generation rank=128": {"alora_span": "generation", "rank": 128, "alpha": 128},
-    "rank=64 all linear": {"rank": 64, "alpha": 64, "target_modules": ALL_LINEAR},
+    "span=instruction rank=128": {"alora_span": "instruction", "rank": 128, "alpha": 128},
+    "span=instruction all linear": {"alora_span": "instruction", "target_modules": ALL_LINEAR},
     "schedule=constant": {"lr_schedule": "constant"},
     "schedule=cosine": {"lr_schedule": "cosine"},
     "dropout=0": {"dropout": 0.0},
