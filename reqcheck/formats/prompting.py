@@ -11,8 +11,8 @@ is what lets a base-model KV cache of the context be reused for every requiremen
 the conversation, the io.yaml `instruction` appended as a user message, then the model's generation
 prompt, tokenised by the chat template in one piece as they do. Its aLoRA invocation is either the
 instruction turn's header (`instruction_header`: the adapter reads the instruction, and the requirement
-when it is rendered) or the generation prompt (`generation_prompt`, adapters trained before the choice
-existed): the manifest stores which, as the invocation text. Either is the last place its ids occur,
+when it is rendered) or the generation prompt (`generation_prompt`: the default, and every adapter trained
+before the choice existed): the manifest stores which, as the invocation text. Either is the last place its ids occur,
 and the prompt granite-common builds is the same for both.
 """
 

@@ -219,6 +219,8 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     (tokens_seen,) = distributed.sum_values([progress.tokens], group, device)
     seconds = time.perf_counter() - started
     watch.seconds["other"] = seconds - sum(watch.seconds.values())
+    if prefixes is not None:  # inside the sweep, training and validation above
+        watch.seconds["of which prefix forwards"] = prefixes.seconds
     return TrainResult(
         Path(config.outfile),
         manifest,
