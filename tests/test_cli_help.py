@@ -64,6 +64,15 @@ TRAIN_OPTIONS = [
         "chat-v1 (bare label), or mellea-v1 (Mellea's training format).",
     ),
     (
+        ["--alora-span"],
+        "str",
+        "generation",
+        False,
+        "intrinsic-v1: where the aLoRA starts: generation (the generation prompt) or instruction (the "
+        "header of the instruction's turn, so the adapter reads the instruction and requirement). The "
+        "prompt is the same; --promptfile overrides both.",
+    ),
+    (
         ["--resume", "--no-resume"],
         "bool",
         False,
@@ -196,6 +205,7 @@ def test_train_defaults_reach_the_config(capsys, monkeypatch) -> None:
         "dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj"],
         "renderer": "intrinsic-v1",
+        "alora_span": "generation",
         "resume": False,
         "prefix_cache": "auto",
         "prefix_cache_budget_mb": None,

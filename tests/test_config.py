@@ -101,6 +101,7 @@ def test_hyperparameters_are_the_options_that_change_what_is_learned() -> None:
         "item_role",
         "system_prompt",
         "requirement_in_prompt",
+        "alora_span",
     }
 
 

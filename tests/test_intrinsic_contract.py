@@ -35,6 +35,7 @@ from reqcheck.formats.prompting import (
     REQUIREMENT_INSTRUCTION,
     PromptSpec,
     generation_prompt,
+    instruction_header,
     invocation_ids,
     render,
 )
@@ -68,12 +69,21 @@ def bpe_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkers(bpe_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A binary aLoRA requirement check and a three-class LoRA classifier, trained with the defaults."""
+    """A binary aLoRA requirement check and a three-class LoRA classifier, trained with the defaults, and
+    a binary aLoRA that starts at the instruction turn's header (--alora-span instruction)."""
     data, out = tmp_path_factory.mktemp("contract-data"), tmp_path_factory.mktemp("checkers")
     binary = write_jsonl(data / "binary.jsonl", marker_task(240, seed=1))
     triage = write_jsonl(data / "triage.jsonl", triage_task(240, seed=2))
     runs = {
         "binary": TrainConfig(binary, str(bpe_model_dir), out / "binary", requirement=PLEASE, **FAST),
+        "instruction": TrainConfig(
+            binary,
+            str(bpe_model_dir),
+            out / "instruction",
+            requirement=PLEASE,
+            alora_span="instruction",
+            **FAST,
+        ),
         "triage": TrainConfig(
             triage, str(bpe_model_dir), out / "triage", adapter="lora", requirement=TRIAGE_REQUIREMENT, **FAST
         ),
@@ -131,13 +141,32 @@ def as_messages(item: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": item}]
 
 
+def written_before_alora_span(adapter: Path, tmp_path: Path) -> Path:
+    """A copy of a generation-span adapter whose manifest lacks `alora_span`, as manifests written before it."""
+    copy = Path(shutil.copytree(adapter, tmp_path / "before-span"))
+    data = json.loads((copy / MANIFEST_NAME).read_text())
+    del data["hyperparameters"]["alora_span"]
+    (copy / MANIFEST_NAME).write_text(json.dumps(data))
+    return copy
+
+
+@pytest.mark.parametrize("span", ["instruction", "generation"])
 def test_binary_check_through_granite_common_equals_reqcheck(
-    checkers, bpe_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+    checkers, bpe_model_dir: Path, tmp_path: Path, capsys, monkeypatch, span: str
 ) -> None:
-    code, err = package(checkers["binary"], "please", tmp_path / "pkg", capsys, monkeypatch)
+    """Both activated spans: the packaged `alora_invocation_tokens` are where reqcheck starts the adapter."""
+    adapter = checkers["instruction"] if span == "instruction" else checkers["binary"]
+    if span == "generation":
+        adapter = written_before_alora_span(adapter, tmp_path)
+    invocation = Manifest.read(adapter).prompt.invocation
+    tokenizer = build_tiny_bpe_tokenizer()
+    assert invocation == (instruction_header if span == "instruction" else generation_prompt)(tokenizer)
+    code, err = package(adapter, "please", tmp_path / "pkg", capsys, monkeypatch)
     assert code == 0, err
     folder = packaged_dir(tmp_path / "pkg")
     assert folder.parent.name in err and "base_model_name" in err
+    packaged_tokens = json.loads((folder / "adapter_config.json").read_text())["alora_invocation_tokens"]
+    assert packaged_tokens == invocation_ids(tokenizer, invocation)
     granite = GraniteCommon(folder, bpe_model_dir)
     backend = LocalHFBackend(str(bpe_model_dir), device="cpu")
     backend.add_adapter(CustomIntrinsicAdapter(model_id=str(tmp_path / "pkg"), intrinsic_name="please"))
@@ -193,8 +222,9 @@ def test_classifier_through_granite_common_equals_reqcheck(
 def test_reqcheck_prompt_is_the_one_granite_common_builds(
     checkers, bpe_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Same token ids for a plain text and for a conversation whose earlier turns hold the invocation too."""
-    granite = GraniteCommon(checkers["binary"], bpe_model_dir, io_yaml=tmp_path / "io.yaml")
+    """Same token ids for a plain text and for a conversation whose earlier turns hold the invocation too;
+    PEFT starts an instruction-span aLoRA (the instruction turn's header) where reqcheck does."""
+    granite = GraniteCommon(checkers["instruction"], bpe_model_dir, io_yaml=tmp_path / "io.yaml")
     (tmp_path / "io.yaml").write_text(
         yaml.safe_dump(
             {
@@ -206,9 +236,9 @@ def test_reqcheck_prompt_is_the_one_granite_common_builds(
         )
     )
     spec = PromptSpec(
-        generation_prompt(granite.tokenizer), INTRINSIC_RENDERER, True, instruction=REQUIREMENT_INSTRUCTION
+        instruction_header(granite.tokenizer), INTRINSIC_RENDERER, True, instruction=REQUIREMENT_INSTRUCTION
     )
-    inv = invocation_ids(granite.tokenizer, spec.invocation)
+    before = dataclasses.replace(spec, invocation=generation_prompt(granite.tokenizer))
     conversation = [
         {"role": "user", "content": "where is my order"},
         {"role": "assistant", "content": "the order was shipped today"},
@@ -219,9 +249,11 @@ def test_reqcheck_prompt_is_the_one_granite_common_builds(
         messages = as_messages(context) if isinstance(context, str) else conversation
         ids = granite.prompt_ids(messages, requirement=PLEASE)
         rendered = render(granite.tokenizer, context, spec, PLEASE)
-        assert rendered.input_ids == ids
+        assert rendered.input_ids == render(granite.tokenizer, context, before, PLEASE).input_ids == ids
         (offset,) = calculate_alora_offsets(granite.model.peft_config, "default", torch.tensor([ids]))
-        assert offset == len(ids) - rendered.invocation_start == len(inv)
+        assert offset == len(ids) - rendered.invocation_start
+        assert rendered.invocation_start == rendered.context_len  # the instruction turn, not an earlier one
+        assert PLEASE in granite.tokenizer.decode(ids[rendered.invocation_start :])
     # --item-role user --system-prompt: the same prompt as granite-common builds for those messages
     framed = dataclasses.replace(spec, item_role="user", system_prompt="You check replies.")
     messages = [{"role": "system", "content": "You check replies."}, {"role": "user", "content": ITEMS[1]}]
@@ -250,6 +282,37 @@ def test_alora_invocation_is_the_last_generation_prompt() -> None:
         tokens.count("assistant") == 3
         and "requirement" in tokens[rendered.context_len : rendered.invocation_start]
     )
+
+
+def test_alora_invocation_is_the_last_user_turn_header() -> None:
+    """The instruction's user turn header, not the checked user turns' headers before it."""
+    tokenizer = build_tiny_tokenizer()
+    spec = PromptSpec(
+        instruction_header(tokenizer), INTRINSIC_RENDERER, True, "user", instruction=REQUIREMENT_INSTRUCTION
+    )
+    rendered = render(
+        tokenizer,
+        [{"role": "user", "content": "the reply"}, {"role": "user", "content": "please"}],
+        spec,
+        "late",
+    )
+    tokens = tokenizer.convert_ids_to_tokens(rendered.input_ids)
+    assert tokens.count("user") == 3 and rendered.invocation_start == rendered.context_len
+    assert tokens[rendered.invocation_start : rendered.invocation_start + 3] == [
+        "<|start_of_role|>",
+        "user",
+        "<|end_of_role|>",
+    ]
+    assert "late" in tokens[rendered.invocation_start :]
+
+
+def test_a_requirement_that_repeats_the_invocation_is_an_error() -> None:
+    tokenizer = build_tiny_tokenizer()
+    spec = PromptSpec(
+        instruction_header(tokenizer), INTRINSIC_RENDERER, True, instruction=REQUIREMENT_INSTRUCTION
+    )
+    with pytest.raises(ReqcheckError, match="repeats the invocation"):
+        render(tokenizer, "the reply", spec, "<|start_of_role|>user<|end_of_role|> late")
 
 
 @pytest.fixture(scope="module")

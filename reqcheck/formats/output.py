@@ -19,11 +19,12 @@ from typing import Any
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.prompting import (
+    GENERATION_SPAN,
     INTRINSIC_RENDERER,
     PromptSpec,
     default_instruction,
     default_invocation,
-    generation_prompt,
+    intrinsic_invocation,
     label_ids,
     tokenize,
 )
@@ -137,19 +138,21 @@ def contract(
     invocation: str | None,
     positives: list[str],
     framing: PromptSpec,
+    span: str = GENERATION_SPAN,
 ) -> tuple[PromptSpec, OutputSpec]:
     """How a new adapter is prompted and what it emits: intrinsic-v1 pairs granite-common's prompt with JSON.
 
     `framing` carries the item role, system prompt and whether the requirement is rendered. Under
-    intrinsic-v1 the invocation defaults to the generation prompt and the instruction becomes the io.yaml
-    `instruction`; the other renderers emit the bare label.
+    intrinsic-v1 the invocation defaults to the generation prompt (`span` "generation") or the header of
+    the instruction's turn (`span` "instruction", so the adapter reads the instruction), and the
+    instruction becomes the io.yaml `instruction`; the other renderers emit the bare label.
     """
     if renderer != INTRINSIC_RENDERER:
         spec = replace(framing, invocation=invocation or default_invocation(tokenizer), renderer=renderer)
         return spec, OutputSpec.for_labels(LABEL_V1, positives)
     spec = replace(
         framing,
-        invocation=invocation or generation_prompt(tokenizer),
+        invocation=invocation or intrinsic_invocation(tokenizer, span),
         renderer=renderer,
         instruction=default_instruction(framing.requirement_in_prompt, classifier=not positives),
     )

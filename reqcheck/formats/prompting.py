@@ -9,8 +9,11 @@ is what lets a base-model KV cache of the context be reused for every requiremen
 
 `intrinsic-v1` renders the prompt granite-common (and so Mellea) builds from an intrinsic's io.yaml:
 the conversation, the io.yaml `instruction` appended as a user message, then the model's generation
-prompt, tokenised by the chat template in one piece as they do. Its aLoRA invocation is that generation
-prompt, the last place its ids occur.
+prompt, tokenised by the chat template in one piece as they do. Its aLoRA invocation is either the
+instruction turn's header (`instruction_header`: the adapter reads the instruction, and the requirement
+when it is rendered) or the generation prompt (`generation_prompt`: the default, and every adapter trained
+before the choice existed): the manifest stores which, as the invocation text. Either is the last place its ids occur,
+and the prompt granite-common builds is the same for both.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ CHAT_RENDERER = "chat-v1"
 MELLEA_RENDERER = "mellea-v1"
 INTRINSIC_RENDERER = "intrinsic-v1"
 RENDERERS = (CHAT_RENDERER, MELLEA_RENDERER, INTRINSIC_RENDERER)
+INSTRUCTION_SPAN = "instruction"
+GENERATION_SPAN = "generation"
 CHECK_INSTRUCTION = "Does the message above meet the requirement?"
 REQUIREMENT_INSTRUCTION = "Requirement: {requirement}\n" + CHECK_INSTRUCTION
 CLASSIFY_INSTRUCTION = "Which label fits the message above?"
@@ -145,6 +150,28 @@ def generation_prompt(tokenizer: Any) -> str:
             f"--renderer {CHAT_RENDERER}."
         )
     return prompted[len(plain) :]
+
+
+def instruction_header(tokenizer: Any) -> str:
+    """What the chat template writes before a user turn's text: the invocation that covers the instruction.
+
+    Under intrinsic-v1 the instruction is the conversation's last user turn, so its header is the last
+    place these ids occur (`render` refuses an instruction that repeats them).
+    """
+    generation_prompt(tokenizer)  # the same chat-template requirements as the other span
+    turn = _turn(tokenizer, _ANCHOR, "user", _SENTINEL)
+    header = turn.split(_SENTINEL, 1)[0]
+    if not header.strip():
+        raise ReqcheckError(
+            "The model's chat template writes no header before a user turn; train with --alora-span "
+            "generation."
+        )
+    return header
+
+
+def intrinsic_invocation(tokenizer: Any, span: str) -> str:
+    """intrinsic-v1's aLoRA invocation for `span`: the instruction turn's header or the generation prompt."""
+    return instruction_header(tokenizer) if span == INSTRUCTION_SPAN else generation_prompt(tokenizer)
 
 
 def default_instruction(requirement_in_prompt: bool, classifier: bool) -> str:
@@ -374,7 +401,12 @@ def _render_intrinsic(
     if start < context_len:
         raise ReqcheckError(
             "The invocation's token ids do not follow the checked text in the prompt granite-common builds, "
-            "so the adapter would silently run as the base model; drop --promptfile (the generation prompt "
-            f"is the invocation) or train with --renderer {CHAT_RENDERER}."
+            "so the adapter would silently run as the base model; drop --promptfile (--alora-span "
+            f"picks the invocation) or train with --renderer {CHAT_RENDERER}."
+        )
+    if start > context_len and ids[context_len : context_len + len(inv)] == inv:
+        raise ReqcheckError(
+            "The instruction or requirement repeats the invocation (the instruction turn's header), so the "
+            "adapter would start inside it; remove that text from the requirement."
         )
     return Rendered(ids, context_len, start, dropped)

@@ -17,13 +17,24 @@ from typing import Any
 
 from reqcheck.choices import AdapterType, Choice, Device
 from reqcheck.errors import ReqcheckError
-from reqcheck.formats.prompting import CHAT_RENDERER, INTRINSIC_RENDERER, MELLEA_RENDERER
+from reqcheck.formats.prompting import (
+    CHAT_RENDERER,
+    GENERATION_SPAN,
+    INSTRUCTION_SPAN,
+    INTRINSIC_RENDERER,
+    MELLEA_RENDERER,
+)
 
 
 class Renderer(Choice):
     intrinsic = INTRINSIC_RENDERER
     chat = CHAT_RENDERER
     mellea = MELLEA_RENDERER
+
+
+class AloraSpan(Choice):
+    instruction = INSTRUCTION_SPAN
+    generation = GENERATION_SPAN
 
 
 class LRSchedule(Choice):
@@ -147,6 +158,14 @@ class TrainConfig:
         Renderer.intrinsic,
         help="Prompt and output: intrinsic-v1 (granite-common's prompt, JSON output, runs in Mellea), "
         "chat-v1 (bare label), or mellea-v1 (Mellea's training format).",
+        free_text=True,
+    )
+    alora_span: AloraSpan = option(
+        AloraSpan.generation,
+        help="intrinsic-v1: where the aLoRA starts: generation (the generation prompt) or instruction (the "
+        "header of the instruction's turn, so the adapter reads the instruction and requirement). The "
+        "prompt is the same; --promptfile overrides both.",
+        learns=True,
         free_text=True,
     )
     resume: bool = option(False, help="Continue an interrupted run of the same command.")

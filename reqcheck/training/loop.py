@@ -75,6 +75,22 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     main_process: bool = True
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Stopwatch:
+    """Seconds per phase of a run, so a benchmark can say where training time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Any:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - began
 
 
 @dataclass
@@ -136,17 +152,21 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
 
 
 def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> TrainResult:
-    started = time.perf_counter()
+    started, watch = time.perf_counter(), Stopwatch()
 
     # Prepare: read, check and split the data, resolve the base model, encode every example with the
     # shared renderer, and find the checkpoint to resume from. Every data problem is raised here.
-    prep = prepare(config, report, device)
+    with watch("prepare"):
+        prep = prepare(config, report, device)
 
     # Build the model: the base model with a fresh adapter; under aLoRA, the item prefix caches.
-    model = build_model(config, prep, device)
-    torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
-    pad_id = prep.tokenizer.pad_token_id
-    cache_mode, prefixes = prefix_caches(config, model, prep.train_set + prep.val_set, pad_id, device, report)
+    with watch("model and prefix caches"):
+        model = build_model(config, prep, device)
+        torch.manual_seed(config.seed + group.rank)  # the same initial adapter everywhere; own dropout masks
+        pad_id = prep.tokenizer.pad_token_id
+        cache_mode, prefixes = prefix_caches(
+            config, model, prep.train_set + prep.val_set, pad_id, device, report
+        )
     warn_validation_cost(prep, prefixes is not None, report)
 
     # Objective: the loss over the label positions (--loss), weighted by label under --balance.
@@ -157,7 +177,8 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     checkpoint = partial_dir(config.outfile)
     swept = None
     if config.learning_rate == "auto" and prep.saved is None:
-        swept = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, device, report)
+        with watch("learning-rate sweep"):
+            swept = lr_sweep(config, prep, model, pad_id, prefixes, objective, group, device, report)
     start = swept or prep.saved
     rate = start.state.sweep.chosen if config.learning_rate == "auto" else config.learning_rate
     run = optimizer_and_schedule(config, model, pad_id, prefixes, objective, rate, len(prep.train_set), group)
@@ -172,11 +193,13 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
         batches(prep.train_set, config.batch_size, rng)  # replay the finished epochs' shuffles
     progress = Progress(report, config.epochs, first_epoch=state.epoch)
     for epoch in range(state.epoch, config.epochs):
-        metrics = run_epoch(config, run, prep.train_set, rng, epoch, group, device, progress)
+        with watch("training"):
+            metrics = run_epoch(config, run, prep.train_set, rng, epoch, group, device, progress)
 
         # Evaluate: validation loss and accuracy; the epoch with the best loss keeps its weights.
         if prep.val_set:
-            metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
+            with watch("validation"):
+                metrics.update(evaluate(run, prep.val_set, prep.labels, config.batch_size, group, report))
             report(
                 f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
             )
@@ -195,8 +218,16 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
     distributed.barrier(group)
     (tokens_seen,) = distributed.sum_values([progress.tokens], group, device)
     seconds = time.perf_counter() - started
+    watch.seconds["other"] = seconds - sum(watch.seconds.values())
+    if prefixes is not None:  # inside the sweep, training and validation above
+        watch.seconds["of which prefix forwards"] = prefixes.seconds
     return TrainResult(
-        Path(config.outfile), manifest, seconds, tokens_seen / max(progress.seconds, 1e-9), group.main
+        Path(config.outfile),
+        manifest,
+        seconds,
+        tokens_seen / max(progress.seconds, 1e-9),
+        group.main,
+        watch.seconds,
     )
 
 
@@ -228,7 +259,9 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
         system_prompt=config.system_prompt,
     )
     positives = config.positive_labels or default_positive_labels(names)
-    spec, output = contract(tokenizer, config.renderer.value, invocation, positives, framing)
+    spec, output = contract(
+        tokenizer, config.renderer.value, invocation, positives, framing, config.alora_span.value
+    )
     labels = output.label_set(tokenizer, names)
     check_labels(output, tokenizer, labels)
     prep = Prepared(
