@@ -68,7 +68,9 @@ def _label(probabilities: dict[str, float]) -> str:
     return max(probabilities, key=probabilities.__getitem__)
 
 
-def compare(local: list[dict[str, float]], served: list[dict[str, float]], expected: list[str]) -> dict[str, Any]:
+def compare(
+    local: list[dict[str, float]], served: list[dict[str, float]], expected: list[str]
+) -> dict[str, Any]:
     n = len(expected)
     same = sum(_label(a) == _label(b) for a, b in zip(local, served, strict=True))
     diff = max(abs(a[k] - b[k]) for a, b in zip(local, served, strict=True) for k in a)
@@ -93,7 +95,9 @@ def served_scores(server: LlamaServer, adapters: dict[str, Path], concurrency: i
         remote.close()
 
 
-def agreement(adapters: dict[str, Path], exports: dict[str, Path], bases: dict[str, Path], work: Path) -> dict:
+def agreement(
+    adapters: dict[str, Path], exports: dict[str, Path], bases: dict[str, Path], work: Path
+) -> dict:
     local = LocalHFBackend(MODEL, device="cpu")
     for name, path in adapters.items():
         local.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
@@ -117,7 +121,9 @@ def context_of(tokens: int, tokenizer: Any, items: list[str], shift: int) -> str
     return text.strip()
 
 
-def latency(adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, repeats: int) -> dict:
+def latency(
+    adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, repeats: int
+) -> dict:
     """Median seconds of one check on a context seen once before by a base-model request."""
     local = LocalHFBackend(MODEL, device="cpu")
     kinds = {"alora": "support-polite", "lora": "support-polite-lora"}
@@ -178,7 +184,9 @@ def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapters", type=Path, required=True, help="folder of <set>-<kind> adapters")
     parser.add_argument("--only", nargs="+", default=["agreement", "latency", "throughput"])
     parser.add_argument("--repeats", type=int, default=5)
