@@ -498,7 +498,8 @@ class ReqcheckPlugin:
             try:
                 done = predict(self.backend, adapter, items[start : start + step], chunk, step)
             except ReqcheckError as exc:
-                self.adapters[adapter].run.errors.append(str(exc))
+                unchecked = (len(missing) - start) * len(modes)
+                self.adapters[adapter].run.errors.extend([str(exc)] * unchecked)
                 break
             for mode, predictions in done.items():
                 out[mode][start : start + len(predictions)] = predictions
@@ -514,7 +515,7 @@ class ReqcheckPlugin:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Build the report once; write the JSON, the HTML page and the CI step summary its options name."""
-        if not any(a.run.cases for a in self.adapters.values()):
+        if not any(a.run.cases or a.run.errors for a in self.adapters.values()):
             return
         from reqcheck.gating.evaluation import build_report
 

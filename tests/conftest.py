@@ -118,6 +118,9 @@ def llama_server(llama_cpp: Path) -> Iterator[Path]:
         yield binary
 
 
+POLITE_REQUIREMENT = "The support reply is polite and professional."
+
+
 @dataclass(frozen=True)
 class ServedPair:
     """An aLoRA and a LoRA trained on SmolLM2 for the support-polite example, exported for llama-server."""
@@ -131,23 +134,24 @@ class ServedPair:
 
 @pytest.fixture(scope="session")
 def served_smollm2(llama_cpp: Path, tmp_path_factory: pytest.TempPathFactory) -> ServedPair:
-    """One short epoch each: served-versus-trained agreement needs the same weights, not a good checker."""
+    """Two short epochs each: enough for the adapter to answer in its JSON format when served (a served
+    check reads the answer the server generates, not only the label's probability)."""
     root = tmp_path_factory.mktemp("served")
     example = examples_dir() / "support-polite"
-    lines = (example / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    subset = root / "train.jsonl"
-    subset.write_text("\n".join(lines[::5]) + "\n", encoding="utf-8")  # 48 of 240, both labels
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REQCHECK_CACHE", str(root / "cache"))
         trained = {
             kind: train(
                 TrainConfig(
-                    subset,
+                    example / "train.jsonl",
                     "smollm2-135m-instruct",
                     root / kind,
                     adapter=kind,
-                    epochs=1,
-                    learning_rate=1e-3,
+                    requirement=POLITE_REQUIREMENT,
+                    epochs=2,
+                    learning_rate=2e-3,
+                    batch_size=8,
+                    grad_accum=1,
                     device="cpu",
                 ),
                 report=lambda _: None,

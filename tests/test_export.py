@@ -13,7 +13,7 @@ import pytest
 from reqcheck.formats.manifest import Manifest, content_hash
 from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
 from reqcheck.serving.export import ADAPTER_FILE, START_FILE, export
-from reqcheck.serving.llama_server import LlamaServer
+from reqcheck.serving.llama_server import ADAPTER_FLAGS, LlamaServer
 from reqcheck.serving.llamacpp import run_script
 from reqcheck.training.loop import TrainResult
 from tests.conftest import ServedPair
@@ -62,7 +62,10 @@ def test_export_is_llama_cpps_conversion_with_the_served_tag(
     ours_t, theirs_t = _tensors(exported.adapter), _tensors(direct)
     assert ours_t.keys() == theirs_t.keys() and len(ours_t) > 0
     assert all(np.array_equal(ours_t[name], theirs_t[name]) for name in ours_t)
-    assert "--lora" in (tmp_path / "out" / START_FILE).read_text()
+    # the flags LlamaServer starts with, so the start line is the one the served tests check
+    assert (
+        f"--lora {exported.adapter} {' '.join(ADAPTER_FLAGS)}" in (tmp_path / "out" / START_FILE).read_text()
+    )
 
 
 def test_export_replaces_its_own_files_and_refuses_anyone_elses(

@@ -96,7 +96,7 @@ def test_the_plugin_gates_through_the_endpoint(
         f"--reqcheck-endpoint={server.url}",
         "--reqcheck-concurrency=4",
         "--reqcheck-compare",
-        "--reqcheck-min-agreement=0.99",
+        "--reqcheck-min-agreement=0.95",  # a case within 0.01 of the threshold may flip
         "--reqcheck-max-score-diff=0.02",
         "--reqcheck-report=report.json",
         "--reqcheck-html=report.html",
@@ -138,6 +138,7 @@ def test_an_alora_the_server_would_apply_as_a_lora_is_refused(
     run_script(
         script,
         [
+            "--force",  # the script asks for a typed YES before it removes a key
             "--remove-metadata",
             "adapter.alora.invocation_tokens",
             str(pair.exports["alora"].adapter),
@@ -156,11 +157,16 @@ def test_a_server_running_another_base_model_is_refused(server, tiny_adapters) -
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(tiny_adapters["alora"].outfile)))
 
 
-class _StripLogprobs(BaseHTTPRequestHandler):
-    """Forwards to the real server and drops `logprobs` from chat completions, as a server without them would."""
+class _EditingProxy(BaseHTTPRequestHandler):
+    """Forwards to the real server and passes each chat-completion choice through `edit` (by default it drops
+    `logprobs`, as a server without them would)."""
 
     target = ""
     pool = urllib3.PoolManager()
+
+    @staticmethod
+    def edit(choice: dict) -> None:
+        choice.pop("logprobs", None)
 
     def _forward(self, method: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
@@ -169,7 +175,7 @@ class _StripLogprobs(BaseHTTPRequestHandler):
         if self.path == "/v1/chat/completions" and answer.status == 200:
             parsed = json.loads(data)
             for choice in parsed["choices"]:
-                choice.pop("logprobs", None)
+                self.edit(choice)
             data = json.dumps(parsed).encode()
         self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")
@@ -187,8 +193,31 @@ class _StripLogprobs(BaseHTTPRequestHandler):
         pass
 
 
+def _without_judge_labels(choice: dict) -> None:
+    for token in choice["logprobs"]["content"]:
+        token["top_logprobs"] = [
+            t for t in token["top_logprobs"] if t["token"].strip().lower() not in ("yes", "no")
+        ]
+
+
+def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_smollm2) -> None:
+    handler = type(
+        "Handler", (_EditingProxy,), {"target": server.url, "edit": staticmethod(_without_judge_labels)}
+    )
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        backend = remote(f"http://127.0.0.1:{proxy.server_address[1]}", served_smollm2, "alora")
+        with pytest.raises(
+            ReqcheckError, match=r"hold none of the labels yes, no, so the judge cannot score"
+        ):
+            backend.judge(ITEMS[:1], [None])
+    finally:
+        proxy.shutdown()
+
+
 def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm2) -> None:
-    handler = type("Handler", (_StripLogprobs,), {"target": server.url})
+    handler = type("Handler", (_EditingProxy,), {"target": server.url})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
@@ -220,6 +249,8 @@ def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_rep
             f"--adapter={pair.alora}",
             f"--reqcheck-endpoint={running.url}",
             "--reqcheck-validation=on",
+            "--reqcheck-batch-size=4",  # batches of 4 one at a time: the first is checked, the rest meet a dead server
+            "--reqcheck-concurrency=1",
             "--reqcheck-min-accuracy=0.5",
             "--reqcheck-report=report.json",
         )
@@ -227,7 +258,7 @@ def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_rep
     result.stdout.fnmatch_lines(
         [
             "*adapter: could not be checked: The server at * failed POST /v1/chat/completions *refused*",
-            "*min_accuracy*could not be checked*",
+            "*min_accuracy*76 case(s) could not be checked*",
         ]
     )
     assert "Traceback" not in result.stdout.str()

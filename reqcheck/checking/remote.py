@@ -240,7 +240,12 @@ class RemoteBackend(Checker):
                 mass[owner] += math.exp(float(entry.get("logprob", -math.inf)))
         total = sum(mass.values())
         if not total:
-            return dict.fromkeys(labels, 1.0 / len(labels))
+            shown = ", ".join(repr(str(entry.get("token", ""))) for entry in top[:5]) or "none"
+            raise ReqcheckError(
+                f"The served base model's top {len(top)} next tokens ({shown}, ...) hold none of the labels "
+                f"{', '.join(labels)}, so the judge cannot score this check; check it with a trained adapter "
+                "or serve an instruct model that answers the judge's question."
+            )
         return {label: value / total for label, value in mass.items()}
 
     def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:

@@ -306,7 +306,7 @@ class AdapterRun:
     cases: dict[tuple[str, int], Case] = field(default_factory=dict)
     collected: int | None = None  # case items (line and mode) collected; None: not counted
     served: ServedRecord | None = None  # the server, when adapter (and judge) mode ran through one
-    errors: list[str] = field(default_factory=list)  # why cases could not be checked (a server that died)
+    errors: list[str] = field(default_factory=list)  # one reason per case a server could not check
 
     def record(
         self, *, id: str, file: str, line: int, item: str, expected: str, mode: str, prediction: Prediction

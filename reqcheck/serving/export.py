@@ -25,6 +25,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import Manifest, content_hash
 from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
 from reqcheck.models.loading import resolve_base_model
+from reqcheck.serving.llama_server import ADAPTER_FLAGS
 from reqcheck.serving.llamacpp import run_script, source_dir
 
 ADAPTER_FILE = "adapter.gguf"
@@ -76,7 +77,8 @@ def export(adapter: Path, out: Path, with_base: bool = False, base_type: str = "
 def start_command(out: Path, with_base: bool, alias: str) -> str:
     """The one line that starts llama-server with the export (adapters load unapplied; requests pick one)."""
     base = str(out / BASE_FILE) if with_base else "BASE.gguf"
-    return f"llama-server -m {base} --lora {out / ADAPTER_FILE} --lora-init-without-apply --alias {alias}" + (
+    flags = " ".join(ADAPTER_FLAGS)
+    return f"llama-server -m {base} --lora {out / ADAPTER_FILE} {flags} --alias {alias}" + (
         "" if with_base else "   # BASE.gguf: the adapter's base model, e.g. from reqcheck export --base"
     )
 

@@ -22,6 +22,12 @@ from types import TracebackType
 from reqcheck.errors import ReqcheckError
 from reqcheck.serving.llamacpp import server_binary
 
+# Adapters load unapplied, so each request names its own and a request naming none gets the base model.
+# The RAM prompt cache stays off: llama-server restores a cached prompt's KV by its tokens alone, whichever
+# adapter computed it, so a plain LoRA's check could start from the judge's KV (measured: scores off by
+# 0.83) and the judge from a LoRA's. Each slot's own cache still serves repeated contexts.
+ADAPTER_FLAGS = ("--lora-init-without-apply", "--cache-ram", "0")
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -33,8 +39,7 @@ def free_port() -> int:
 class LlamaServer:
     """`with LlamaServer(base, [adapter, ...], log) as server:` serves at `server.url` until the block ends.
 
-    Adapters load unapplied (`--lora-init-without-apply`): a request names the one it wants, as
-    reqcheck's remote backend does, and a request naming none gets the base model.
+    It starts with `ADAPTER_FLAGS`, as `reqcheck export`'s start line does.
     """
 
     base: Path
@@ -53,7 +58,7 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         line = [str(server_binary()), "-m", str(self.base), "--host", "127.0.0.1", "--port", str(self.port)]
-        line += ["-c", str(self.context), "--lora-init-without-apply", "--no-webui"]
+        line += ["-c", str(self.context), *ADAPTER_FLAGS, "--no-webui"]
         for adapter in self.adapters:
             line += ["--lora", str(adapter)]
         if self.threads:
