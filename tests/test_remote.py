@@ -94,6 +94,7 @@ def _served_equals_in_process(served: RemoteBackend, pair) -> None:
     assert served.info.engine == "llama.cpp" and served.info.version
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["alora", "lora"])
 def test_the_plugin_gates_through_the_endpoint(
     pytester: pytest.Pytester, server, served_smollm2, shared_cache, kind: str
@@ -127,6 +128,7 @@ def test_a_refused_connection_is_one_sentence() -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(served_smollm2.alora, other)
@@ -138,6 +140,7 @@ def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(other)))
 
 
+@pytest.mark.slow
 def test_an_alora_the_server_would_apply_as_a_lora_is_refused(served_smollm2, tmp_path: Path) -> None:
     pair = served_smollm2
     plain = tmp_path / "plain.gguf"
@@ -158,6 +161,7 @@ def test_an_alora_the_server_would_apply_as_a_lora_is_refused(served_smollm2, tm
             backend.add_adapter(CustomIntrinsicAdapter(model_id=str(pair.alora), intrinsic_name="alora"))
 
 
+@pytest.mark.slow
 def test_a_server_running_another_base_model_is_refused(server, tiny_adapters) -> None:
     backend = RemoteBackend(server.url)
     with pytest.raises(ReqcheckError, match=r"not adapter .* base model .*serve the base model"):
@@ -207,6 +211,7 @@ def _without_judge_labels(choice: dict) -> None:
         ]
 
 
+@pytest.mark.slow
 def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_smollm2) -> None:
     handler = type(
         "Handler", (_EditingProxy,), {"target": server.url, "edit": staticmethod(_without_judge_labels)}
@@ -223,6 +228,7 @@ def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_s
         proxy.shutdown()
 
 
+@pytest.mark.slow
 def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm2) -> None:
     handler = type("Handler", (_EditingProxy,), {"target": server.url})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -235,6 +241,7 @@ def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm
         proxy.shutdown()
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_report(
     pytester: pytest.Pytester, served_smollm2, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -274,6 +281,7 @@ def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_rep
     assert sorted(p.name for p in pytester.path.iterdir() if p.name.startswith("report")) == ["report.json"]
 
 
+@pytest.mark.slow
 def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path) -> None:
     served = ServedRecord("http://127.0.0.1:8080", "llama.cpp", "b1-0c1e570", "base.gguf", None, True)
     report = GateReport(report_format=2, passed=True, adapters=[AdapterEntry(name="a", served=served)])
@@ -287,6 +295,7 @@ def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path
         GateReport.from_dict(older)
 
 
+@pytest.mark.slow
 def test_a_server_that_gives_the_adapter_to_everyone_is_named_in_the_report(tmp_path: Path) -> None:
     from reqcheck.gating.report_html import write_html
     from reqcheck.gating.report_text import terminal_lines
