@@ -69,6 +69,7 @@ def test_serve_without_the_engine_names_the_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "xllamacpp", None)  # as if the serve extra were not installed
+    monkeypatch.delenv("REQCHECK_LLAMA_SERVER", raising=False)  # which would run a stock binary instead
     code, err = run_cli(["serve", str(tiny_adapters["alora"].outfile)], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert 'install it with pip install "reqcheck[serve]"' in err
