@@ -340,6 +340,7 @@ class ReqcheckPlugin:
             info.model,
             info.model_hash,
             self.compare,
+            list(backend.on_by_default),
         )
         for adapter in self.adapters.values():
             adapter.run.served = record

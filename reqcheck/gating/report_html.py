@@ -25,10 +25,11 @@ from reqcheck.formats.gate_report import (
     GateReport,
     Latency,
     ModeSummary,
+    ServedRecord,
 )
 from reqcheck.gating import numbers
 from reqcheck.gating.gates import KINDS, op
-from reqcheck.gating.report_text import partial_run, served_line
+from reqcheck.gating.report_text import on_by_default_line, partial_run, served_line
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
 TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
@@ -104,6 +105,7 @@ def _adapter_section(entry: AdapterEntry, index: int) -> str:
         f"differences); gates decided on the {'lower bound' if entry.gate_on == 'bound' else 'point value'}"
         "</p>",
         f'<p class="meta">served by {_e(served_line(entry.served))}</p>' if entry.served else "",
+        _hazard(entry.served),
         f'<p class="fail">{_e(partial_run(entry))}</p>' if entry.partial else "",
         "<h3>Gates</h3>",
         _gate_table(entry.gates),
@@ -513,3 +515,8 @@ def _pvalue(value: Any) -> str:
 def _verdict(passed: bool | None) -> str:
     css = {True: "pass", False: "fail"}.get(passed, "unset")
     return f'<span class="{css}">{numbers.verdict(passed)}</span>'
+
+
+def _hazard(served: ServedRecord | None) -> str:
+    line = on_by_default_line(served) if served is not None else None
+    return f'<p class="fail">{_e(line)}</p>' if line else ""
