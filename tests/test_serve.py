@@ -31,7 +31,10 @@ from reqcheck.training.loop import TrainResult
 from tests.conftest import ServedPair
 from tests.helpers import run_cli
 
-ASK = [{"role": "user", "content": "Write one polite sentence to a customer whose parcel is late."}]
+ASKS = [
+    [{"role": "user", "content": "Write one polite sentence to a customer whose parcel is late."}],
+    [{"role": "user", "content": "Write one short sentence that thanks a customer for a refund request."}],
+]
 
 
 def _get(url: str) -> list[dict]:
@@ -39,9 +42,11 @@ def _get(url: str) -> list[dict]:
         return json.loads(answer.read())
 
 
-def _reply(url: str, lora: list[dict] | None) -> str:
-    """The greedy reply to ASK; `lora` None sends no adapter field at all."""
-    body: dict[str, object] = {"messages": ASK, "max_tokens": 24, "temperature": 0.0}
+def _reply(url: str, lora: list[dict] | None, ask: int = 0, cache: bool = True) -> str:
+    """The greedy reply to ASKS[ask]; `lora` None sends no adapter field at all."""
+    body: dict[str, object] = {"messages": ASKS[ask], "max_tokens": 24, "temperature": 0.0}
+    if not cache:
+        body["cache_prompt"] = False
     if lora is not None:
         body["lora"] = lora
     request = urllib.request.Request(
@@ -151,20 +156,25 @@ def test_a_loaded_adapter_answers_requests_that_name_none_until_its_scale_is_zer
     served_smollm2: ServedPair, llama_engine: Path | None, tmp_path: Path
 ) -> None:
     """llama.cpp's own behaviour, on both versions: loading "without apply" leaves the adapter at global scale
-    1, so requests naming no adapter get it; scale 0 (what reqcheck sets) gives them the base model."""
+    1, so requests naming no adapter get it; scale 0 (what reqcheck sets) gives them the base model.
+
+    Each prompt goes without the adapter before it goes with it: a slot keeps the KV the aLoRA computed for
+    its invocation, and a later request that names no adapter and repeats that prompt reuses it unless it
+    sends `cache_prompt: false` (the last assertions; docs/serving.md)."""
     pair = served_smollm2
     with LlamaServer(pair.base, [], log=tmp_path / "base.log") as plain:
-        base = _reply(plain.url, None)
+        base = [_reply(plain.url, None, ask) for ask in range(len(ASKS))]
     adapter = pair.exports["alora"].adapter
     with _loaded_without_apply(pair, adapter, llama_engine, tmp_path) as url:
         assert [a["scale"] for a in _get(f"{url}/lora-adapters")] == [1.0]
-        named = _reply(url, [{"id": 0, "scale": 1.0}])
-        assert named.startswith('{"') and named != base
-        assert _reply(url, None) == named and _reply(url, []) == named
+        assert _reply(url, None) == _reply(url, []) == _reply(url, [{"id": 0, "scale": 1.0}])
+        assert _reply(url, None).startswith('{"')
         zero_global_scales(url)  # the start file's POST /lora-adapters
         assert [a["scale"] for a in _get(f"{url}/lora-adapters")] == [0.0]
-        assert _reply(url, None) == base and _reply(url, []) == base
-        assert _reply(url, [{"id": 0, "scale": 1.0}]) == named
+        assert _reply(url, None, 1) == base[1] and _reply(url, [], 1) == base[1]
+        assert _reply(url, [{"id": 0, "scale": 1.0}], 1).startswith('{"')
+        assert _reply(url, None, 1) != base[1]
+        assert _reply(url, None, 1, cache=False) == base[1]
 
 
 class _loaded_without_apply:
