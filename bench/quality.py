@@ -83,6 +83,7 @@ def train_and_score(
         "learning_rate": result.manifest.hyperparameters["learning_rate"],
         "train_seconds": round(seconds, 1),
         "train_phases": {phase: round(t / result.seconds, 3) for phase, t in result.phases.items()},
+        "train_phase_seconds": {phase: round(t, 1) for phase, t in result.phases.items()},
     }
     if judged is not None:
         guesses = [max(p, key=p.__getitem__) for p in judged]
