@@ -31,7 +31,7 @@ from typing import Any
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
 from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
-from reqcheck.checking.judge import judge_question
+from reqcheck.checking.judge import judge_messages
 from reqcheck.checking.routing import Checker, Context
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.io_yaml import IoYaml
@@ -224,10 +224,7 @@ class RemoteBackend(Checker):
         return list(self._pool.map(lambda job: self._judge_one(job[0], job[1], labels), jobs))
 
     def _judge_one(self, context: Context, requirement: str | None, labels: list[str]) -> dict[str, float]:
-        messages = as_messages(context)
-        if requirement:
-            messages.append({"role": "user", "content": f"Requirement: {requirement}"})
-        messages.append({"role": "user", "content": judge_question(labels)})
+        messages = judge_messages(context, requirement, labels)
         body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
         body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
         answer = self._complete(body, "the judge")
