@@ -8,14 +8,10 @@ import pytest
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import Gate, GateReport
-from reqcheck.gating.evaluation import (
-    AdapterRun,
-    Baseline,
-    Prediction,
-    classification_metrics,
-    mode_summary,
-    percentile,
-)
+from reqcheck.gating.baseline import Baseline
+from reqcheck.gating.cases import Prediction
+from reqcheck.gating.evaluation import AdapterRun
+from reqcheck.gating.metrics import classification_metrics, mode_summary, percentile
 from reqcheck.gating.stats import wilson_interval
 
 
