@@ -32,7 +32,7 @@ from reqcheck.formats.manifest import content_hash
 from reqcheck.gating.cases import Prediction
 from reqcheck.gating.evaluation import AdapterRun, build_report
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import load_training_data
+from reqcheck.training.prepare import load_training_data
 
 # --- generated values -------------------------------------------------------------------------------
 

@@ -17,8 +17,11 @@ import pytest
 import torch
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.training.checkpoint import partial_dir
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import partial_dir, prepare, train, warn_validation_cost
+from reqcheck.training.loop import train
+from reqcheck.training.prepare import prepare
+from reqcheck.training.validation import warn_validation_cost
 from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
 from tests.tiny import FILLER, write_jsonl
 
@@ -119,7 +122,7 @@ def test_what_would_fail_after_the_model_loaded_fails_first(
         (model / "config.json").write_text(text)
     elif case == "no tokenizer":
         model = _model_without(tiny_model_dir, tmp_path / "model", "tokenizer.json", "tokenizer_config.json")
-    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
     code, err = run_cli(_train_cli(marker_data, model, out, *extra), capsys, monkeypatch)
     _assert_one_clear_error(code, err, expected)
     assert not out.exists() and not partial_dir(out).exists()
@@ -261,7 +264,7 @@ def test_an_outfile_naming_the_current_directory_is_refused_before_training(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
     code, err = run_cli(_train_cli(marker_data, tiny_model_dir, given), capsys, monkeypatch)
     _assert_one_clear_error(code, err, "is the current directory")
     assert list(tmp_path.iterdir()) == [work] and list(work.iterdir()) == []
@@ -324,7 +327,7 @@ def test_many_labels_warn_up_front_and_validation_shows_progress(
         for _ in range(4)
     ]
     data = write_jsonl(tmp_path / "many.jsonl", rows)
-    monkeypatch.setattr("reqcheck.training.loop.PROGRESS_EVERY", 0.0, raising=False)
+    monkeypatch.setattr("reqcheck.training.progress.PROGRESS_EVERY", 0.0, raising=False)
     lines: list[str] = []
     config = TrainConfig(data, str(tiny_model_dir), tmp_path / "adapter", **{**FAST, "epochs": 1})
     train(config, report=lines.append)

@@ -15,10 +15,11 @@ from reqcheck.formats.data import load_examples
 from reqcheck.formats.manifest import Manifest
 from reqcheck.formats.prompting import render
 from reqcheck.models.scoring import score_labels
-from reqcheck.training import loop, prefix_cache
+from reqcheck.training import prefix_cache, sweep
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.encoding import Encoded, Objective, encode, label_loss
-from reqcheck.training.loop import LR_CANDIDATES, LR_START, climb, train
+from reqcheck.training.loop import train
+from reqcheck.training.sweep import LR_CANDIDATES, LR_START, climb
 from tests.helpers import FAST, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
@@ -147,7 +148,7 @@ def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nan = {"val_loss": math.nan, "val_label_loss": math.nan, "val_accuracy": 0.0, "val_recall": {}}
-    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: dict(nan))
+    monkeypatch.setattr(sweep, "evaluate", lambda *args, **kwargs: dict(nan))
     config = TrainConfig(
         datafile=marker_data,
         basemodel=str(tiny_model_dir),

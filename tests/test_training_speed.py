@@ -18,8 +18,11 @@ from reqcheck.formats.prompting import PromptSpec, default_invocation, invocatio
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.distributed import SOLO
 from reqcheck.training.encoding import LM, Encoded, batches, encode, forward_groups, label_loss
-from reqcheck.training.loop import Trainable, _full_eval, train, train_step
+from reqcheck.training.loop import train
 from reqcheck.training.prefix_cache import PrefixCache, suffix_eval, suffix_loss
+from reqcheck.training.run import Trainable
+from reqcheck.training.steps import train_step
+from reqcheck.training.validation import _full_eval
 from tests.helpers import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
