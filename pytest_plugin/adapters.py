@@ -115,6 +115,7 @@ class SessionAdapters:
             info.model,
             info.model_hash,
             self.options.compare,
+            list(backend.on_by_default),
         )
         for adapter in self.by_name.values():
             adapter.run.served = record

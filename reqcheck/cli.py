@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import signal
 import sys
 import typing
@@ -303,6 +304,45 @@ def export(
     if exported.invocation_tokens is not None:
         _say(f"aLoRA invocation tokens for llama-server: {exported.invocation_tokens}")
     _say(f"start the server with: {exported.start_command}")
+
+
+@app.command()
+def serve(
+    adapters: Annotated[
+        list[Path], typer.Argument(help="Adapter directories written by reqcheck train, on one base model.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8080,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: llama.cpp's choice).", min=1)
+    ] = None,
+    context: Annotated[int, typer.Option(help="Context window in tokens.", min=256)] = 4096,
+    base_type: Annotated[
+        str, typer.Option(help="Float type of the base model's GGUF: f32, f16 or bf16.")
+    ] = "f32",
+    llama_server: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-server",
+            envvar="REQCHECK_LLAMA_SERVER",
+            help="Run this stock llama-server binary instead of the prebuilt engine.",
+        ),
+    ] = None,
+    log: Annotated[Path | None, typer.Option(help="With --llama-server: write its output here.")] = None,
+) -> None:
+    """Serve adapters through llama.cpp's server: each request that names an adapter gets it, others the base model."""
+    from reqcheck.serving import engine
+    from reqcheck.serving import serve as serving
+
+    # what can fail before minutes of conversion: the engine, the port
+    if llama_server is not None and not os.access(llama_server, os.X_OK):
+        raise ReqcheckError(f"--llama-server {llama_server} is not an executable; point it at llama-server.")
+    if llama_server is None:
+        engine.load()
+    engine.check_port_free(host, port)
+    plan = serving.prepare(adapters, base_type, say=_say)
+    settings = plan.settings(host=host, port=port, threads=threads, context=context)
+    serving.serve(plan, settings, binary=llama_server, log=log, say=_say)
 
 
 @app.command("report")

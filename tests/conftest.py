@@ -15,14 +15,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it: the tests
 
 from reqcheck.demo import examples_dir
 from reqcheck.serving.export import Exported, export
-from reqcheck.serving.llamacpp import server_binary, source_dir
+from reqcheck.serving.llamacpp import source_dir, stock_server
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import TrainResult, train
 from tests.helpers import FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 
-# llama.cpp's source and llama-server build (minutes) live in the user's cache across sessions, not in the
-# per-session cache the other tests get; captured before `_isolated_cache` changes REQCHECK_CACHE
+# llama.cpp's source (its converters) lives in the user's cache across sessions, not in the per-session cache
+# the other tests get; captured before `_isolated_cache` changes REQCHECK_CACHE
 _USER_CACHE = os.environ.get("REQCHECK_CACHE") or str(Path.home() / ".cache" / "reqcheck")
 
 # The fuzz suite (tests/test_fuzz.py): `ci` is what .ci/run gets (the same cases every run, well under
@@ -108,14 +108,17 @@ def llama_cpp() -> Iterator[Path]:
         yield tree
 
 
-@pytest.fixture(scope="session")
-def llama_server(llama_cpp: Path) -> Iterator[Path]:
-    """A llama-server: REQCHECK_LLAMA_SERVER, the PATH, else built once (CPU) into the user's reqcheck cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REQCHECK_CACHE", _USER_CACHE)
-        binary = server_binary()
-        patch.setenv("REQCHECK_LLAMA_SERVER", str(binary))
-        yield binary
+@pytest.fixture(scope="session", params=["prebuilt", "stock"])
+def llama_engine(request: pytest.FixtureRequest) -> Path | None:
+    """Each llama.cpp server the agreement tests run on: the prebuilt engine (None, the `test` extra
+    installs it) and a stock llama-server from REQCHECK_LLAMA_SERVER or the PATH, when there is one. The
+    tests build nothing: `reqcheck.serving.llamacpp.build_server` is for users and benchmarks who ask."""
+    if request.param == "prebuilt":
+        return None
+    binary = stock_server()
+    if binary is None:
+        pytest.skip("no stock llama-server: set REQCHECK_LLAMA_SERVER or put llama-server on the PATH")
+    return binary
 
 
 POLITE_REQUIREMENT = "The support reply is polite and professional."

@@ -12,7 +12,7 @@ import pytest
 
 from reqcheck.formats.manifest import Manifest, content_hash
 from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
-from reqcheck.serving.export import ADAPTER_FILE, START_FILE, export
+from reqcheck.serving.export import ADAPTER_FILE, START_FILE, ZERO_SCALES_CURL, export
 from reqcheck.serving.llama_server import ADAPTER_FLAGS, LlamaServer
 from reqcheck.serving.llamacpp import run_script
 from reqcheck.training.loop import TrainResult
@@ -62,10 +62,10 @@ def test_export_is_llama_cpps_conversion_with_the_served_tag(
     ours_t, theirs_t = _tensors(exported.adapter), _tensors(direct)
     assert ours_t.keys() == theirs_t.keys() and len(ours_t) > 0
     assert all(np.array_equal(ours_t[name], theirs_t[name]) for name in ours_t)
-    # the flags LlamaServer starts with, so the start line is the one the served tests check
-    assert (
-        f"--lora {exported.adapter} {' '.join(ADAPTER_FLAGS)}" in (tmp_path / "out" / START_FILE).read_text()
-    )
+    # the flags LlamaServer starts a stock server with, and the call that zeroes the adapter's global scale
+    start = (tmp_path / "out" / START_FILE).read_text()
+    assert f"--lora {exported.adapter} {' '.join(ADAPTER_FLAGS)}" in start.splitlines()[0]
+    assert start.splitlines()[-1] == ZERO_SCALES_CURL
 
 
 def test_export_replaces_its_own_files_and_refuses_anyone_elses(
@@ -107,12 +107,13 @@ def _get(url: str) -> object:
         return json.loads(answer.read())
 
 
+@pytest.mark.slow
 def test_llama_server_serves_both_exports_and_finds_them_by_tag(
-    served_smollm2: ServedPair, llama_server: Path, tmp_path: Path
+    served_smollm2: ServedPair, llama_engine: Path | None, tmp_path: Path
 ) -> None:
     pair = served_smollm2
     adapters = [pair.exports["alora"].adapter, pair.exports["lora"].adapter]
-    with LlamaServer(pair.base, adapters, log=tmp_path / "server.log") as server:
+    with LlamaServer(pair.base, adapters, log=tmp_path / "server.log", binary=llama_engine) as server:
         listed = _get(f"{server.url}/lora-adapters")
     assert isinstance(listed, list) and len(listed) == 2
     tags = {ServedTag.parse(entry["task_name"]): entry for entry in listed}
@@ -130,10 +131,12 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
         return json.loads(answer.read())
 
 
+@pytest.mark.slow
 def test_served_alora_scores_as_peft_does_in_process(
-    served_smollm2: ServedPair, llama_server: Path, tmp_path: Path
+    served_smollm2: ServedPair, llama_engine: Path | None, tmp_path: Path
 ) -> None:
-    """The exported invocation makes llama-server start the adapter where PEFT did in training."""
+    """The exported invocation makes llama.cpp start the adapter where PEFT did in training, on both llama.cpp
+    versions (the prebuilt engine's and a stock llama-server's)."""
     from reqcheck.checking.adapters import CustomIntrinsicAdapter
     from reqcheck.checking.backend import LocalHFBackend
     from reqcheck.formats.data import load_examples
@@ -148,8 +151,11 @@ def test_served_alora_scores_as_peft_does_in_process(
     rendered = [render(backend.tokenizer, item, manifest.prompt, manifest.requirement) for item in items]
     labels = manifest.label_set(backend.tokenizer)
     names = list(manifest.labels)
-    with LlamaServer(pair.base, [pair.exports["alora"].adapter], log=tmp_path / "server.log") as server:
-        for want, prompt in zip(expected, rendered, strict=True):
+    engine = str(llama_engine or "the prebuilt engine")
+    with LlamaServer(
+        pair.base, [pair.exports["alora"].adapter], log=tmp_path / "server.log", binary=llama_engine
+    ) as server:
+        for item, want, prompt in zip(items, expected, rendered, strict=True):
             answer = _post(
                 f"{server.url}/completion",
                 {
@@ -162,4 +168,7 @@ def test_served_alora_scores_as_peft_does_in_process(
             top = {t["id"]: t["logprob"] for t in answer["completion_probabilities"][0]["top_logprobs"]}
             logits = np.array([top[labels.token_ids[i][labels.lead]] for i in range(len(names))])
             served = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-            assert np.abs(served - np.array([want[n] for n in names])).max() < 2e-3
+            gap = np.abs(served - np.array([want[n] for n in names])).max()
+            assert gap < 2e-3, (
+                f"{engine} starts the aLoRA elsewhere than PEFT: |dp| {gap:.4f} on {item!r:.60}"
+            )

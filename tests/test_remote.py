@@ -1,7 +1,8 @@
 """The served checker against a real llama-server: RemoteBackend, the plugin's --reqcheck-endpoint, failures.
 
-Every test talks to a real server built and started by the llama.cpp fixtures (tests/conftest.py), on
-SmolLM2 adapters trained and exported by `served_smollm2`. One test puts a small HTTP proxy of its own
+Every test talks to a real llama.cpp server (the prebuilt engine; the agreement test also a stock
+llama-server when there is one, see `llama_engine` in tests/conftest.py), on SmolLM2 adapters trained and
+exported by `served_smollm2`. One test puts a small HTTP proxy of its own
 between the client and the real server, to strip logprobs from real answers: no real server omits them.
 """
 
@@ -24,7 +25,7 @@ from reqcheck.checking.requirements import req
 from reqcheck.checking.session import Session
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import AdapterEntry, GateReport, ServedRecord
-from reqcheck.serving.llama_server import LlamaServer, free_port
+from reqcheck.serving.llama_server import LlamaServer, free_port, zero_global_scales
 from reqcheck.serving.llamacpp import run_script, source_dir
 
 pytest_plugins = ["pytester"]
@@ -38,8 +39,8 @@ ITEMS = [
 
 
 @pytest.fixture(scope="module")
-def server(served_smollm2, llama_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """llama-server with the exported base model, the aLoRA and the LoRA."""
+def server(served_smollm2, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """The prebuilt llama.cpp server with the exported base model, the aLoRA and the LoRA."""
     pair = served_smollm2
     log = tmp_path_factory.mktemp("server") / "llama-server.log"
     with LlamaServer(
@@ -61,18 +62,26 @@ def remote(url: str, pair, *kinds: str) -> RemoteBackend:
     return backend
 
 
-def test_served_checks_equal_in_process_ones(server, served_smollm2, shared_cache) -> None:
+@pytest.mark.slow
+def test_served_checks_equal_in_process_ones(
+    served_smollm2, llama_engine, shared_cache, tmp_path: Path
+) -> None:
+    pair = served_smollm2
+    adapters = [pair.exports["alora"].adapter, pair.exports["lora"].adapter]
+    with LlamaServer(pair.base, adapters, log=tmp_path / "server.log", binary=llama_engine) as server:
+        _served_equals_in_process(remote(server.url, pair, "alora", "lora"), pair)
+
+
+def _served_equals_in_process(served: RemoteBackend, pair) -> None:
     from reqcheck.checking.backend import LocalHFBackend
 
-    pair = served_smollm2
-    served = remote(server.url, pair, "alora", "lora")
     local = LocalHFBackend("smollm2-135m-instruct", device="cpu")
     for kind in ("alora", "lora"):
         local.add_adapter(CustomIntrinsicAdapter(model_id=str(getattr(pair, kind)), intrinsic_name=kind))
         there, here = served.classify(kind, ITEMS), local.classify(kind, ITEMS)
         for a, b in zip(there, here, strict=True):
             assert max(a, key=a.get) == max(b, key=b.get)
-            assert max(abs(a[label] - b[label]) for label in a) <= 0.02, (kind, a, b)
+            assert max(abs(a[label] - b[label]) for label in a) <= 0.02, (kind, served.info.version, a, b)
     requirement = served.adapters["alora"].manifest.requirement
     judged = served.judge(ITEMS, [requirement] * len(ITEMS))
     assert [max(p, key=p.get) for p in judged] == [
@@ -85,6 +94,7 @@ def test_served_checks_equal_in_process_ones(server, served_smollm2, shared_cach
     assert served.info.engine == "llama.cpp" and served.info.version
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["alora", "lora"])
 def test_the_plugin_gates_through_the_endpoint(
     pytester: pytest.Pytester, server, served_smollm2, shared_cache, kind: str
@@ -118,6 +128,7 @@ def test_a_refused_connection_is_one_sentence() -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(served_smollm2.alora, other)
@@ -129,9 +140,8 @@ def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path
         backend.add_adapter(CustomIntrinsicAdapter(model_id=str(other)))
 
 
-def test_an_alora_the_server_would_apply_as_a_lora_is_refused(
-    served_smollm2, llama_server, tmp_path: Path
-) -> None:
+@pytest.mark.slow
+def test_an_alora_the_server_would_apply_as_a_lora_is_refused(served_smollm2, tmp_path: Path) -> None:
     pair = served_smollm2
     plain = tmp_path / "plain.gguf"
     script = source_dir() / "gguf-py" / "gguf" / "scripts" / "gguf_new_metadata.py"
@@ -151,6 +161,7 @@ def test_an_alora_the_server_would_apply_as_a_lora_is_refused(
             backend.add_adapter(CustomIntrinsicAdapter(model_id=str(pair.alora), intrinsic_name="alora"))
 
 
+@pytest.mark.slow
 def test_a_server_running_another_base_model_is_refused(server, tiny_adapters) -> None:
     backend = RemoteBackend(server.url)
     with pytest.raises(ReqcheckError, match=r"not adapter .* base model .*serve the base model"):
@@ -200,6 +211,7 @@ def _without_judge_labels(choice: dict) -> None:
         ]
 
 
+@pytest.mark.slow
 def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_smollm2) -> None:
     handler = type(
         "Handler", (_EditingProxy,), {"target": server.url, "edit": staticmethod(_without_judge_labels)}
@@ -216,6 +228,7 @@ def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_s
         proxy.shutdown()
 
 
+@pytest.mark.slow
 def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm2) -> None:
     handler = type("Handler", (_EditingProxy,), {"target": server.url})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -228,8 +241,9 @@ def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm
         proxy.shutdown()
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_report(
-    pytester: pytest.Pytester, served_smollm2, llama_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    pytester: pytest.Pytester, served_smollm2, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     pair = served_smollm2
     shutil.copy(pair.test_cases, pytester.path / "test.reqcheck.jsonl")
@@ -267,6 +281,7 @@ def test_a_server_that_dies_mid_run_fails_cases_and_gates_and_leaves_a_whole_rep
     assert sorted(p.name for p in pytester.path.iterdir() if p.name.startswith("report")) == ["report.json"]
 
 
+@pytest.mark.slow
 def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path) -> None:
     served = ServedRecord("http://127.0.0.1:8080", "llama.cpp", "b1-0c1e570", "base.gguf", None, True)
     report = GateReport(report_format=2, passed=True, adapters=[AdapterEntry(name="a", served=served)])
@@ -278,3 +293,50 @@ def test_the_report_keeps_the_server_and_older_reports_still_read(tmp_path: Path
     older["adapters"][0]["served"] = {"endpoint": 8080, "engine": "llama.cpp"}
     with pytest.raises(ReqcheckError, match=r"served\.endpoint"):
         GateReport.from_dict(older)
+
+
+@pytest.mark.slow
+def test_a_server_that_gives_the_adapter_to_everyone_is_named_in_the_report(tmp_path: Path) -> None:
+    from reqcheck.gating.report_html import write_html
+    from reqcheck.gating.report_text import terminal_lines
+
+    served = ServedRecord("http://h:8080", "llama.cpp", on_by_default=["polite"])
+    report = GateReport(report_format=2, passed=True, adapters=[AdapterEntry(name="polite", served=served)])
+    report.write(tmp_path / "report.json")
+    read = GateReport.read(tmp_path / "report.json").adapters[0]
+    assert read.served is not None and read.served.on_by_default == ["polite"]
+    warning = "every request to http://h:8080 that names no adapter gets polite (global scale not 0)"
+    assert [line for line in terminal_lines(read) if warning in line] == [f"  warning: {warning}; set the "
+        "scale to 0 with POST /lora-adapters, or serve with reqcheck serve"]  # fmt: skip
+    write_html(report, tmp_path / "report.html")
+    assert warning in (tmp_path / "report.html").read_text()
+    older = report.to_dict()
+    del older["adapters"][0]["served"]["on_by_default"]  # reports written before the field
+    assert GateReport.from_dict(older).adapters[0].served.on_by_default == []
+
+
+@pytest.mark.slow
+def test_the_gate_says_when_the_server_gives_the_adapter_to_everyone(
+    pytester: pytest.Pytester, server, served_smollm2, shared_cache
+) -> None:
+    pair = served_smollm2
+    lines = pair.test_cases.read_text().splitlines()[:6]
+    (pytester.path / "few.reqcheck.jsonl").write_text("\n".join(lines) + "\n")
+    entries = Endpoint(server.url).get("/lora-adapters")
+    Endpoint(server.url).post("/lora-adapters", [{"id": e["id"], "scale": 1.0} for e in entries])
+    try:
+        backend = remote(server.url, pair, "alora", "lora")
+        assert backend.on_by_default == ["alora", "lora"]
+        result = pytester.runpytest(
+            f"--adapter={pair.alora}",
+            f"--reqcheck-endpoint={server.url}",
+            "--reqcheck-validation=on",
+            "--reqcheck-report=report.json",
+        )
+    finally:
+        zero_global_scales(server.url)
+    result.stdout.fnmatch_lines(
+        [f"*warning: every request to {server.url} that names no adapter gets alora*"]
+    )
+    entry = GateReport.read(pytester.path / "report.json").adapters[0]
+    assert entry.served is not None and entry.served.on_by_default == ["alora"]

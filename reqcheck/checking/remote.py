@@ -75,6 +75,8 @@ class RemoteBackend(Checker):
         self.concurrency = concurrency
         self.info = ServerInfo.probe(self.endpoint)
         self.adapters: dict[str, ResolvedAdapter] = {}
+        # registered adapters that every request naming no adapter gets (their global scale is not 0)
+        self.on_by_default: list[str] = []
         self.default_to_constraint_checking_alora = True
         self._served: dict[str, Served] = {}
         self._one_alora = threading.Lock()
@@ -128,7 +130,10 @@ class RemoteBackend(Checker):
                     f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
                 )
             return {"model": adapter.name}
-        return {"lora": [{"id": _llama_adapter_id(self, adapter), "scale": 1.0}]}
+        entry = _llama_adapter(self, adapter)
+        if float(entry.get("scale") or 0):
+            self.on_by_default.append(adapter.name)
+        return {"lora": [{"id": int(entry["id"]), "scale": 1.0}]}
 
     def _check_base(self, adapter: ResolvedAdapter) -> None:
         """Refuse a server whose base model is not the adapter's: its tokenizer, and (llama-server) its width."""
@@ -280,8 +285,8 @@ class RemoteBackend(Checker):
         return answer
 
 
-def _llama_adapter_id(backend: RemoteBackend, adapter: ResolvedAdapter) -> int:
-    """The `/lora-adapters` id whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
+def _llama_adapter(backend: RemoteBackend, adapter: ResolvedAdapter) -> dict[str, Any]:
+    """The `/lora-adapters` entry whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
     digest = content_hash(adapter.path)
     entries = backend.info.adapters
     tags = [ServedTag.parse(a.get("task_name")) for a in entries]
@@ -291,8 +296,8 @@ def _llama_adapter_id(backend: RemoteBackend, adapter: ResolvedAdapter) -> int:
         served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
         raise ReqcheckError(
             f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
-            f"{', '.join(served) or 'no adapter'}); export it with reqcheck export {adapter.path} --gguf OUT "
-            "and start llama-server with --lora OUT/adapter.gguf."
+            f"{', '.join(served) or 'no adapter'}); serve it with reqcheck serve {adapter.path}, or export it with "
+            f"reqcheck export {adapter.path} --gguf OUT and start llama-server with --lora OUT/adapter.gguf."
         )
     entry = found[0]
     if adapter.is_alora:
@@ -303,7 +308,7 @@ def _llama_adapter_id(backend: RemoteBackend, adapter: ResolvedAdapter) -> int:
                 f"(its invocation tokens are {tokens or 'none'}); re-export it with reqcheck export --gguf and "
                 "restart llama-server with that file."
             )
-    return int(entry["id"])
+    return entry
 
 
 def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:

@@ -225,7 +225,8 @@ class ServedRecord:
 
     `endpoint` is the URL with its credentials hidden; `model` what the server calls its base model (a
     path, alias or Hub id); `model_hash` only when the server reports one (llama-server and vLLM do not).
-    `compared` is true when every case also ran in process (mode `local`).
+    `compared` is true when every case also ran in process (mode `local`). `on_by_default` names the
+    adapters whose global scale on that server is not 0: every request that names no adapter gets them.
     """
 
     endpoint: str
@@ -234,6 +235,7 @@ class ServedRecord:
     model: str | None = None
     model_hash: str | None = None
     compared: bool = False
+    on_by_default: list[str] = field(default_factory=list)
 
 
 @dataclass

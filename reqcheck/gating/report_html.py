@@ -23,12 +23,13 @@ from reqcheck.formats.gate_report import (
     GateReport,
     Latency,
     ModeSummary,
+    ServedRecord,
 )
 from reqcheck.gating import numbers
 from reqcheck.gating.explain import intervals_note, resolution
 from reqcheck.gating.gates import op
 from reqcheck.gating.plots import figures
-from reqcheck.gating.report_text import partial_run, served_line
+from reqcheck.gating.report_text import on_by_default_line, partial_run, served_line
 
 TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
 STYLE = """
@@ -98,6 +99,7 @@ def _adapter_section(entry: AdapterEntry, index: int) -> str:
         f"content hash <code>{_e((entry.content_hash or '')[:23])}…</code>; cases from {files or 'no file'}</p>",
         f'<p class="meta">{_e(intervals_note(confidence, entry.gate_on))}</p>',
         f'<p class="meta">served by {_e(served_line(entry.served))}</p>' if entry.served else "",
+        _hazard(entry.served),
         f'<p class="fail">{_e(partial_run(entry))}</p>' if entry.partial else "",
         "<h3>Gates</h3>",
         _gate_table(entry.gates),
@@ -262,3 +264,8 @@ def _pvalue(value: Any) -> str:
 def _verdict(passed: bool | None) -> str:
     css = {True: "pass", False: "fail"}.get(passed, "unset")
     return f'<span class="{css}">{numbers.verdict(passed)}</span>'
+
+
+def _hazard(served: ServedRecord | None) -> str:
+    line = on_by_default_line(served) if served is not None else None
+    return f'<p class="fail">{_e(line)}</p>' if line else ""

@@ -38,11 +38,25 @@ def served_line(served: ServedRecord) -> str:
     return f"{served.engine}{version} at {served.endpoint} (model {model}){compared}"
 
 
+def on_by_default_line(served: ServedRecord) -> str | None:
+    """The hazard of a server whose adapters answer requests that name none, in one line; None if none do."""
+    if not served.on_by_default:
+        return None
+    names = ", ".join(served.on_by_default)
+    return (
+        f"every request to {served.endpoint} that names no adapter gets {names} (global scale not 0); set the "
+        "scale to 0 with POST /lora-adapters, or serve with reqcheck serve"
+    )
+
+
 def terminal_lines(entry: AdapterEntry) -> list[str]:
     """One adapter's block of the pytest terminal summary."""
     lines = [f"{entry.name} ({entry.adapter_type}, {(entry.content_hash or '')[:19]}...)"]
     if entry.served is not None:
         lines.append(f"  served: {served_line(entry.served)}")
+        hazard = on_by_default_line(entry.served)
+        if hazard:
+            lines.append(f"  warning: {hazard}")
     header = ("mode", "cases", "accuracy", f"{entry.confidence:.0%} interval", "macro-F1", "ECE", "Brier",
               "p50 ms", "p95 ms", "items/s", "cached")  # fmt: skip
     widths = (8, 6, 8, 16, 8, 6, 6, 7, 7, 7, 6)

@@ -14,6 +14,7 @@ The base model is converted from the same safetensors reqcheck trained on, so se
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from contextlib import redirect_stderr
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 from reqcheck.atomic import atomic_directory, atomic_write_text
 from reqcheck.choices import AdapterType
 from reqcheck.errors import ReqcheckError
-from reqcheck.formats.manifest import Manifest, content_hash
+from reqcheck.formats.manifest import BaseModelRef, Manifest, content_hash
 from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
 from reqcheck.models.loading import resolve_base_model
 from reqcheck.serving.llama_server import ADAPTER_FLAGS
@@ -33,6 +34,10 @@ BASE_FILE = "base.gguf"
 START_FILE = "llama-server.txt"
 BASE_TYPES = ("f32", "f16", "bf16")
 _OURS = {ADAPTER_FILE, BASE_FILE, START_FILE}
+ZERO_SCALES_CURL = (
+    "curl -s -X POST http://127.0.0.1:8080/lora-adapters -H 'Content-Type: application/json' "
+    '-d \'[{"id": 0, "scale": 0}]\''
+)
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,26 @@ def export(adapter: Path, out: Path, with_base: bool = False, base_type: str = "
     with atomic_directory(out, replace_existing=out.exists()) as tmp:
         _convert_adapter(adapter, Path(base.path or base.spec), tmp / ADAPTER_FILE, tag, tokens)
         if with_base:
-            run_script(
-                source_dir() / "convert_hf_to_gguf.py",
-                [str(base.path or base.spec), "--outfile", str(tmp / BASE_FILE), "--outtype", base_type],
-            )
+            _convert_base(base, tmp / BASE_FILE, base_type)
         line = start_command(out, with_base, base.portable)
-        atomic_write_text(tmp / START_FILE, line + "\n")
+        atomic_write_text(tmp / START_FILE, start_file(line))
     return Exported(out, out / ADAPTER_FILE, out / BASE_FILE if with_base else None, tag, tokens, line)
+
+
+def export_base(base: BaseModelRef, target: Path, base_type: str = "f32") -> None:
+    """Write the base model as one GGUF file: `target` appears whole or not at all."""
+    with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as work:
+        converted = Path(work) / BASE_FILE
+        _convert_base(base, converted, base_type)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(converted, target)
+
+
+def _convert_base(base: BaseModelRef, target: Path, base_type: str) -> None:
+    run_script(
+        source_dir() / "convert_hf_to_gguf.py",
+        [str(base.path or base.spec), "--outfile", str(target), "--outtype", base_type],
+    )
 
 
 def start_command(out: Path, with_base: bool, alias: str) -> str:
@@ -80,6 +98,17 @@ def start_command(out: Path, with_base: bool, alias: str) -> str:
     flags = " ".join(ADAPTER_FLAGS)
     return f"llama-server -m {base} --lora {out / ADAPTER_FILE} {flags} --alias {alias}" + (
         "" if with_base else "   # BASE.gguf: the adapter's base model, e.g. from reqcheck export --base"
+    )
+
+
+def start_file(line: str) -> str:
+    """The start line, then the call that turns the adapter off for requests that do not name it."""
+    return (
+        f"{line}\n"
+        "# Then, before any other request: llama-server leaves a loaded adapter at global scale 1, so a request\n"
+        "# that names no adapter would get it (llama.cpp #28674). Set it to 0 (one entry per --lora, ids from\n"
+        "# GET /lora-adapters); requests that name the adapter still get it. reqcheck serve does this itself.\n"
+        f"{ZERO_SCALES_CURL}\n"
     )
 
 

@@ -4,8 +4,9 @@ and `llama-server`.
 reqcheck writes no GGUF code of its own: `convert_lora_to_gguf.py`, `convert_hf_to_gguf.py` and gguf-py's
 `gguf_new_metadata.py` run as llama.cpp ships them. The source tree comes from `REQCHECK_LLAMA_CPP` (a
 llama.cpp checkout), else from the sdist, downloaded once with pip into the reqcheck cache, keyed by
-version. The server is `REQCHECK_LLAMA_SERVER`, else `llama-server` on the PATH, else a CPU build from
-that source, made once with cmake and cached beside it.
+version. A stock server is `REQCHECK_LLAMA_SERVER`, else `llama-server` on the PATH, else (only where a
+user or a benchmark asks for it: `server_binary`) a CPU build from that source, made once with cmake and
+cached beside it. Serving itself needs none of these: `serving.engine` runs llama.cpp's prebuilt server.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from reqcheck.atomic import atomic_directory
 from reqcheck.errors import ReqcheckError
 from reqcheck.models.loading import cache_dir
 
+PACKAGE = "llama-cpp-python"
 LLAMA_CPP_PYTHON = "0.3.36"
 SERVER_TARGET = "llama-server"
 _DONE = ".reqcheck-complete"
@@ -62,8 +64,9 @@ def source_dir() -> Path:
 
 def _fetch_sdist(target: Path) -> None:
     with tempfile.TemporaryDirectory() as download, atomic_directory(target, replace_existing=True) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-        command += [f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "--dest", download]
+        # only this package as source: its build tools come as wheels (":all:" rebuilt each from source)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", PACKAGE]
+        command += [f"{PACKAGE}=={LLAMA_CPP_PYTHON}", "--dest", download]
         done = subprocess.run(command, capture_output=True, text=True)
         sdists = list(Path(download).glob("*.tar.gz"))
         if done.returncode or not sdists:
@@ -90,8 +93,8 @@ def run_script(script: Path, arguments: list[str]) -> None:
         )
 
 
-def server_binary() -> Path:
-    """A llama-server to run: REQCHECK_LLAMA_SERVER, the PATH, else a cached CPU build."""
+def stock_server() -> Path | None:
+    """A stock llama-server the user has: REQCHECK_LLAMA_SERVER, else the PATH; None when neither has one."""
     own = os.environ.get("REQCHECK_LLAMA_SERVER")
     if own:
         path = Path(own).expanduser()
@@ -101,7 +104,12 @@ def server_binary() -> Path:
             )
         return path
     found = shutil.which(SERVER_TARGET)
-    return Path(found) if found else build_server()
+    return Path(found) if found else None
+
+
+def server_binary() -> Path:
+    """A stock llama-server to run: the user's (`stock_server`), else a cached CPU build (minutes, once)."""
+    return stock_server() or build_server()
 
 
 def build_server() -> Path:
