@@ -181,6 +181,7 @@ main()
 STEPS = 4 * 24  # 4 epochs of 192 training examples in batches of 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["a random step", "writing the adapter"])
 def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
     where: str, tiny_adapters, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
@@ -216,6 +217,7 @@ def test_an_outfile_holding_an_adapter_and_user_files_is_refused_untouched(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_user_files_put_into_the_outfile_during_training_are_kept(
     marker_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -270,6 +272,7 @@ def test_an_outfile_naming_the_current_directory_is_refused_before_training(
     assert list(tmp_path.iterdir()) == [work] and list(work.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_outfile_that_is_a_symlink_is_written_through(
     marker_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -316,6 +319,7 @@ def test_an_unusable_cache_directory_is_found_before_the_model_is_converted(
     _assert_one_clear_error(code, err, "set REQCHECK_CACHE to a directory you may write to")
 
 
+@pytest.mark.slow
 def test_many_labels_warn_up_front_and_validation_shows_progress(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -54,6 +54,7 @@ def swept(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.Temp
     return result, computed
 
 
+@pytest.mark.slow
 def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(swept) -> None:
     result, _ = swept
     sweep = result.manifest.metrics.lr_sweep
@@ -103,6 +104,7 @@ def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
     assert min(finite, key=finite.__getitem__) == 3e-4
 
 
+@pytest.mark.slow
 def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     """Every item's prefix is computed once for the whole sweep and the run after it."""
     result, computed = swept
@@ -110,6 +112,7 @@ def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     assert len(computed) == len(set(computed)) == n_items
 
 
+@pytest.mark.slow
 def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:
@@ -144,6 +147,7 @@ def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
         torch.testing.assert_close(auto_weights[name], tensor, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,6 +164,7 @@ def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_resume_without_an_interrupted_run_says_so_before_the_sweep(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:
@@ -260,6 +265,7 @@ def test_label_set_loss_reads_the_labels_where_the_checker_scores_them(
     torch.testing.assert_close(cached / cached_tokens, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["label-set", "lm+label-set"])
 def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
@@ -282,6 +288,7 @@ def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
     assert metrics.best_val_loss == pytest.approx(min(trained))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["lm", "lm+label-set"])
 def test_the_predicted_label_is_the_models_top_next_token(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path
@@ -318,6 +325,7 @@ def test_the_predicted_label_is_the_models_top_next_token(
     assert top_is_right / 60 >= 0.9
 
 
+@pytest.mark.slow
 def test_requirement_in_prompt_renders_the_requirement_for_training_and_inference(
     tiny_model_dir: Path, marker_data: Path, tmp_path
 ) -> None:

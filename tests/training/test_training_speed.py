@@ -135,6 +135,7 @@ def _config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(datafile=data, basemodel=str(model_dir), outfile=out, **{**QUICK, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("requested", "budget", "used"),
     [("auto", None, "memory"), ("auto", 0, "recompute"), ("off", None, "off")],
@@ -165,6 +166,7 @@ def test_memory_mode_over_budget_and_lora_with_a_cache_are_clear_errors(
         train(lora, report=lambda _: None)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(
     tiny_model_dir: Path, small_data: Path, tmp_path: Path
 ) -> None:
