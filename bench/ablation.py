@@ -476,10 +476,10 @@ def _worker_setup(float32: bool, threads: int) -> None:
     torch.set_num_threads(threads)
     if float32:
         from reqcheck.checking import backend
-        from reqcheck.training import loop
+        from reqcheck.training import prepare
 
         torch.set_float32_matmul_precision("highest")
-        loop.training_dtype = backend.training_dtype = _float32
+        prepare.training_dtype = backend.training_dtype = _float32
 
 
 def _float32(device: str) -> Any:

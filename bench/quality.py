@@ -47,7 +47,7 @@ def train_and_score(
     from reqcheck.checking.adapters import CustomIntrinsicAdapter
     from reqcheck.checking.backend import LocalHFBackend
     from reqcheck.formats.data import load_examples
-    from reqcheck.gating.evaluation import classification_metrics
+    from reqcheck.gating.metrics import classification_metrics
     from reqcheck.training.config import TrainConfig
     from reqcheck.training.loop import train
 

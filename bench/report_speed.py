@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 from reqcheck.formats.gate_report import DataFile, Gate, TrainingSummary
-from reqcheck.gating.evaluation import AdapterRun, Baseline, GateSettings, Prediction, build_report
+from reqcheck.gating.baseline import Baseline
+from reqcheck.gating.cases import Prediction
+from reqcheck.gating.evaluation import AdapterRun, build_report
+from reqcheck.gating.gates import GateSettings
 
 WORDS = (
     "the reply thanks you for waiting we are sorry parcel late refund today please sent order help".split()

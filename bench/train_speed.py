@@ -48,7 +48,7 @@ def dataset(limit: int | None, join: int, directory: Path) -> tuple[Path, str]:
 def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
     """Train once in this process and return its measurements."""
     from reqcheck.models import loading
-    from reqcheck.training import loop
+    from reqcheck.training import steps
     from reqcheck.training.config import TrainConfig
     from reqcheck.training.loop import train
 
@@ -56,7 +56,7 @@ def run_variant(args: argparse.Namespace, data: Path, out: Path) -> dict:
     if batchwise:
         size = args.batch_size
         loading._contiguous_input = lambda module, inputs: None
-        loop.forward_groups = lambda examples, budget, width: [
+        steps.forward_groups = lambda examples, budget, width: [
             examples[i : i + size] for i in range(0, len(examples), size)
         ]
 

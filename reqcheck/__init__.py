@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LocalHFBackend": "reqcheck.checking.backend",
+    "RemoteBackend": "reqcheck.checking.remote",
     "CustomIntrinsicAdapter": "reqcheck.checking.adapters",
     "Session": "reqcheck.checking.session",
     "Requirement": "reqcheck.checking.requirements",

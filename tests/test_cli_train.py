@@ -125,6 +125,7 @@ def test_debug_shows_the_traceback(workdir: Path, tiny_model_dir: Path, capsys, 
         )
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end(workdir: Path, tiny_model_dir: Path, capsys, monkeypatch) -> None:
     write_jsonl(workdir / "train.jsonl", marker_task(200, seed=2))
     args = [

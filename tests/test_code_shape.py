@@ -1,4 +1,4 @@
-"""The team's shape rules for reqcheck/, checked: short functions, imports that flow one way by layer.
+"""The team's shape rules for reqcheck/, checked: short functions and files, imports that flow one way by layer.
 
 `LAYERS` is the one written copy of which sub-package may import which; docs/design.md explains it.
 """
@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reqcheck"
 PLUGIN = ROOT / "pytest_plugin"
 MAX_FUNCTION_LINES = 80
+MAX_TRAINING_FUNCTION_LINES = 60  # the training loop reads as its steps: each one a short function
+MAX_FILE_LINES = 450  # past this a module holds more than one job
+BACKEND_CALLS = {"classify", "judge", "check", "check_batch", "generate"}  # what only a backend answers
 FOUNDATION = {"errors", "atomic", "choices"}  # modules at reqcheck/ that every layer may import
 TOP = {"cli", "demo", "__main__"}
 # layer: the layers it may import (besides itself). `top` (CLI, demo, plugin) may import every layer.
@@ -94,6 +97,42 @@ def test_no_function_is_longer_than_80_lines() -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def test_no_training_function_is_longer_than_60_lines() -> None:
+    long = [
+        f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for module, tree in _trees().items()
+        if layer(module) == "training"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_TRAINING_FUNCTION_LINES
+    ]
+    assert long == []
+
+
+def test_no_module_is_longer_than_450_lines() -> None:
+    files = sorted(PACKAGE.rglob("*.py")) + sorted(PLUGIN.glob("*.py"))
+    long = [
+        f"{path.relative_to(ROOT)}: {lines} lines"
+        for path in files
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES
+    ]
+    assert long == []
+
+
+def test_gating_calls_no_backend() -> None:
+    """Gating receives predictions; only the plugin's runner (and the CLI, demo, serving) call a model."""
+    calls = sorted(
+        f"{module} calls .{node.func.attr}()"
+        for module, tree in _trees().items()
+        if layer(module) == "gating"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in BACKEND_CALLS
+    )
+    assert calls == []
 
 
 def test_imports_follow_the_layer_table() -> None:

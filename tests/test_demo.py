@@ -13,6 +13,7 @@ from tests.helpers import ALL_LINEAR, FAST, PLEASE
 from tests.tiny import build_tiny_model, marker_task, write_jsonl
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_what_it_built(tiny_model_dir: Path, tmp_path: Path) -> None:
     example = tmp_path / "please"
     example.mkdir()

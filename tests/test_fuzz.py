@@ -29,9 +29,10 @@ from reqcheck.formats.data import fingerprint, label_counts, load_examples
 from reqcheck.formats.gate_report import DataFile, Gate
 from reqcheck.formats.io_yaml import RESPONSE_SCHEMA
 from reqcheck.formats.manifest import content_hash
-from reqcheck.gating.evaluation import AdapterRun, Prediction, build_report
+from reqcheck.gating.cases import Prediction
+from reqcheck.gating.evaluation import AdapterRun, build_report
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import load_training_data
+from reqcheck.training.prepare import load_training_data
 
 # --- generated values -------------------------------------------------------------------------------
 

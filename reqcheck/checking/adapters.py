@@ -23,6 +23,7 @@ from reqcheck.formats.manifest import (
     check_weights,
     default_positive_labels,
     is_hub_id,
+    named_base_model,
     short_model_name,
 )
 from reqcheck.formats.prompting import (
@@ -138,7 +139,7 @@ def _mellea_manifest(adapter: CustomIntrinsicAdapter, path: Path, tokenizer: Any
             f"{adapter.model_id} has no reqcheck.json and no io.yaml with label categories; pass "
             "labels=[...] to CustomIntrinsicAdapter."
         )
-    base = str(config.get("base_model_name_or_path") or "")
+    base = named_base_model(path) or ""
     positives = (
         adapter.positive_labels or (from_yaml[1] if from_yaml else None) or default_positive_labels(labels)
     )

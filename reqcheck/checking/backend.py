@@ -21,7 +21,7 @@ import torch
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, resolve_adapter
 from reqcheck.checking.judge import JUDGE_LABELS, judge_labels, judge_spec, pool_variants
-from reqcheck.checking.routing import Checker, Context, Route
+from reqcheck.checking.routing import Checker, Context, Route, requirement_for
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import Messages, PromptSpec, Rendered, render
@@ -64,8 +64,7 @@ class LocalHFBackend(Checker):
         use_gqa_sdpa(self.model)
         self.use_caches = use_caches
         self.batch_size = batch_size
-        self.default_to_constraint_checking_alora = True
-        self.adapters: dict[str, ResolvedAdapter] = {}
+        super().__init__()
         self._cache_size = cache_size
         self._prefixes: OrderedDict[tuple[int, ...], KV] = OrderedDict()
 
@@ -124,7 +123,7 @@ class LocalHFBackend(Checker):
         labels = manifest.label_set(self.tokenizer)
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
         # an adapter trained with its requirement in the prompt gets that text when the caller names none
-        requirements = [r or manifest.requirement for r in requirements]
+        requirements = [requirement_for(adapter, r) for r in requirements]
         limit = self._token_limit(manifest.hyperparameters.get("max_length"))
         rendered = self._render(contexts, manifest.prompt, requirements, limit, labels)
         if self.model.active_adapter != adapter_name:

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from reqcheck.checking.routing import JUDGE_LABELS
+from reqcheck.checking.routing import JUDGE_LABELS, Context
 from reqcheck.formats.output import LabelSet
-from reqcheck.formats.prompting import CHAT_RENDERER, PromptSpec, label_ids, question_invocation
+from reqcheck.formats.prompting import (
+    CHAT_RENDERER,
+    Messages,
+    PromptSpec,
+    as_messages,
+    label_ids,
+    question_invocation,
+    requirement_text,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["JUDGE_LABELS", "judge_labels", "judge_question", "judge_spec", "pool_variants"]
+__all__ = ["JUDGE_LABELS", "judge_labels", "judge_messages", "judge_question", "judge_spec", "pool_variants"]
 
 
 def judge_question(labels: list[str]) -> str:
@@ -28,8 +36,19 @@ def judge_question(labels: list[str]) -> str:
     )
 
 
+def judge_messages(context: Context, requirement: str | None, labels: list[str]) -> Messages:
+    """The judge's prompt as chat messages: the context, a `Requirement: ...` turn when there is one, then
+    the question. A served judge sends these; the in-process one renders the same turns (`judge_spec`)."""
+    messages = as_messages(context)
+    if requirement:
+        messages.append({"role": "user", "content": requirement_text(requirement)})
+    messages.append({"role": "user", "content": judge_question(labels)})
+    return messages
+
+
 def judge_spec(tokenizer: Any, labels: list[str]) -> PromptSpec:
-    """The judge's prompt: the context, a `Requirement: ...` turn when there is one, then the question."""
+    """The judge's prompt as `render` builds it token by token, so the context's cached ids are reused: the
+    turns of `judge_messages` (the chat renderer writes the requirement turn, the invocation asks)."""
     return PromptSpec(
         invocation=question_invocation(tokenizer, judge_question(labels)),
         renderer=CHAT_RENDERER,

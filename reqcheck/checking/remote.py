@@ -5,9 +5,10 @@
 hold no model: a CPU-only CI runner gating against a GPU server, or a check next to the generator.
 
 Each check is the chat completion that granite-common's `IntrinsicsRewriter` builds from the adapter's
-io.yaml (the one `reqcheck package` writes), sent with the engine's adapter selection: llama-server's
-`"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry whose `task_name` names this
-adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set to the LoRA module name.
+io.yaml (the one `reqcheck package` writes), sent with the engine's adapter selection (`engines`, one
+class per engine): llama-server's `"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry
+whose `task_name` names this adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set
+to the LoRA module name.
 The answer is read with granite-common's `IntrinsicsResultProcessor`: a label's probability is the
 `likelihood` rule over the first value token's top logprobs. The judge asks the same server's base model
 (every adapter at scale 0) the question the in-process judge asks and reads yes/no from the top logprobs.
@@ -23,21 +24,20 @@ from __future__ import annotations
 import json
 import math
 import struct
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
-from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
-from reqcheck.checking.judge import judge_question
-from reqcheck.checking.routing import Checker, Context
+from reqcheck.checking.endpoint import Endpoint, ServerInfo
+from reqcheck.checking.engines import Engine
+from reqcheck.checking.judge import judge_messages
+from reqcheck.checking.routing import Checker, Context, requirement_for
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.io_yaml import IoYaml
-from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, content_hash, short_model_name
+from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, short_model_name
 from reqcheck.formats.prompting import INTRINSIC_RENDERER, Messages, as_messages
-from reqcheck.formats.served import ServedTag
 
 # top logprobs asked for: granite-common's own number (its rewriter asks for 10), and the judge's
 TOP_LOGPROBS = 10
@@ -74,12 +74,11 @@ class RemoteBackend(Checker):
         self.endpoint = Endpoint(url, concurrency, timeout, retries, api_key=api_key)
         self.concurrency = concurrency
         self.info = ServerInfo.probe(self.endpoint)
-        self.adapters: dict[str, ResolvedAdapter] = {}
+        super().__init__()
         # registered adapters that every request naming no adapter gets (their global scale is not 0)
         self.on_by_default: list[str] = []
-        self.default_to_constraint_checking_alora = True
+        self._engine = Engine.for_server(self.endpoint, self.info)
         self._served: dict[str, Served] = {}
-        self._one_alora = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reqcheck-remote")
 
     @property
@@ -117,32 +116,15 @@ class RemoteBackend(Checker):
 
     def _select(self, adapter: ResolvedAdapter) -> dict[str, Any]:
         """The request fields that apply this adapter on this server, or why it cannot be applied."""
-        if self.engine == VLLM:
-            if adapter.is_alora:
-                raise ReqcheckError(
-                    f"Adapter {adapter.name} is an aLoRA and vLLM applies adapters as plain LoRA; serve it "
-                    "with llama-server (reqcheck export --gguf) or check it in process."
-                )
-            names = [str(a.get("id")) for a in self.info.adapters]
-            if adapter.name not in names:
-                raise ReqcheckError(
-                    f"The vLLM server at {self.endpoint.shown} has no LoRA module {adapter.name!r} (it serves "
-                    f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
-                )
-            return {"model": adapter.name}
-        entry = _llama_adapter(self, adapter)
-        if float(entry.get("scale") or 0):
+        fields, on_by_default = self._engine.select(adapter)
+        if on_by_default:
             self.on_by_default.append(adapter.name)
-        return {"lora": [{"id": int(entry["id"]), "scale": 1.0}]}
+        return fields
 
     def _check_base(self, adapter: ResolvedAdapter) -> None:
         """Refuse a server whose base model is not the adapter's: its tokenizer, and (llama-server) its width."""
         manifest, shown = adapter.manifest, self.endpoint.shown
-        if self.engine == LLAMA_CPP:
-            body = {"content": manifest.prompt.invocation, "add_special": False, "parse_special": True}
-        else:
-            body = {"model": self.info.meta.get("id"), "prompt": manifest.prompt.invocation}
-            body["add_special_tokens"] = False
+        body = self._engine.tokenize_body(manifest.prompt.invocation)
         tokens = (self.endpoint.post("/tokenize", body) or {}).get("tokens")
         width, served_width = _adapter_width(adapter.path), self.info.meta.get("n_embd")
         if tokens != manifest.invocation_ids or (width and served_width and width != served_width):
@@ -177,8 +159,7 @@ class RemoteBackend(Checker):
             )
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
         jobs = [
-            (adapter, c, r or adapter.manifest.requirement)
-            for c, r in zip(contexts, requirements, strict=True)
+            (adapter, c, requirement_for(adapter, r)) for c, r in zip(contexts, requirements, strict=True)
         ]
         return list(self._pool.map(lambda job: self._classify_one(*job), jobs))
 
@@ -203,12 +184,7 @@ class RemoteBackend(Checker):
             logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
         )
         body.setdefault("temperature", 0.0)
-        if adapter.is_alora and self.engine == LLAMA_CPP:
-            # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
-            # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
-            with self._one_alora:
-                answer = self._complete(body, f"adapter {adapter.name}")
-        else:
+        with self._engine.one_at_a_time(adapter):
             answer = self._complete(body, f"adapter {adapter.name}")
         response = ChatCompletionResponse.model_validate(answer)
         try:
@@ -229,10 +205,7 @@ class RemoteBackend(Checker):
         return list(self._pool.map(lambda job: self._judge_one(job[0], job[1], labels), jobs))
 
     def _judge_one(self, context: Context, requirement: str | None, labels: list[str]) -> dict[str, float]:
-        messages = as_messages(context)
-        if requirement:
-            messages.append({"role": "user", "content": f"Requirement: {requirement}"})
-        messages.append({"role": "user", "content": judge_question(labels)})
+        messages = judge_messages(context, requirement, labels)
         body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
         body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
         answer = self._complete(body, "the judge")
@@ -266,11 +239,8 @@ class RemoteBackend(Checker):
     # internals
 
     def _base_select(self) -> dict[str, Any]:
-        """Request fields that run the base model alone: every llama-server adapter at scale 0."""
-        if self.engine == VLLM:
-            return {"model": self.info.meta.get("id")}
-        ids = [a.get("id") for a in self.info.adapters]
-        return {"lora": [{"id": i, "scale": 0.0} for i in ids]} if ids else {}
+        """Request fields that run the base model alone."""
+        return self._engine.base_select()
 
     def _complete(self, body: dict[str, Any], what: str) -> dict[str, Any]:
         """A chat completion whose first generated token carries top logprobs, or one sentence why not."""
@@ -286,32 +256,6 @@ class RemoteBackend(Checker):
                 "(vLLM: --max-logprobs 20)."
             ) from None
         return answer
-
-
-def _llama_adapter(backend: RemoteBackend, adapter: ResolvedAdapter) -> dict[str, Any]:
-    """The `/lora-adapters` entry whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
-    digest = content_hash(adapter.path)
-    entries = backend.info.adapters
-    tags = [ServedTag.parse(a.get("task_name")) for a in entries]
-    found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
-    shown = backend.endpoint.shown
-    if not found:
-        served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
-        raise ReqcheckError(
-            f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
-            f"{', '.join(served) or 'no adapter'}); serve it with reqcheck serve {adapter.path}, or export it with "
-            f"reqcheck export {adapter.path} --gguf OUT and start llama-server with --lora OUT/adapter.gguf."
-        )
-    entry = found[0]
-    if adapter.is_alora:
-        tokens = list(entry.get("alora_invocation_tokens") or [])
-        if tokens != adapter.manifest.invocation_ids[1:]:
-            raise ReqcheckError(
-                f"The server at {shown} would apply aLoRA {adapter.name} as a plain LoRA or at the wrong place "
-                f"(its invocation tokens are {tokens or 'none'}); re-export it with reqcheck export --gguf and "
-                "restart llama-server with that file."
-            )
-    return entry
 
 
 def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:

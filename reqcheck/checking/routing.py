@@ -1,9 +1,10 @@
 """Routing and batching shared by every backend: which checker serves a requirement, and its result.
 
 `Checker` holds the registered adapters and the validation switch, decides each requirement's route
-(`route`) and runs `check`/`check_batch`; a backend only says how it scores a group of contexts with an
-adapter or with the base-model judge (`_scores`). `LocalHFBackend` scores in process, `RemoteBackend`
-through a server, and both route and report alike. Torch-free, so a served checker needs no local model.
+(`route`, which the pytest plugin calls too) and runs `check`/`check_batch`; a backend only says how it
+scores a group of contexts with an adapter or with the base-model judge (`_scores`). `LocalHFBackend`
+scores in process, `RemoteBackend` through a server, and both route and report alike. Torch-free, so a
+served checker needs no local model.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class Checker:
     `ALoraRequirement`) to the base-model judge: validation through adapters off.
     """
 
-    adapters: dict[str, ResolvedAdapter]
-    default_to_constraint_checking_alora: bool
+    def __init__(self, adapters: dict[str, ResolvedAdapter] | None = None) -> None:
+        """A checker of `adapters` with validation through them on; a bare one routes without scoring."""
+        self.adapters: dict[str, ResolvedAdapter] = dict(adapters or {})
+        self.default_to_constraint_checking_alora = True
 
     def route(self, requirement: Requirement) -> Route:
         """Which checker serves `requirement`, by the first rule that applies:
@@ -142,6 +145,11 @@ class Checker:
     def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
         """The base model's greedy reply to `messages` (what `Session.instruct` validates)."""
         raise NotImplementedError
+
+
+def requirement_for(adapter: ResolvedAdapter, requirement: str | None) -> str | None:
+    """The requirement text a check is told: the caller's, else the one the adapter was trained for."""
+    return requirement or adapter.manifest.requirement
 
 
 def label_sets(adapter: ResolvedAdapter | None) -> tuple[list[str], list[str]]:

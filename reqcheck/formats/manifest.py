@@ -280,6 +280,24 @@ def adapter_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def named_base_model(directory: Path, local: bool = False) -> str | None:
+    """The base model an adapter directory names, or None: its reqcheck.json's, else PEFT's.
+
+    From reqcheck.json: with `local`, the `spec` that resolves the model on the machine that trained it
+    (a path or alias); else the portable `name`. From adapter_config.json: `base_model_name_or_path`.
+    """
+    if (directory / MANIFEST_NAME).is_file():
+        base = Manifest.read(directory).base_model
+        if named := base.spec if local else base.name:
+            return named
+    try:
+        config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    named = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return named if isinstance(named, str) and named else None
+
+
 def _is_peft_config(config: Any) -> bool:
     """What PEFT itself needs to load a LoRA config: a peft_type name and a positive integer rank `r`."""
     if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):

@@ -33,7 +33,8 @@ RENDERERS = (CHAT_RENDERER, MELLEA_RENDERER, INTRINSIC_RENDERER)
 INSTRUCTION_SPAN = "instruction"
 GENERATION_SPAN = "generation"
 CHECK_INSTRUCTION = "Does the message above meet the requirement?"
-REQUIREMENT_INSTRUCTION = "Requirement: {requirement}\n" + CHECK_INSTRUCTION
+REQUIREMENT_PREFIX = "Requirement: "  # how every prompt (adapter, judge, Mellea's) names the requirement
+REQUIREMENT_INSTRUCTION = REQUIREMENT_PREFIX + "{requirement}\n" + CHECK_INSTRUCTION
 CLASSIFY_INSTRUCTION = "Which label fits the message above?"
 _SENTINEL = "\u2063REQCHECKSENTINEL\u2063"
 _ANCHOR = [{"role": "assistant", "content": "ok"}]
@@ -269,8 +270,13 @@ def _chat_context(tokenizer: Any, messages: Messages) -> tuple[list[int], list[i
     return tokenize(tokenizer, head), tokenize(tokenizer, content), tokenize(tokenizer, tail)
 
 
+def requirement_text(requirement: str) -> str:
+    """The requirement as a prompt states it: `Requirement: <text>` (a turn of its own, or Mellea's slot)."""
+    return REQUIREMENT_PREFIX + requirement
+
+
 def _requirement_ids(tokenizer: Any, messages: Messages, requirement: str) -> list[int]:
-    text = f"Requirement: {requirement}"
+    text = requirement_text(requirement)
     if not _has_chat_template(tokenizer):
         return tokenize(tokenizer, text + "\n")
     return tokenize(tokenizer, _turn(tokenizer, messages, "user", text))
@@ -338,7 +344,7 @@ def _render_mellea(
     """
     item = "\n".join(m["content"] for m in messages)
     shown = requirement if spec.requirement_in_prompt and requirement else ""
-    ids = tokenize(tokenizer, f"{item}\nRequirement: {shown}<|end_of_text|>\n{spec.invocation}")
+    ids = tokenize(tokenizer, f"{item}\n{requirement_text(shown)}<|end_of_text|>\n{spec.invocation}")
     start = find_subsequence(ids, inv)
     if start < 0:
         raise ReqcheckError(

@@ -19,7 +19,8 @@ from reqcheck.formats.gate_report import (
     GateReport,
     ServedRecord,
 )
-from reqcheck.gating.evaluation import shorten
+from reqcheck.gating.cases import shorten
+from reqcheck.gating.explain import cases_to_resolve, decided_on, resolution
 from reqcheck.gating.gates import op
 from reqcheck.gating.numbers import interval, number, p_value, verdict
 
@@ -101,22 +102,16 @@ def partial_run(entry: AdapterEntry) -> str:
 def gate_line(gate: Gate) -> str:
     """`gate NAME[LABEL]: VALUE [LOW, HIGH] p=P >= THRESHOLD -> VERDICT (on point); ...`."""
     label = f"[{gate.label}]" if gate.label else ""
-    shown = f" {interval(gate.interval)}" if gate.interval else ""
-    p = "" if gate.p_value is None else f" p{'' if gate.p_value < 0.001 else '='}{p_value(gate.p_value)}"
-    said = {True: "PASS", False: "FAIL"}.get(gate.passed, "not run")
     if gate.problem:
         return f"gate {gate.name}{label}: FAIL: {gate.problem}"
+    shown = f" {interval(gate.interval)}" if gate.interval else ""
+    p = "" if gate.p_value is None else f" p{'' if gate.p_value < 0.001 else '='}{p_value(gate.p_value)}"
     line = (
-        f"gate {gate.name}{label}: {number(gate.value)}{shown}{p} {op(gate.name)} {gate.threshold} -> {said}"
+        f"gate {gate.name}{label}: {number(gate.value)}{shown}{p} {op(gate.name)} {gate.threshold} "
+        f"-> {verdict(gate.passed)} (on {decided_on(gate.on)})"
     )
-    line += f" (on {'the lower bound' if gate.on == 'bound' else 'the point value'})"
     if gate.resolved is False:
-        what = f"cases of {gate.label!r}" if gate.label else "cases"
-        line += f"; the interval holds {gate.threshold}: " + (
-            f"about {gate.cases_needed:,} {what} would resolve it"
-            if gate.cases_needed
-            else "no number of cases resolves it"
-        )
+        line += f"; {resolution(gate)}"
     return line
 
 
@@ -181,14 +176,12 @@ def markdown(report: GateReport) -> str:
 
 def _markdown_gate(gate: Gate) -> str:
     name = gate.name + (f"[{md(gate.label)}]" if gate.label else "")
-    said = {True: "PASS", False: "FAIL"}.get(gate.passed, "not run")
     note = f": {md(gate.problem)}" if gate.problem else ""
     if gate.resolved is False:
-        needed = gate.cases_needed
-        note = f" (unresolved: about {needed:,} cases would resolve it)" if needed else " (unresolved)"
+        note = f" (unresolved: {cases_to_resolve(gate)})"
     return (
         f"| {name} | {op(gate.name, symbol=True)} {gate.threshold} | {number(gate.value)} | "
-        f"{interval(gate.interval)} | {p_value(gate.p_value)} | {said} on {gate.on}{note} |"
+        f"{interval(gate.interval)} | {p_value(gate.p_value)} | {verdict(gate.passed)} on {gate.on}{note} |"
     )
 
 

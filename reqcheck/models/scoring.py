@@ -24,6 +24,14 @@ def is_alora(model: Any) -> bool:
     return getattr(config[active], "alora_invocation_tokens", None) is not None
 
 
+def alora_offsets(sequences: list[list[int]], invocation_starts: list[int], alora: bool) -> dict[str, Any]:
+    """The forward's `alora_offsets` keyword for an aLoRA (nothing for a LoRA): row i runs with the adapter
+    from its invocation start to its end. Passed explicitly, rather than left to PEFT's search."""
+    if not alora:
+        return {}
+    return {"alora_offsets": [len(s) - start for s, start in zip(sequences, invocation_starts, strict=True)]}
+
+
 def left_pad(
     sequences: list[list[int]], pad_id: int, device: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,11 +89,7 @@ def score_labels(
         mask = torch.cat([prefix.mask.to(device), mask], dim=1)
         past = prefix.cache
     alora = is_alora(model)
-    extra = (
-        {"alora_offsets": [len(p) - s for p, s in zip(prompts, invocation_starts, strict=True)]}
-        if alora
-        else {}
-    )
+    extra = alora_offsets(prompts, invocation_starts, alora)
     out = model(
         input_ids=ids,
         attention_mask=mask,

@@ -19,6 +19,7 @@ from reqcheck.formats.manifest import (
     adapter_config,
     check_files_inside,
     check_weights,
+    named_base_model,
     portable_name,
     short_model_name,
 )
@@ -81,7 +82,7 @@ def read_adapter(weight_path: Path) -> AdapterFacts:
     config = adapter_config(weight_path)
     check_weights(weight_path)
     manifest = Manifest.read(weight_path) if (weight_path / MANIFEST_NAME).is_file() else None
-    base = (manifest.base_model.name if manifest else None) or config.get("base_model_name_or_path")
+    base = named_base_model(weight_path)
     if not base:
         raise ReqcheckError(
             f"{weight_path} names no base model (reqcheck.json base_model.name or adapter_config.json "

@@ -17,7 +17,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.data import Example
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import PromptSpec, find_subsequence, invocation_ids, render
-from reqcheck.models.scoring import left_pad
+from reqcheck.models.scoring import alora_offsets, left_pad
 
 
 @dataclass
@@ -174,11 +174,7 @@ def label_loss(
     targets = torch.full((len(batch), k), -100, dtype=torch.long)
     for row, e in enumerate(batch):
         targets[row, k - len(e.label) :] = torch.tensor(e.label)
-    extra = (
-        {"alora_offsets": [len(s) - e.invocation_start for s, e in zip(sequences, batch, strict=True)]}
-        if alora
-        else {}
-    )
+    extra = alora_offsets(sequences, [e.invocation_start for e in batch], alora)
     out = model(
         input_ids=ids,
         attention_mask=mask,

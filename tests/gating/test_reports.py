@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import run_cli
-from tests.test_plugin import CASES
+from tests.plugin.test_plugin import CASES
 
 pytest_plugins = ["pytester"]
 

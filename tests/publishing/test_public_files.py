@@ -36,6 +36,7 @@ def trainer_home(
     return home
 
 
+@pytest.mark.slow
 def test_a_packaged_adapter_holds_no_path_user_or_home_of_the_trainer(
     trainer_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

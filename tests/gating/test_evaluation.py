@@ -8,14 +8,10 @@ from scipy.stats import binomtest
 
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import Gate, GateReport
-from reqcheck.gating.evaluation import (
-    AdapterRun,
-    Baseline,
-    GateSettings,
-    Prediction,
-    build_report,
-    item_hash,
-)
+from reqcheck.gating.baseline import Baseline
+from reqcheck.gating.cases import Prediction, item_hash
+from reqcheck.gating.evaluation import AdapterRun, build_report
+from reqcheck.gating.gates import GateSettings
 
 LABELS = ["no", "yes"]
 

@@ -18,8 +18,11 @@ from reqcheck.formats.prompting import PromptSpec, default_invocation, invocatio
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.distributed import SOLO
 from reqcheck.training.encoding import LM, Encoded, batches, encode, forward_groups, label_loss
-from reqcheck.training.loop import Trainable, _full_eval, train, train_step
+from reqcheck.training.loop import train
 from reqcheck.training.prefix_cache import PrefixCache, suffix_eval, suffix_loss
+from reqcheck.training.run import Trainable
+from reqcheck.training.steps import train_step
+from reqcheck.training.validation import _full_eval
 from tests.helpers import ALL_LINEAR
 from tests.tiny import marker_task, write_jsonl
 
@@ -132,6 +135,7 @@ def _config(model_dir: Path, data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(datafile=data, basemodel=str(model_dir), outfile=out, **{**QUICK, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("requested", "budget", "used"),
     [("auto", None, "memory"), ("auto", 0, "recompute"), ("off", None, "off")],
@@ -162,6 +166,7 @@ def test_memory_mode_over_budget_and_lora_with_a_cache_are_clear_errors(
         train(lora, report=lambda _: None)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(
     tiny_model_dir: Path, small_data: Path, tmp_path: Path
 ) -> None:

@@ -15,10 +15,11 @@ from reqcheck.formats.data import load_examples
 from reqcheck.formats.manifest import Manifest
 from reqcheck.formats.prompting import render
 from reqcheck.models.scoring import score_labels
-from reqcheck.training import loop, prefix_cache
+from reqcheck.training import prefix_cache, sweep
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.encoding import Encoded, Objective, encode, label_loss
-from reqcheck.training.loop import LR_CANDIDATES, LR_START, climb, train
+from reqcheck.training.loop import train
+from reqcheck.training.sweep import LR_CANDIDATES, LR_START, climb
 from tests.helpers import FAST, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
@@ -53,6 +54,7 @@ def swept(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.Temp
     return result, computed
 
 
+@pytest.mark.slow
 def test_auto_learning_rate_keeps_the_candidate_with_the_lowest_validation_loss(swept) -> None:
     result, _ = swept
     sweep = result.manifest.metrics.lr_sweep
@@ -102,6 +104,7 @@ def test_a_diverged_rate_counts_as_worse_than_any_finite_loss() -> None:
     assert min(finite, key=finite.__getitem__) == 3e-4
 
 
+@pytest.mark.slow
 def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     """Every item's prefix is computed once for the whole sweep and the run after it."""
     result, computed = swept
@@ -109,6 +112,7 @@ def test_the_sweep_reuses_the_prefix_caches(swept) -> None:
     assert len(computed) == len(set(computed)) == n_items
 
 
+@pytest.mark.slow
 def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:
@@ -143,11 +147,12 @@ def test_the_sweeps_winner_goes_on_as_a_run_at_its_rate_would(
         torch.testing.assert_close(auto_weights[name], tensor, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nan = {"val_loss": math.nan, "val_label_loss": math.nan, "val_accuracy": 0.0, "val_recall": {}}
-    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: dict(nan))
+    monkeypatch.setattr(sweep, "evaluate", lambda *args, **kwargs: dict(nan))
     config = TrainConfig(
         datafile=marker_data,
         basemodel=str(tiny_model_dir),
@@ -159,6 +164,7 @@ def test_a_sweep_where_every_rate_diverged_is_a_clear_error(
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_resume_without_an_interrupted_run_says_so_before_the_sweep(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:
@@ -259,6 +265,7 @@ def test_label_set_loss_reads_the_labels_where_the_checker_scores_them(
     torch.testing.assert_close(cached / cached_tokens, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["label-set", "lm+label-set"])
 def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
@@ -281,6 +288,7 @@ def test_the_best_epoch_is_chosen_by_the_validation_loss_of_the_loss_trained(
     assert metrics.best_val_loss == pytest.approx(min(trained))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["lm", "lm+label-set"])
 def test_the_predicted_label_is_the_models_top_next_token(
     loss: str, tiny_model_dir: Path, marker_data: Path, tmp_path
@@ -317,6 +325,7 @@ def test_the_predicted_label_is_the_models_top_next_token(
     assert top_is_right / 60 >= 0.9
 
 
+@pytest.mark.slow
 def test_requirement_in_prompt_renders_the_requirement_for_training_and_inference(
     tiny_model_dir: Path, marker_data: Path, tmp_path
 ) -> None:

@@ -150,6 +150,7 @@ def written_before_alora_span(adapter: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("span", ["instruction", "generation"])
 def test_binary_check_through_granite_common_equals_reqcheck(
     checkers, bpe_model_dir: Path, tmp_path: Path, capsys, monkeypatch, span: str
@@ -178,6 +179,7 @@ def test_binary_check_through_granite_common_equals_reqcheck(
         assert abs(processed["requirement_check"]["score"] - ours.score) < 1e-3
 
 
+@pytest.mark.slow
 def test_classifier_through_granite_common_equals_reqcheck(
     checkers, bpe_model_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -219,6 +221,7 @@ def test_classifier_through_granite_common_equals_reqcheck(
         assert abs(ours.score - probabilities["disk_full"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_reqcheck_prompt_is_the_one_granite_common_builds(
     checkers, bpe_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -325,6 +328,7 @@ def old_contract(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pyte
     return train(config, report=lambda _: None).outfile
 
 
+@pytest.mark.slow
 def test_adapters_of_the_old_contract_load_and_score_as_before(
     old_contract: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -346,6 +350,7 @@ def test_adapters_of_the_old_contract_load_and_score_as_before(
     assert [r.score for r in checked(written_before)] == [r.score for r in results]
 
 
+@pytest.mark.slow
 def test_packaging_an_old_contract_adapter_warns_it_cannot_run_as_an_intrinsic(
     old_contract: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -43,6 +43,7 @@ def accuracy_with_plain_peft(adapter_dir: Path, base_dir: Path, data: Path) -> t
     return correct / len(load_examples(data)), torch.stack(all_scores)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["alora", "lora"])
 def test_adapter_learns_the_task_on_held_out_data(
     tiny_adapters, tiny_model_dir: Path, held_out: Path, kind: str
@@ -53,6 +54,7 @@ def test_adapter_learns_the_task_on_held_out_data(
     assert accuracy >= 0.9
 
 
+@pytest.mark.slow
 def test_plain_peft_scores_equal_reqcheck_scores(tiny_adapters, tiny_model_dir: Path, held_out: Path) -> None:
     adapter_dir = tiny_adapters["alora"].outfile
     _, peft_scores = accuracy_with_plain_peft(adapter_dir, tiny_model_dir, held_out)
@@ -119,6 +121,7 @@ def test_manifest_holds_what_design_lists(tiny_adapters, marker_data: Path) -> N
     assert content_hash(result.outfile).startswith("sha256:")
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_no_finished_looking_adapter_and_resumes(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:
@@ -143,6 +146,7 @@ def test_interrupted_run_leaves_no_finished_looking_adapter_and_resumes(
     assert (out / "reqcheck.json").exists() and not partial_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_retraining_replaces_an_earlier_adapter(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path
 ) -> None:

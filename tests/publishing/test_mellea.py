@@ -41,7 +41,7 @@ from reqcheck.checking.requirements import ALoraRequirement
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import train
 from tests.helpers import FAST, PLEASE
-from tests.test_intrinsic_contract import ITEMS, package, packaged_dir
+from tests.publishing.test_intrinsic_contract import ITEMS, package, packaged_dir
 from tests.tiny import build_tiny_bpe_tokenizer, build_tiny_model, marker_task, write_jsonl
 
 pytestmark = pytest.mark.mellea

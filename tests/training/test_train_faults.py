@@ -17,8 +17,11 @@ import pytest
 import torch
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.training.checkpoint import partial_dir
 from reqcheck.training.config import TrainConfig
-from reqcheck.training.loop import partial_dir, prepare, train, warn_validation_cost
+from reqcheck.training.loop import train
+from reqcheck.training.prepare import prepare
+from reqcheck.training.validation import warn_validation_cost
 from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
 from tests.tiny import FILLER, write_jsonl
 
@@ -119,7 +122,7 @@ def test_what_would_fail_after_the_model_loaded_fails_first(
         (model / "config.json").write_text(text)
     elif case == "no tokenizer":
         model = _model_without(tiny_model_dir, tmp_path / "model", "tokenizer.json", "tokenizer_config.json")
-    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
     code, err = run_cli(_train_cli(marker_data, model, out, *extra), capsys, monkeypatch)
     _assert_one_clear_error(code, err, expected)
     assert not out.exists() and not partial_dir(out).exists()
@@ -178,6 +181,7 @@ main()
 STEPS = 4 * 24  # 4 epochs of 192 training examples in batches of 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["a random step", "writing the adapter"])
 def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
     where: str, tiny_adapters, tiny_model_dir: Path, marker_data: Path, tmp_path: Path
@@ -213,6 +217,7 @@ def test_an_outfile_holding_an_adapter_and_user_files_is_refused_untouched(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_user_files_put_into_the_outfile_during_training_are_kept(
     marker_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -261,12 +266,13 @@ def test_an_outfile_naming_the_current_directory_is_refused_before_training(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr("reqcheck.training.loop.load_model", _must_not_load)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
     code, err = run_cli(_train_cli(marker_data, tiny_model_dir, given), capsys, monkeypatch)
     _assert_one_clear_error(code, err, "is the current directory")
     assert list(tmp_path.iterdir()) == [work] and list(work.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_outfile_that_is_a_symlink_is_written_through(
     marker_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -313,6 +319,7 @@ def test_an_unusable_cache_directory_is_found_before_the_model_is_converted(
     _assert_one_clear_error(code, err, "set REQCHECK_CACHE to a directory you may write to")
 
 
+@pytest.mark.slow
 def test_many_labels_warn_up_front_and_validation_shows_progress(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -324,7 +331,7 @@ def test_many_labels_warn_up_front_and_validation_shows_progress(
         for _ in range(4)
     ]
     data = write_jsonl(tmp_path / "many.jsonl", rows)
-    monkeypatch.setattr("reqcheck.training.loop.PROGRESS_EVERY", 0.0, raising=False)
+    monkeypatch.setattr("reqcheck.training.progress.PROGRESS_EVERY", 0.0, raising=False)
     lines: list[str] = []
     config = TrainConfig(data, str(tiny_model_dir), tmp_path / "adapter", **{**FAST, "epochs": 1})
     train(config, report=lines.append)

@@ -1,0 +1,251 @@
+"""The plugin's options: one table (`OPTIONS`) that registers every command-line option and ini key, and
+reads and checks them once into the `SessionOptions` a gate session runs by.
+
+docs/gating.md lists every entry of this table and of the gate table; a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from reqcheck.errors import ReqcheckError
+from reqcheck.gating.gates import GATES, GateSettings
+
+FIXTURE_PATTERN = "*.reqcheck.jsonl"
+FILES_INI = "reqcheck_files"  # extra glob patterns of fixture files (ini only)
+MODES = {"on": ("adapter",), "off": ("judge",), "both": ("adapter", "judge")}
+
+
+def dest(flag: str) -> str:
+    """The attribute pytest keeps an option's value under: `--reqcheck-min-gain` -> `reqcheck_min_gain`."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option. `ini` also makes it the key `reqcheck_<name>` of [tool.pytest.ini_options],
+    which the command line overrides; `kind` is its value's type (bool: a switch)."""
+
+    flag: str
+    help: str
+    kind: type = str
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+    metavar: str | None = None
+    ini: bool = False
+    repeat: bool = False
+
+    @property
+    def dest(self) -> str:
+        return dest(self.flag)
+
+    @property
+    def ini_key(self) -> str | None:
+        return self.dest if self.ini else None
+
+    def add_to(self, group: Any) -> None:
+        if self.repeat:
+            group.addoption(self.flag, action="append", default=[], metavar=self.metavar, help=self.help)
+        elif self.kind is bool:
+            group.addoption(self.flag, action="store_true", default=self.default, help=self.help)
+        else:
+            kind = None if self.kind is str else self.kind
+            group.addoption(
+                self.flag,
+                type=kind,
+                choices=self.choices,
+                default=self.default,
+                metavar=self.metavar,
+                help=self.help,
+            )
+
+
+OPTIONS = (
+    Option(
+        "--adapter",
+        "adapter to evaluate *.reqcheck.jsonl cases with (repeatable); enables the plugin",
+        metavar="PATH_OR_REPO_ID",
+        repeat=True,
+    ),
+    Option("--basemodel", "base model (default: the adapter manifest's)"),
+    Option(
+        "--reqcheck-validation",
+        "run cases with validation on (adapter), off (judge) or both [both]",
+        choices=tuple(MODES),
+        ini=True,
+    ),
+    Option(
+        "--reqcheck-strict",
+        "a wrong label fails its case instead of being an expected failure",
+        bool,
+        ini=True,
+    ),
+    *(Option(kind.option, f"gate: {kind.help}", float, ini=True) for kind in GATES),
+    Option(
+        "--reqcheck-baseline",
+        "an earlier gate report to compare with (see max-drop)",
+        metavar="REPORT",
+        ini=True,
+    ),
+    Option(
+        "--reqcheck-confidence",
+        "confidence level of the intervals and paired tests [0.95]",
+        float,
+        metavar="LEVEL",
+        ini=True,
+    ),
+    Option(
+        "--reqcheck-gate-on",
+        "decide gates on the point value or on the interval's lower bound (paired tests) [point]",
+        choices=("point", "bound"),
+        ini=True,
+    ),
+    Option("--reqcheck-report", "write the gate report (JSON) here", metavar="PATH"),
+    Option("--reqcheck-html", "write the gate report as one HTML page here", metavar="PATH"),
+    Option(
+        "--reqcheck-report-items",
+        "keep item text (shortened) or only its hash in the report and HTML [text]",
+        choices=("text", "hash"),
+        ini=True,
+    ),
+    Option("--reqcheck-no-cache", "do not read or write cached case results", bool, default=False),
+    Option("--reqcheck-batch-size", "cases per model call [16]", int, default=16),
+    Option("--reqcheck-device", "auto, cpu, cuda or mps [auto]", default="auto"),
+    Option(
+        "--reqcheck-endpoint",
+        "check through this llama-server or vLLM server instead of in process (no local model needed)",
+        metavar="URL",
+    ),
+    Option("--reqcheck-concurrency", "requests in flight to the endpoint [4]", int, default=4, metavar="N"),
+    Option(
+        "--reqcheck-compare",
+        "with --reqcheck-endpoint, also run every case in process (mode local) to measure train/serve skew",
+        bool,
+        default=False,
+    ),
+)
+BY_DEST = {option.dest: option for option in OPTIONS}
+OUTPUT_OPTIONS = ("reqcheck_report", "reqcheck_html")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the table's options, their ini keys and the fixture-pattern ini key."""
+    group = parser.getgroup("reqcheck", "requirement-check adapters (reqcheck)")
+    for option in OPTIONS:
+        option.add_to(group)
+    parser.addini(FILES_INI, type="linelist", help="extra glob patterns of reqcheck fixture files")
+    for option in OPTIONS:
+        if option.ini_key:
+            ini_type = "bool" if option.kind is bool else "string"
+            parser.addini(option.ini_key, type=ini_type, default=None, help=option.help)
+
+
+def setting(config: pytest.Config, dest: str) -> Any:
+    """An option from the command line, else from [tool.pytest.ini_options] (when it has a key), else None."""
+    option = BY_DEST[dest]
+    value = config.getoption(dest)
+    if value is None and option.ini_key:
+        value = config.getini(option.ini_key)
+    if value is None or value == "":
+        return False if option.kind is bool else None
+    if option.kind is bool:
+        return bool(value)
+    try:
+        return option.kind(value)
+    except ValueError:
+        raise pytest.UsageError(f"{dest} = {value!r} is not a {option.kind.__name__}; fix it.") from None
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a gate session runs by, read and checked once: modes, gates' settings, where checks run."""
+
+    modes: tuple[str, ...]
+    strict: bool
+    patterns: tuple[str, ...]
+    settings: GateSettings
+    endpoint: str | None
+    compare: bool
+    batch_size: int
+    concurrency: int
+    device: str
+    no_cache: bool
+    baseline: str | None
+    thresholds: dict[str, float]  # gate name -> threshold, for the gates that are set
+
+    @classmethod
+    def read(cls, config: pytest.Config) -> SessionOptions:
+        """The session's options; a value no run could use is a usage error before anything runs."""
+        validation = setting(config, "reqcheck_validation") or "both"
+        if validation not in MODES:
+            raise pytest.UsageError(f"reqcheck_validation must be on, off or both, not {validation!r}.")
+        compare = bool(config.getoption("reqcheck_compare"))
+        endpoint = config.getoption("reqcheck_endpoint")
+        concurrency = config.getoption("reqcheck_concurrency")
+        baseline = setting(config, "reqcheck_baseline")
+        given = {kind.name: setting(config, dest(kind.option)) for kind in GATES}
+        thresholds = {name: value for name, value in given.items() if value is not None}
+        _check_gates(thresholds, baseline, compare)
+        _check_served(compare, endpoint, concurrency)
+        return cls(
+            modes=MODES[validation] + (("local",) if compare else ()),
+            strict=setting(config, "reqcheck_strict"),
+            patterns=(FIXTURE_PATTERN, *config.getini(FILES_INI)),
+            settings=_gate_settings(config),
+            endpoint=endpoint,
+            compare=compare,
+            batch_size=config.getoption("reqcheck_batch_size"),
+            concurrency=concurrency,
+            device=config.getoption("reqcheck_device"),
+            no_cache=bool(config.getoption("reqcheck_no_cache")),
+            baseline=baseline,
+            thresholds=thresholds,
+        )
+
+
+def _check_gates(thresholds: dict[str, float], baseline: str | None, compare: bool) -> None:
+    """Refuse thresholds no accuracy can meet, and a gate that lacks what it compares with, up front."""
+    for kind in GATES:
+        if kind.name not in thresholds:
+            continue
+        try:
+            kind.check_threshold(thresholds[kind.name])
+        except ReqcheckError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if kind.needs_baseline and not baseline:
+            raise pytest.UsageError(f"{kind.option} needs --reqcheck-baseline REPORT.")
+        if "local" in kind.modes and not compare:
+            raise pytest.UsageError(f"{kind.option} needs --reqcheck-endpoint URL --reqcheck-compare.")
+
+
+def _check_served(compare: bool, endpoint: str | None, concurrency: int) -> None:
+    """Refuse --reqcheck-compare without a server, and fewer than one request in flight."""
+    if compare and not endpoint:
+        raise pytest.UsageError(
+            "--reqcheck-compare needs --reqcheck-endpoint URL, the server to compare with."
+        )
+    if concurrency < 1:
+        raise pytest.UsageError("--reqcheck-concurrency must be at least 1; pass e.g. 4.")
+
+
+def _gate_settings(config: pytest.Config) -> GateSettings:
+    confidence = setting(config, "reqcheck_confidence")
+    try:
+        return GateSettings(
+            confidence=0.95 if confidence is None else confidence,
+            gate_on=setting(config, "reqcheck_gate_on") or "point",
+            items=setting(config, "reqcheck_report_items") or "text",
+        )
+    except ReqcheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def outputs(config: pytest.Config) -> list[tuple[str, str]]:
+    """(what, path) of every file the session writes: the report, the page, the CI step summary."""
+    named = [(f"--{name.replace('_', '-')}", config.getoption(name)) for name in OUTPUT_OPTIONS]
+    named.append(("GITHUB_STEP_SUMMARY", os.environ.get("GITHUB_STEP_SUMMARY")))
+    return [(what, path) for what, path in named if path]

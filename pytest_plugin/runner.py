@@ -1,0 +1,214 @@
+"""Predictions: the one room that calls a backend. It batches every selected case on the first one that
+is not cached, keeps each case's `Prediction` in pytest's cache (typed records, keyed by what the model
+is and is told), and hands gating the predictions; gating itself calls no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pytest
+
+from pytest_reqcheck.adapters import SessionAdapters
+from pytest_reqcheck.options import SessionOptions
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import Example
+from reqcheck.gating.cases import Prediction
+
+
+class SelectedCase(Protocol):
+    """What the runner reads of a case item (`items.ReqcheckCase`)."""
+
+    adapter: str
+    mode: str
+    example: Example
+    session: pytest.Session
+
+    @property
+    def key(self) -> str: ...
+
+
+CACHE_FORMAT = "reqcheck/v1"
+
+
+def case_key(fingerprint: dict[str, Any], mode: str, item: str, requirement: str | None) -> str:
+    """The cache key of one case: what the adapter is, how it renders, the mode and the input."""
+    material = json.dumps([fingerprint, mode, item, requirement], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def predict(
+    backend: Any,
+    adapter: str,
+    items: list[str],
+    requirements: dict[str, list[str | None]],
+    batch_size: int,
+) -> dict[str, list[Prediction]]:
+    """Label distributions of `items` in each mode (`adapter`, `judge`), one model call per batch and mode.
+
+    Items are batched by length (little padding), and both modes run on a batch before the next one, so
+    the judge reuses the contexts the adapter just cached. Results come back in the order of `items`.
+    """
+    labels = list(backend.adapters[adapter].manifest.labels)
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    out: dict[str, list[Prediction | None]] = {mode: [None] * len(items) for mode in requirements}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [items[i] for i in rows]
+        for mode, reqs in requirements.items():
+            batch_reqs = [reqs[i] for i in rows]
+            began = time.perf_counter()
+            if mode == "adapter":
+                probs = backend.classify(adapter, chunk, batch_reqs)
+            else:
+                probs = backend.judge(chunk, batch_reqs, labels)
+            each = (time.perf_counter() - began) / len(chunk)
+            for i, p in zip(rows, probs, strict=True):
+                out[mode][i] = Prediction(p, each)
+    return {mode: [p for p in predictions if p is not None] for mode, predictions in out.items()}
+
+
+@dataclass
+class CachedCase:
+    """What pytest's cache keeps of one case: its label distribution and model time."""
+
+    probabilities: dict[str, float]
+    seconds: float
+
+
+class CaseCache:
+    """One adapter's and mode's case results in pytest's cache, read and written as typed records.
+
+    Off (nothing read or kept) under `--reqcheck-no-cache`, without the cache plugin
+    (`-p no:cacheprovider`), and for a served run, which checks the server as it is now.
+    """
+
+    def __init__(self, config: pytest.Config, slot: str, enabled: bool) -> None:
+        from reqcheck.formats.typed import Mismatch, build
+
+        self.config, self.slot, self.enabled = config, slot, enabled
+        stored = config.cache.get(slot, None) if enabled else None
+        try:
+            self.records: dict[str, CachedCase] = build(dict[str, CachedCase], stored or {}, slot)
+        except Mismatch:  # a damaged cache entry is a miss, never an error
+            self.records = {}
+        self.fresh: set[str] = set()
+
+    def get(self, key: str) -> Prediction | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        return Prediction(record.probabilities, record.seconds, cached=key not in self.fresh)
+
+    def put(self, key: str, prediction: Prediction) -> None:
+        self.records[key] = CachedCase(prediction.probabilities, prediction.seconds)
+        self.fresh.add(key)
+
+    def save(self) -> None:
+        if self.enabled:
+            self.config.cache.set(self.slot, {key: vars(r) for key, r in self.records.items()})
+
+
+class PredictionRunner:
+    """Every case's prediction, computed in batches on the first case that is not cached."""
+
+    def __init__(self, config: pytest.Config, options: SessionOptions, adapters: SessionAdapters) -> None:
+        self.config, self.options, self.adapters = config, options, adapters
+        self.predictions: dict[tuple[str, str, str], Prediction] = {}
+        self.case_errors: dict[tuple[str, str, str], str] = {}  # cases a failing server could not check
+
+    def key(self, adapter: str, mode: str, example: Example) -> str:
+        """The disk-cache key: adapter and base fingerprint, mode, item and what the model is told."""
+        fingerprint = self.adapters.by_name[adapter].fingerprint
+        return case_key(fingerprint, mode, example.item, self.adapters.told(adapter, example.requirement))
+
+    def prediction(self, case: SelectedCase) -> Prediction:
+        """The case's prediction; on the first miss, every selected case is predicted in batches.
+
+        A case a failing server could not check raises its reason (a ReqcheckError).
+        """
+        key = (case.adapter, case.mode, case.key)
+        if key not in self.predictions and key not in self.case_errors:
+            # the session's cases are the items of this case's own class, as selected (-k, --lf) by now
+            selected = [item for item in case.session.items if isinstance(item, type(case))]
+            try:
+                self._predict_all(selected)
+            except ReqcheckError as exc:  # the whole batch failed: one message, not one per case
+                pytest.exit(f"reqcheck: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        if key in self.case_errors:
+            raise ReqcheckError(f"{case.mode}: could not be checked: {self.case_errors[key]}")
+        return self.predictions[key]
+
+    def _predict_all(self, cases: list[Any]) -> None:
+        """Predict every case in batches, both modes per batch, reading and writing the pytest cache."""
+        # config.cache does not exist at all under -p no:cacheprovider
+        # a served run checks the server as it is now: it neither reads nor writes cached results
+        use_cache = (
+            getattr(self.config, "cache", None) is not None
+            and not self.options.no_cache
+            and not self.options.endpoint
+        )
+        for adapter, entry in self.adapters.by_name.items():
+            members = [c for c in cases if c.adapter == adapter]
+            caches = {
+                mode: CaseCache(
+                    self.config, f"{CACHE_FORMAT}/{entry.fingerprint['adapter'][7:23]}-{mode}", use_cache
+                )
+                for mode in self.options.modes
+            }
+            # the same item under two requirements is two predictions (the cache key holds both)
+            missing = list(
+                {
+                    (c.example.item, c.example.requirement): c.example
+                    for c in members
+                    if caches[c.mode].get(c.key) is None
+                }.values()
+            )
+            if missing:
+                for mode, predictions in self._predict_missing(adapter, missing).items():
+                    for example, prediction in zip(missing, predictions, strict=True):
+                        if prediction is not None:
+                            caches[mode].put(self.key(adapter, mode, example), prediction)
+                for cache in caches.values():
+                    cache.save()
+            for c in members:
+                found = caches[c.mode].get(c.key)
+                if found is None:
+                    self.case_errors[(adapter, c.mode, c.key)] = entry.run.errors[0]
+                else:
+                    self.predictions[(adapter, c.mode, c.key)] = found
+
+    def _predict_missing(self, adapter: str, missing: list[Example]) -> dict[str, list[Prediction | None]]:
+        """Each mode's predictions of `missing` in their order; None where a served check failed.
+
+        In process, a failure stops the run (every case would fail alike). Through an endpoint, the cases
+        are sent a batch at a time, and when the server fails (it died, say) the cases not yet checked
+        keep its one-sentence reason, which fails them and the gates.
+        """
+        items = [e.item for e in missing]
+        batch = self.options.batch_size
+        modes = [mode for mode in self.options.modes if mode != "local"]
+        told = [self.adapters.told(adapter, e.requirement) for e in missing]
+        requirements = {mode: told for mode in modes}
+        if not self.options.endpoint:
+            return dict(predict(self.adapters.backend, adapter, items, requirements, batch))
+        out: dict[str, list[Prediction | None]] = {mode: [None] * len(missing) for mode in self.options.modes}
+        if "local" in self.options.modes:
+            local = predict(self.adapters.local_backend, adapter, items, {"adapter": told}, batch)
+            out["local"] = list(local["adapter"])
+        step = max(batch, 4 * self.options.concurrency)
+        for start in range(0, len(missing), step):
+            chunk = {mode: reqs[start : start + step] for mode, reqs in requirements.items()}
+            try:
+                done = predict(self.adapters.backend, adapter, items[start : start + step], chunk, step)
+            except ReqcheckError as exc:
+                unchecked = (len(missing) - start) * len(modes)
+                self.adapters.by_name[adapter].run.errors.extend([str(exc)] * unchecked)
+                break
+            for mode, predictions in done.items():
+                out[mode][start : start + len(predictions)] = predictions
+        return out

@@ -1,0 +1,120 @@
+"""How each kind of server is asked: one small class per engine, so `RemoteBackend` never branches on it.
+
+An engine says which request fields apply an adapter (and whether the server applies it to requests that
+name none), which fields run the base model alone, how the server tokenizes a text, and whether aLoRA
+requests must go one at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from reqcheck.checking.adapters import ResolvedAdapter
+from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
+from reqcheck.errors import ReqcheckError
+from reqcheck.formats.manifest import content_hash
+from reqcheck.formats.served import ServedTag
+
+
+class Engine:
+    """What every engine answers; `for_server` picks the class for the server `info` describes."""
+
+    def __init__(self, endpoint: Endpoint, info: ServerInfo) -> None:
+        self.endpoint, self.info = endpoint, info
+
+    @staticmethod
+    def for_server(endpoint: Endpoint, info: ServerInfo) -> Engine:
+        return {LLAMA_CPP: LlamaCpp, VLLM: Vllm}[info.engine](endpoint, info)
+
+    def select(self, adapter: ResolvedAdapter) -> tuple[dict[str, Any], bool]:
+        """The request fields that apply `adapter`, and whether requests naming no adapter get it too."""
+        raise NotImplementedError
+
+    def base_select(self) -> dict[str, Any]:
+        """The request fields that run the base model alone."""
+        raise NotImplementedError
+
+    def tokenize_body(self, text: str) -> dict[str, Any]:
+        """A `/tokenize` request for `text` without special tokens added."""
+        raise NotImplementedError
+
+    def one_at_a_time(self, adapter: ResolvedAdapter) -> AbstractContextManager[Any]:
+        """Held around a request that applies `adapter`: a lock where the server needs them serialised."""
+        return nullcontext()
+
+
+class LlamaCpp(Engine):
+    """llama-server: adapters by `/lora-adapters` id and scale; aLoRA requests one at a time."""
+
+    def __init__(self, endpoint: Endpoint, info: ServerInfo) -> None:
+        super().__init__(endpoint, info)
+        self._one_alora = threading.Lock()
+
+    def select(self, adapter: ResolvedAdapter) -> tuple[dict[str, Any], bool]:
+        entry = self._entry(adapter)
+        return {"lora": [{"id": int(entry["id"]), "scale": 1.0}]}, bool(float(entry.get("scale") or 0))
+
+    def base_select(self) -> dict[str, Any]:
+        """Every llama-server adapter at scale 0."""
+        ids = [a.get("id") for a in self.info.adapters]
+        return {"lora": [{"id": i, "scale": 0.0} for i in ids]} if ids else {}
+
+    def tokenize_body(self, text: str) -> dict[str, Any]:
+        return {"content": text, "add_special": False, "parse_special": True}
+
+    def one_at_a_time(self, adapter: ResolvedAdapter) -> AbstractContextManager[Any]:
+        # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
+        # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
+        return self._one_alora if adapter.is_alora else nullcontext()
+
+    def _entry(self, adapter: ResolvedAdapter) -> dict[str, Any]:
+        """The `/lora-adapters` entry whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""
+        digest = content_hash(adapter.path)
+        entries = self.info.adapters
+        tags = [ServedTag.parse(a.get("task_name")) for a in entries]
+        found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
+        shown = self.endpoint.shown
+        if not found:
+            served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
+            raise ReqcheckError(
+                f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
+                f"{', '.join(served) or 'no adapter'}); serve it with reqcheck serve {adapter.path}, or export it "
+                f"with reqcheck export {adapter.path} --gguf OUT and start llama-server with --lora OUT/adapter.gguf."
+            )
+        entry = found[0]
+        if adapter.is_alora:
+            tokens = list(entry.get("alora_invocation_tokens") or [])
+            if tokens != adapter.manifest.invocation_ids[1:]:
+                raise ReqcheckError(
+                    f"The server at {shown} would apply aLoRA {adapter.name} as a plain LoRA or at the wrong "
+                    f"place (its invocation tokens are {tokens or 'none'}); re-export it with reqcheck export "
+                    "--gguf and restart llama-server with that file."
+                )
+        return entry
+
+
+class Vllm(Engine):
+    """vLLM: an adapter is the request's `model` (its LoRA module name); no activated LoRA."""
+
+    def select(self, adapter: ResolvedAdapter) -> tuple[dict[str, Any], bool]:
+        if adapter.is_alora:
+            raise ReqcheckError(
+                f"Adapter {adapter.name} is an aLoRA and vLLM applies adapters as plain LoRA; serve it "
+                "with llama-server (reqcheck export --gguf) or check it in process."
+            )
+        names = [str(a.get("id")) for a in self.info.adapters]
+        if adapter.name not in names:
+            raise ReqcheckError(
+                f"The vLLM server at {self.endpoint.shown} has no LoRA module {adapter.name!r} (it serves "
+                f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
+            )
+        return {"model": adapter.name}, False
+
+    def base_select(self) -> dict[str, Any]:
+        return {"model": self.info.meta.get("id")}
+
+    def tokenize_body(self, text: str) -> dict[str, Any]:
+        return {"model": self.info.meta.get("id"), "prompt": text, "add_special_tokens": False}
