@@ -8,14 +8,18 @@ converter that wrote nothing or garbage gave a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
 import pytest
 
-from reqcheck.atomic import atomic_directory, atomic_write_text
+from reqcheck.atomic import STAGING_PREFIX, atomic_directory, atomic_write_text
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import content_hash
 from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
@@ -169,3 +173,50 @@ def test_two_exports_into_one_folder_at_once_give_one_failure_and_one_whole_fold
     winner = lora if outcomes["outer"] == "ok" else alora
     assert _names(out) == sorted([ADAPTER_FILE, START_FILE])
     assert _tag(out / ADAPTER_FILE) == _tag_of(winner)
+
+
+def test_a_staging_folder_a_killed_export_left_is_cleared_not_refused(
+    tiny_adapters: dict[str, TrainResult], llama_cpp: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "served"
+    stale = out / f"{STAGING_PREFIX}dead"
+    stale.mkdir(parents=True)
+    (stale / ADAPTER_FILE).write_bytes(b"half an adapter")  # SIGKILL leaves what it had written
+    export(tiny_adapters["lora"].outfile, out)
+    assert _names(out) == sorted([ADAPTER_FILE, START_FILE])
+
+
+SLOW_CONVERTER = """import os, sys, time
+open(sys.argv[sys.argv.index('--outfile') + 1], 'wb').write(b'GGUF half')
+open(os.environ['CONVERTING'], 'w').close()
+time.sleep(60)
+"""
+
+
+def test_sigterm_during_an_export_leaves_the_folder_as_it_was(
+    tiny_adapters: dict[str, TrainResult], tmp_path: Path
+) -> None:
+    """As CI cancels a job: the CLI turns SIGTERM into an interrupt, the converter is stopped, nothing stays."""
+    tree, out, marker = tmp_path / "llama.cpp", tmp_path / "served", tmp_path / "converting"
+    tree.mkdir()
+    (tree / "convert_lora_to_gguf.py").write_text(SLOW_CONVERTER)
+    out.mkdir()
+    earlier = {ADAPTER_FILE: b"earlier adapter", BASE_FILE: b"earlier base", START_FILE: b"earlier start"}
+    for name, data in earlier.items():
+        (out / name).write_bytes(data)
+    env = dict(os.environ, REQCHECK_LLAMA_CPP=str(tree), CONVERTING=str(marker))
+    command = [sys.executable, "-c", "from reqcheck.cli import main; main()", "export"]
+    with subprocess.Popen(
+        [*command, str(tiny_adapters["lora"].outfile), "--gguf", str(out)], env=env, stderr=subprocess.PIPE
+    ) as process:
+        try:
+            started = time.monotonic()
+            while not marker.exists() and process.poll() is None and time.monotonic() - started < 180:
+                time.sleep(0.2)
+            assert marker.exists(), "the export never reached the converter"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) != 0
+        finally:
+            process.kill()
+    assert {name: (out / name).read_bytes() for name in _names(out)} == earlier
+    assert _names(tmp_path) == ["converting", "llama.cpp", "served"]
