@@ -271,14 +271,34 @@ def test_credentials_are_hidden_whatever_they_hold(secret: str) -> None:
     assert Endpoint(f"http://bot:{secret}@127.0.0.1:8080").shown == "http://***@127.0.0.1:8080"
 
 
-def test_credentials_in_the_url_are_sent_as_basic_auth_and_not_in_the_request() -> None:
+@pytest.mark.parametrize(
+    ("user_info", "sent"),
+    [("bot:a%2Fb/c#d?e@f", "bot:a/b/c#d?e@f"), ("bot:p%C3%A4ss%E2%9C%93", "bot:päss✓"), ("tok", "tok:")],
+    ids=["special-characters", "non-ascii", "token-only"],
+)
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_not_in_the_request(
+    user_info: str, sent: str
+) -> None:
     with _fake_server(_send(200, b'{"ok": true}')) as (url, seen):
-        endpoint = Endpoint(url.replace("://", "://bot:a%2Fb/c#d?e@f@"), api_key=None)
+        endpoint = Endpoint(url.replace("://", f"://{user_info}@"), api_key="not sent")
         assert endpoint.get("/v1/models") == {"ok": True}
     [(method, path, headers)] = seen
     assert (method, path) == ("GET", "/v1/models")
-    assert headers["authorization"] == "Basic " + base64.b64encode(b"bot:a/b/c#d?e@f").decode()
+    assert headers["authorization"] == "Basic " + base64.b64encode(sent.encode()).decode()
     assert "bot" not in headers["host"]
+
+
+def test_without_credentials_in_the_url_the_api_key_is_a_bearer_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQCHECK_API_KEY", "from-the-environment")
+    with _fake_server(_send(200, b"{}")) as (url, seen):
+        Endpoint(url).get("/v1/models")
+        Endpoint(url, api_key="passed").get("/v1/models")
+    assert [headers["authorization"] for _, _, headers in seen] == [
+        "Bearer from-the-environment",
+        "Bearer passed",
+    ]
 
 
 @pytest.mark.parametrize("status", [401, 403])

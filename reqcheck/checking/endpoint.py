@@ -12,6 +12,7 @@ vLLM by what each exposes (`/props` and `/lora-adapters`; `/version` and `/v1/mo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from urllib3.exceptions import (
     ProtocolError,
     ReadTimeoutError,
 )
-from urllib3.util import make_headers, parse_url
+from urllib3.util import parse_url
 
 from reqcheck.errors import ReqcheckError, hide_url_credentials
 
@@ -43,9 +44,8 @@ VLLM = "vllm"
 RETRIED_STATUS = (429, 500, 502, 503, 504)
 API_KEY_ENV = "REQCHECK_API_KEY"
 CONNECT_TIMEOUT = 10.0
-_HOST = re.compile(
-    r"[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[^\]]+\]"
-)  # a reg-name, or an IP literal parse_url checked
+# a host name (RFC 3986 reg-name), or an IP literal in brackets, which parse_url has checked
+_HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[^\]]+\]")
 
 
 class Endpoint:
@@ -74,7 +74,9 @@ class Endpoint:
         key = api_key or os.environ.get(API_KEY_ENV)
         if user_info is not None:
             user, _, password = user_info.partition(":")
-            headers |= make_headers(basic_auth=f"{unquote(user)}:{unquote(password)}")
+            # UTF-8 (RFC 7617), which make_headers would send for ASCII too, where it fails on other characters
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         elif key:
             headers["Authorization"] = f"Bearer {key}"
         self._pool = urllib3.PoolManager(
@@ -178,7 +180,7 @@ class Endpoint:
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
         return ReqcheckError(
             f"The server at {self.shown} gave no answer to {method} {path} within {self.timeout:g} s ({tries}; "
-            f"the last: {problem or 'none'}); raise the deadline (--reqcheck-timeout) or check the server."
+            f"the last: {problem}); raise the deadline (--reqcheck-timeout) or check the server."
         )
 
 
