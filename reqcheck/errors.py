@@ -3,11 +3,14 @@ URL's credentials."""
 
 import re
 
-_URL_USER_INFO = re.compile(r"(?<=://)[^/?#\s]*@")
+# a URL's user-info runs to its last `@`: a password may hold `/`, `#`, `?` or `@` unencoded, and an `@`
+# later in a path is rare enough that hiding too much there is the safe mistake
+_URL_USER_INFO = re.compile(r"(?<=://)\S*@")
 
 
 def hide_url_credentials(text: str) -> str:
-    """`text` with the user-info of every URL in it hidden (`http://***@host`): HF_ENDPOINT may hold a password."""
+    """`text` with the user-info of every URL in it hidden (`http://***@host`), whatever it holds: HF_ENDPOINT
+    or an endpoint may hold a password or a token."""
     return _URL_USER_INFO.sub("***@", text)
 
 

@@ -1,22 +1,41 @@
-"""An OpenAI-compatible server over HTTP: pooled connections, bounded retries, and what the server is.
+"""An OpenAI-compatible server over HTTP: pooled connections, bounded retries, a deadline, and what the
+server is.
 
 `Endpoint` sends JSON requests through one urllib3 connection pool shared by every thread, retries 429,
 5xx, timeouts and dropped connections with exponential backoff (a bounded number of times), and turns
-every other failure into one sentence naming the fix. `ServerInfo.probe` tells llama.cpp's
-`llama-server` from vLLM by what each exposes (`/props` and `/lora-adapters`; `/version` and
-`/v1/models` entries with a `parent`) and keeps what they report about their base model and adapters.
+every other failure into one sentence naming the fix. Its `timeout` is a deadline for the whole request,
+retries, waits and a slow answer included: urllib3's own timeouts bound each socket read, so a server that
+sends one byte a second would never meet them. `ServerInfo.probe` tells llama.cpp's `llama-server` from
+vLLM by what each exposes (`/props` and `/lora-adapters`; `/version` and `/v1/models` entries with a
+`parent`) and keeps what they report about their base model and adapters.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
+import socket
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.util import parse_url
 
 from reqcheck.errors import ReqcheckError, hide_url_credentials
 
@@ -24,13 +43,19 @@ LLAMA_CPP = "llama.cpp"
 VLLM = "vllm"
 RETRIED_STATUS = (429, 500, 502, 503, 504)
 API_KEY_ENV = "REQCHECK_API_KEY"
+CONNECT_TIMEOUT = 10.0
+# a host name (RFC 3986 reg-name), or an IP literal in brackets, which parse_url has checked
+_HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[^\]]+\]")
 
 
 class Endpoint:
     """JSON over HTTP to one server, safe to share between threads (`concurrency` pooled connections).
 
-    `retries` more attempts follow a 429, a 5xx, a timeout or a refused or dropped connection, waiting
-    `backoff`, then twice as long each time. A bearer token comes from `api_key` or $REQCHECK_API_KEY.
+    `timeout` is each request's deadline in seconds, over every attempt and every byte of the answer.
+    Within it, `retries` more attempts follow a 429, a 5xx, a timeout or a refused or dropped connection,
+    waiting `backoff`, then twice as long each time. A `user:pass@` in `url` is sent as basic auth (never
+    in the request line, never shown); without one, a bearer token comes from `api_key` or
+    $REQCHECK_API_KEY. A trailing `/v1` (an OpenAI base URL) names the same server and is dropped.
     """
 
     def __init__(
@@ -42,25 +67,22 @@ class Endpoint:
         backoff: float = 0.5,
         api_key: str | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        if not self.url.startswith(("http://", "https://")):
-            raise ReqcheckError(
-                f"Endpoint {hide_url_credentials(url)!r} is not an http(s) URL; pass e.g. http://127.0.0.1:8080."
-            )
-        self.shown = hide_url_credentials(self.url)
-        self.retries, self.backoff = retries, backoff
+        self.url, user_info = _request_root(url)
+        self.shown = hide_url_credentials(url.rstrip("/"))
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
         headers = {"Content-Type": "application/json"}
         key = api_key or os.environ.get(API_KEY_ENV)
-        if key:
+        if user_info is not None:
+            user, _, password = user_info.partition(":")
+            # UTF-8 (RFC 7617), which make_headers would send for ASCII too, where it fails on other characters
+            pair = f"{unquote(user)}:{unquote(password)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        elif key:
             headers["Authorization"] = f"Bearer {key}"
         self._pool = urllib3.PoolManager(
-            maxsize=max(1, concurrency),
-            block=True,
-            retries=False,
-            timeout=urllib3.Timeout(connect=10.0, read=timeout),
-            headers=headers,
+            maxsize=max(1, concurrency), block=True, retries=False, headers=headers
         )
-        self.timeout = timeout
+        self._pool.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedTLSPool}
 
     def get(self, path: str, missing_ok: bool = False) -> Any:
         """The JSON a GET answers; None for a 404 when `missing_ok` (a route this engine lacks)."""
@@ -70,29 +92,48 @@ class Endpoint:
         return self.request("POST", path, body)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None, missing_ok: bool = False) -> Any:
-        """One request, retried on what a busy or restarting server answers; its JSON answer."""
+        """One request, retried on what a busy or restarting server answers, within the deadline; its JSON."""
         data = None if body is None else json.dumps(body).encode()
+        deadline = time.monotonic() + self.timeout
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                wait = self.backoff * 2 ** (attempt - 1)
+                if time.monotonic() + wait >= deadline:
+                    raise self._late(method, path, attempt, problem)
+                time.sleep(wait)
             try:
-                response = self._pool.request(method, self.url + path, body=data)
+                status, payload, location = self._send(method, path, data, deadline)
+            except _Expired:
+                raise self._late(method, path, attempt + 1, "it had not finished answering") from None
             except HTTPError as exc:
-                problem = _connection_problem(exc, self.timeout)
+                problem = _connection_problem(exc)
+                if isinstance(exc, ReadTimeoutError) or time.monotonic() >= deadline:
+                    raise self._late(method, path, attempt + 1, problem) from None
                 continue
-            if response.status in RETRIED_STATUS:
-                problem = f"it answered HTTP {response.status} ({_message(response.data)})"
+            if status in RETRIED_STATUS:
+                problem = f"it answered HTTP {status} ({_message(payload)})"
                 continue
-            if response.status == 404 and missing_ok:
-                return None
-            if response.status >= 400:
+            if 300 <= status < 400:
                 raise ReqcheckError(
-                    f"The server at {self.shown} refused {method} {path} with HTTP {response.status} "
-                    f"({_message(response.data)}); fix the request or the server's options."
+                    f"The server at {self.shown} answered {method} {path} with a redirect (HTTP {status}) to "
+                    f"{location or 'no location'}; point --reqcheck-endpoint at the server itself."
+                )
+            if status == 404 and missing_ok:
+                return None
+            if status in (401, 403):
+                raise ReqcheckError(
+                    f"The server at {self.shown} refused {method} {path} with HTTP {status} "
+                    f"({_message(payload)}); give it the credentials it wants: an API key in ${API_KEY_ENV}, "
+                    "or user:pass@ in the endpoint URL for basic auth."
+                )
+            if status >= 400:
+                raise ReqcheckError(
+                    f"The server at {self.shown} refused {method} {path} with HTTP {status} "
+                    f"({_message(payload)}); fix the request or the server's options."
                 )
             try:
-                return json.loads(response.data)
+                return json.loads(payload)
             except ValueError:
                 raise ReqcheckError(
                     f"The server at {self.shown} answered {method} {path} with something that is not JSON; "
@@ -103,12 +144,173 @@ class Endpoint:
             "check that it is running and reachable, then rerun."
         )
 
+    def _send(
+        self, method: str, path: str, data: bytes | None, deadline: float
+    ) -> tuple[int, bytes, str | None]:
+        """One attempt: status, whole body and Location; `_Expired` when the deadline cut it short."""
+        left = max(deadline - time.monotonic(), 0.001)
+        watch = _Watch(left)
+        _current.watch = watch
+        try:
+            response = self._pool.request(
+                method,
+                self.url + path,
+                body=data,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT, left), read=left),
+                pool_timeout=left,
+            )
+            try:
+                payload = response.read()
+            finally:
+                watch.stop()  # before the connection goes back to the pool for another request
+                response.release_conn()
+        except HTTPError:
+            if watch.expired:
+                raise _Expired from None
+            raise
+        finally:
+            watch.stop()
+            _current.watch = None
+        if watch.expired:  # an answer without a length ends where the deadline shut the socket
+            raise _Expired
+        return response.status, payload, response.headers.get("Location")
 
-def _connection_problem(exc: HTTPError, timeout: float) -> str:
+    def _late(self, method: str, path: str, attempts: int, problem: str) -> ReqcheckError:
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        return ReqcheckError(
+            f"The server at {self.shown} gave no answer to {method} {path} within {self.timeout:g} s ({tries}; "
+            f"the last: {problem}); raise the deadline (--reqcheck-timeout) or check the server."
+        )
+
+
+def _request_root(url: str) -> tuple[str, str | None]:
+    """`url` as the root every request path is appended to, without credentials, and its user-info.
+
+    The user-info ends at the last `@`, so a password may hold `/`, `#`, `?` or `@`. A URL that cannot be
+    a request target is one sentence here, not a failure retried later.
+    """
+    shown = hide_url_credentials(url)
+    scheme, separator, rest = url.rstrip("/").partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        raise ReqcheckError(f"Endpoint {shown!r} is not an http(s) URL; pass e.g. http://127.0.0.1:8080.")
+    user_info, at, rest = rest.rpartition("@")
+    problem = _target_problem(url, f"{scheme}://{rest}")
+    if problem:
+        raise ReqcheckError(
+            f"Endpoint {shown!r} cannot be a request target ({problem}); pass the server's root URL, e.g. "
+            "http://127.0.0.1:8080."
+        )
+    root = f"{scheme.lower()}://{rest}"
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")].rstrip("/")
+    return root, user_info if at else None
+
+
+def _target_problem(url: str, bare: str) -> str:
+    """Why `bare` (`url` without its user-info) cannot be a request target; empty when it can."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "it holds a space or a control character"
+    try:
+        parsed = parse_url(bare)
+    except LocationParseError:
+        return "its host or port is malformed"
+    if not parsed.host:
+        return "it names no host"
+    if parsed.port == 0:
+        return "port 0 is not a port a server listens on"
+    if not _HOST.fullmatch(parsed.host):
+        return "its host holds characters no host name has"
+    if parsed.query is not None or parsed.fragment is not None:
+        return "it has a query or a fragment"
+    return ""
+
+
+class _Expired(Exception):
+    """The deadline passed while an attempt was still connecting, sending or reading."""
+
+
+_current = threading.local()  # the `_Watch` of the attempt this thread is making
+
+
+class _Watch:
+    """Shuts the attempt's socket when its time is up, so that a read blocked on a slow server returns."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._connection: HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            self._connection = connection
+            if self.expired:
+                _shut(connection)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._connection = None
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._connection is not None:
+                _shut(self._connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if isinstance(sock, socket.socket):
+        # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would unwrap it under a reader
+        with suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedConnection(HTTPConnection):
+    """Hands itself to the current attempt's `_Watch` once connected and on every request."""
+
+    def connect(self) -> None:
+        super().connect()
+        _watched(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedTLSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watched(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched(self)
+        super().request(*args, **kwargs)
+
+
+def _watched(connection: HTTPConnection) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.watch(connection)
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedTLSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLSConnection
+
+
+def _connection_problem(exc: HTTPError) -> str:
     if isinstance(exc, NewConnectionError) or "refused" in str(exc).lower():
         return "the connection was refused"
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
     if isinstance(exc, ProtocolError):
         return "the server dropped the connection"
     return f"{type(exc).__name__}"

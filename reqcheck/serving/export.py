@@ -19,8 +19,9 @@ import tempfile
 from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reqcheck.atomic import atomic_directory, atomic_write_text
+from reqcheck.atomic import STAGING_PREFIX, atomic_files
 from reqcheck.choices import AdapterType
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import BaseModelRef, Manifest, content_hash
@@ -28,6 +29,9 @@ from reqcheck.formats.served import TASK_NAME_KEY, ServedTag
 from reqcheck.models.loading import resolve_base_model
 from reqcheck.serving.llama_server import ADAPTER_FLAGS
 from reqcheck.serving.llamacpp import run_script, source_dir
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 ADAPTER_FILE = "adapter.gguf"
 BASE_FILE = "base.gguf"
@@ -53,9 +57,10 @@ class Exported:
 
 
 def export(adapter: Path, out: Path, with_base: bool = False, base_type: str = "f32") -> Exported:
-    """Write OUT/adapter.gguf (and OUT/base.gguf) in one step: OUT appears whole or not at all.
+    """Write OUT/adapter.gguf, OUT/llama-server.txt (and OUT/base.gguf): each file whole or not at all.
 
-    An OUT that holds only an earlier export's files is replaced; any other non-empty OUT is refused.
+    The export writes only what it writes: an adapter-only export keeps the base.gguf an earlier `--base`
+    export left, and a symlinked OUT is followed, not replaced. An OUT holding other files is refused.
     """
     adapter, out = Path(adapter).expanduser(), Path(out).expanduser()
     manifest = Manifest.read(adapter)
@@ -67,12 +72,12 @@ def export(adapter: Path, out: Path, with_base: bool = False, base_type: str = "
     base = resolve_base_model(manifest.base_model.spec)
     tag = ServedTag(adapter.resolve().name, content_hash(adapter))
     tokens = _served_invocation(manifest)
-    with atomic_directory(out, replace_existing=out.exists()) as tmp:
-        _convert_adapter(adapter, Path(base.path or base.spec), tmp / ADAPTER_FILE, tag, tokens)
+    line = start_command(out, with_base, base.portable)
+    with atomic_files(out) as stage:
+        _convert_adapter(adapter, Path(base.path or base.spec), stage / ADAPTER_FILE, tag, tokens)
         if with_base:
-            _convert_base(base, tmp / BASE_FILE, base_type)
-        line = start_command(out, with_base, base.portable)
-        atomic_write_text(tmp / START_FILE, start_file(line))
+            _convert_base(base, stage / BASE_FILE, base_type)
+        (stage / START_FILE).write_text(start_file(line), encoding="utf-8")
     return Exported(out, out / ADAPTER_FILE, out / BASE_FILE if with_base else None, tag, tokens, line)
 
 
@@ -86,10 +91,9 @@ def export_base(base: BaseModelRef, target: Path, base_type: str = "f32") -> Non
 
 
 def _convert_base(base: BaseModelRef, target: Path, base_type: str) -> None:
-    run_script(
-        source_dir() / "convert_hf_to_gguf.py",
-        [str(base.path or base.spec), "--outfile", str(target), "--outtype", base_type],
-    )
+    script = source_dir() / "convert_hf_to_gguf.py"
+    run_script(script, [str(base.path or base.spec), "--outfile", str(target), "--outtype", base_type])
+    _read_converted(target, script)
 
 
 def start_command(out: Path, with_base: bool, alias: str) -> str:
@@ -118,7 +122,9 @@ def _check_out(out: Path, adapter: Path) -> None:
     if out.is_file():
         raise ReqcheckError(f"--gguf {out} is a file; pass a folder to write the GGUF files into.")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS)
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(STAGING_PREFIX)
+        )
         if foreign:
             raise ReqcheckError(
                 f"--gguf {out} already holds {', '.join(foreign[:3])}; pass a new or empty folder, so that "
@@ -142,20 +148,37 @@ def _convert_adapter(
     adapter: Path, base: Path, target: Path, tag: ServedTag, tokens: list[int] | None
 ) -> None:
     """llama.cpp's conversion (it only reads the adapter folder), then the two served keys set."""
+    script = source_dir() / "convert_lora_to_gguf.py"
     with tempfile.TemporaryDirectory() as work:
         converted = Path(work) / ADAPTER_FILE
         run_script(
-            source_dir() / "convert_lora_to_gguf.py",
-            [str(adapter), "--base", str(base), "--outfile", str(converted), "--outtype", "f32"],
+            script, [str(adapter), "--base", str(base), "--outfile", str(converted), "--outtype", "f32"]
         )
-        _set_keys(converted, target, tag, tokens)
+        _set_keys(_read_converted(converted, script), target, tag, tokens)
 
 
-def _set_keys(source: Path, target: Path, tag: ServedTag, tokens: list[int] | None) -> None:
+def _read_converted(path: Path, script: Path) -> GGUFReader:
+    """The GGUF file llama.cpp's `script` wrote; one sentence when it exited 0 but wrote none or garbage."""
+    import gguf
+
+    if not path.is_file():
+        problem = "wrote no GGUF file"
+    else:
+        try:
+            return gguf.GGUFReader(path)
+        except Exception as exc:  # whatever the parser trips on, the file is not a GGUF it can read
+            detail = " ".join(str(exc).split())[:200]
+            problem = f"wrote a file that is not a readable GGUF ({type(exc).__name__}: {detail})"
+    raise ReqcheckError(
+        f"llama.cpp's {script.name} from {script.parent} exited without an error but {problem}; point "
+        "REQCHECK_LLAMA_CPP at a llama.cpp checkout whose converter works, or unset it to use the bundled one."
+    )
+
+
+def _set_keys(reader: GGUFReader, target: Path, tag: ServedTag, tokens: list[int] | None) -> None:
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
-    reader = gguf.GGUFReader(source)
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     writer = gguf.GGUFWriter(target, arch=arch.contents(), endianess=reader.endianess)
     keys = {TASK_NAME_KEY: MetadataDetails(gguf.GGUFValueType.STRING, tag.render())}
