@@ -158,9 +158,9 @@ def test_a_loaded_adapter_answers_requests_that_name_none_until_its_scale_is_zer
     """llama.cpp's own behaviour, on both versions: loading "without apply" leaves the adapter at global scale
     1, so requests naming no adapter get it; scale 0 (what reqcheck sets) gives them the base model.
 
-    Each prompt goes without the adapter before it goes with it: a slot keeps the KV the aLoRA computed for
-    its invocation, and a later request that names no adapter and repeats that prompt reuses it unless it
-    sends `cache_prompt: false` (the last assertions; docs/serving.md)."""
+    A slot keeps the KV the aLoRA computed for its invocation, and a later request that names no adapter and
+    repeats that prompt reuses it unless it sends `cache_prompt: false` (docs/serving.md); so the base model
+    is compared on a prompt the adapter has not seen."""
     pair = served_smollm2
     with LlamaServer(pair.base, [], log=tmp_path / "base.log") as plain:
         base = [_reply(plain.url, None, ask) for ask in range(len(ASKS))]
@@ -171,10 +171,11 @@ def test_a_loaded_adapter_answers_requests_that_name_none_until_its_scale_is_zer
         assert _reply(url, None).startswith('{"')
         zero_global_scales(url)  # the start file's POST /lora-adapters
         assert [a["scale"] for a in _get(f"{url}/lora-adapters")] == [0.0]
+        # the slot still holds the first prompt with the KV the aLoRA computed for its invocation
+        assert _reply(url, None, 0) != base[0]
+        assert _reply(url, None, 0, cache=False) == base[0]
         assert _reply(url, None, 1) == base[1] and _reply(url, [], 1) == base[1]
-        assert _reply(url, [{"id": 0, "scale": 1.0}], 1).startswith('{"')
-        assert _reply(url, None, 1) != base[1]
-        assert _reply(url, None, 1, cache=False) == base[1]
+        assert _reply(url, [{"id": 0, "scale": 1.0}], 1) != base[1]
 
 
 class _loaded_without_apply:
