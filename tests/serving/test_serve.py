@@ -31,6 +31,7 @@ from reqcheck.training.loop import TrainResult
 from tests.conftest import ServedPair
 from tests.helpers import run_cli
 
+ANY_PORT = ["--port", "0"]  # a free one: the failures under test must not depend on 8080 being free
 ASKS = [
     [{"role": "user", "content": "Write one polite sentence to a customer whose parcel is late."}],
     [{"role": "user", "content": "Write one short sentence that thanks a customer for a refund request."}],
@@ -110,7 +111,9 @@ def test_serve_refuses_adapters_on_different_base_models(
     manifest = json.loads((other / "reqcheck.json").read_text())
     manifest["base_model"]["name"] = "someone/another-model"
     (other / "reqcheck.json").write_text(json.dumps(manifest))
-    code, err = run_cli(["serve", str(tiny_adapters["alora"].outfile), str(other)], capsys, monkeypatch)
+    code, err = run_cli(
+        ["serve", str(tiny_adapters["alora"].outfile), str(other), *ANY_PORT], capsys, monkeypatch
+    )
     assert code == 2 and err.count("\n") == 1
     assert f"{other} was trained on someone/another-model, not on" in err
     assert "serve them with one reqcheck serve each" in err
@@ -120,7 +123,7 @@ def test_serve_refuses_adapters_on_different_base_models(
 def test_serve_refuses_a_folder_that_is_not_an_adapter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code, err = run_cli(["serve", str(tmp_path)], capsys, monkeypatch)
+    code, err = run_cli(["serve", str(tmp_path), *ANY_PORT], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1
     assert "has no reqcheck.json; pass a directory written by reqcheck train" in err
     assert _nothing_served()
@@ -133,7 +136,7 @@ def test_serve_says_when_the_base_model_cannot_be_converted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The tiny test model's tokenizer is one llama.cpp's convert_hf_to_gguf.py does not know."""
-    code, err = run_cli(["serve", str(tiny_adapters["alora"].outfile)], capsys, monkeypatch)
+    code, err = run_cli(["serve", str(tiny_adapters["alora"].outfile), *ANY_PORT], capsys, monkeypatch)
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err
     assert last.startswith("error: llama.cpp's convert_hf_to_gguf.py failed (NotImplementedError: BPE")
