@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,29 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=600, derandomize=False)
 settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _matplotlib_loaded() -> None:
+    """Load every matplotlib module a report's figures use before the first test.
+
+    pytester puts `sys.modules` back after each in-process run. When a test outside pytester has already
+    imported the `matplotlib` package (an HTML report with no figures does), the submodules a pytester run
+    imports are dropped and imported a second time under the package that stayed, and matplotlib then
+    holds two GridSpec classes ("Single argument to subplot must be a three-digit integer").
+    """
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context({"svg.fonttype": "none"}):
+        figure = Figure(figsize=(2, 2), layout="constrained")
+        axes = figure.subplots(1, 1, squeeze=False)[0][0]
+        axes.pcolormesh([[0, 1]], cmap="Blues")
+        axes.bar([0], [1])
+        axes.plot([0, 1], [0, 1])
+        axes.text(0, 0, "$x$")
+        axes.legend(["a"])
+        figure.savefig(io.BytesIO(), format="svg")
 
 
 @pytest.fixture(autouse=True)
