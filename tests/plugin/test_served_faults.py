@@ -1,0 +1,101 @@
+"""The served gate against a broken or hostile server, through the plugin: each case that cannot be checked
+is one error, sent once; the report is still written; a mode's failure stays that mode's.
+
+The server is `fakes.fake_llama`, a fake llama-server replaying real answer shapes around a fake adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reqcheck.checking import remote
+from reqcheck.formats.gate_report import GateReport
+from tests.checking.fakes import adapter_answer, fake_adapter, fake_llama, is_judge, judge_answer, lora_entry
+
+pytest_plugins = ["pytester"]
+
+CASES = 12
+
+
+@pytest.fixture
+def adapter(pytester: pytest.Pytester) -> Path:
+    lines = [{"id": f"c{i}", "item": f"Reply number {i}, thanks.", "label": "yes" if i % 2 else "no"}
+             for i in range(CASES)]  # fmt: skip
+    pytester.makefile(".reqcheck.jsonl", cases="\n".join(json.dumps(line) for line in lines))
+    return fake_adapter(pytester.path / "adapters")
+
+
+def gate(pytester: pytest.Pytester, adapter: Path, url: str, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        f"--adapter={adapter}",
+        f"--reqcheck-endpoint={url}",
+        "--reqcheck-min-accuracy=0.5",
+        "--reqcheck-report=report.json",
+        "--reqcheck-html=report.html",
+        *args,
+    )
+
+
+def answers(adapter_side: Any = None, judge_side: Any = None) -> Any:
+    """A chat-completion script: each mode's answer (a good one where None)."""
+
+    def complete(body: dict[str, Any]) -> tuple[int, Any]:
+        if is_judge(body):
+            return 200, judge_side if judge_side is not None else judge_answer()
+        return 200, adapter_side if adapter_side is not None else adapter_answer()
+
+    return complete
+
+
+def _report(pytester: pytest.Pytester) -> GateReport:
+    report = GateReport.read(pytester.path / "report.json")
+    assert (pytester.path / "report.html").is_file()
+    return report
+
+
+def test_a_check_that_raises_a_bug_is_one_error_per_case_and_sent_once(
+    pytester: pytest.Pytester, adapter: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_reader(*args: object) -> float:
+        raise RuntimeError("the reader broke\non two lines")
+
+    monkeypatch.setattr(remote, "_score", broken_reader)
+    with fake_llama([lora_entry(adapter)], answers()) as (url, server):
+        result = gate(pytester, adapter, url, "--reqcheck-validation=on")
+    # each case at most once (requests in flight when the first failed still finish), never again later
+    assert 0 < server.completions <= CASES
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*adapter: could not be checked: RuntimeError: the reader broke on two lines",
+            f"*min_accuracy*{CASES} case(s) could not be checked*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    entry = _report(pytester).adapters[0]
+    assert entry.partial and not entry.passed and entry.ran == 0
+
+
+def _null_logprob(answer: dict[str, Any]) -> dict[str, Any]:
+    for entry in answer["choices"][0]["logprobs"]["content"]:
+        entry["top_logprobs"][0]["logprob"] = None
+    return answer
+
+
+def test_null_logprobs_in_both_modes_send_each_case_once_and_leave_a_report(
+    pytester: pytest.Pytester, adapter: Path
+) -> None:
+    """The campaign's case: 12 cases sent 153 requests and left 23,256 lines of tracebacks and no report."""
+    complete = answers(_null_logprob(adapter_answer()), _null_logprob(judge_answer()))
+    with fake_llama([lora_entry(adapter)], complete) as (url, server):
+        result = gate(pytester, adapter, url)
+    assert 0 < server.completions <= CASES * 2
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*adapter: could not be checked: The server at * with a null logprob*"])
+    assert "Traceback" not in result.stdout.str()
+    entry = _report(pytester).adapters[0]
+    assert entry.partial and entry.ran == 0 and entry.modes == {}
