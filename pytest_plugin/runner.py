@@ -184,7 +184,7 @@ class PredictionRunner:
                 found = caches[c.mode].get(c.key)
                 if found is None:
                     self.case_errors[(adapter, c.mode, c.key)] = failed[(c.mode, c.key)]
-                    entry.run.errors.append(failed[(c.mode, c.key)])
+                    entry.run.errors.setdefault(c.mode, []).append(failed[(c.mode, c.key)])
                 else:
                     self.predictions[(adapter, c.mode, c.key)] = found
 
@@ -192,8 +192,9 @@ class PredictionRunner:
         """Each mode's outcome for `missing`, in their order: its prediction, or why it has none.
 
         In process, a ReqcheckError stops the run (every case would fail alike). Through an endpoint, the
-        cases are sent a batch at a time, and when the server fails (it died, say) the cases not yet checked
-        keep its one-sentence reason, which fails them and the gates.
+        cases are sent a batch at a time, each mode on its own, and when the server fails a mode (it died, or
+        the judge cannot score) that mode's cases not yet checked keep its one-sentence reason, which fails
+        them and the gates on that mode.
         """
         items = [e.item for e in missing]
         batch = self.options.batch_size
@@ -223,26 +224,31 @@ def outcomes(
 ) -> dict[str, list[Outcome]]:
     """Each mode's outcome for `items`, `step` items at a time (every mode on a step before the next).
 
-    When a step fails, the items not yet checked keep the reason and nothing more is sent: a served check's
-    ReqcheckError (the server's one sentence; in process it stops the run, raised), or anything else, which is
-    a bug kept as its type and message. Either way a case is tried once, never again with every later case.
+    When a step fails, its items and those not yet checked keep the reason and nothing more is sent for them:
+    a served check's ReqcheckError (the server's one sentence; in process it stops the run, raised), or
+    anything else, which is a bug kept as its type and message. A case is tried once, never again with every
+    later case. Served, each mode goes on its own: one mode's failure is only its own cases' error.
     """
     out: dict[str, list[Outcome]] = {mode: [] for mode in requirements}
+    # in process the modes share each batch, so the judge reuses the contexts the adapter just cached
+    groups = [[mode] for mode in requirements] if served else [list(requirements)]
     for start in range(0, len(items), step):
-        chunk = {mode: reqs[start : start + step] for mode, reqs in requirements.items()}
-        try:
-            done = predict(backend, adapter, items[start : start + step], chunk, batch_size)
-        except ReqcheckError as exc:
-            if not served:
-                raise
-            reason = str(exc)
-        except Exception as exc:  # a bug: each unchecked case fails with it, once, and the run goes on
-            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        else:
-            for mode, predictions in done.items():
-                out[mode] += predictions
-            continue
-        for mode in out:
-            out[mode] += [reason] * (len(items) - start)
-        break
+        for group in groups:
+            if len(out[group[0]]) > start:  # failed at an earlier step: its cases keep that reason
+                continue
+            chunk = {mode: requirements[mode][start : start + step] for mode in group}
+            try:
+                done = predict(backend, adapter, items[start : start + step], chunk, batch_size)
+            except ReqcheckError as exc:
+                if not served:
+                    raise
+                reason = str(exc)
+            except Exception as exc:  # a bug: each unchecked case fails with it, once, and the run goes on
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            else:
+                for mode, predictions in done.items():
+                    out[mode] += predictions
+                continue
+            for mode in group:
+                out[mode] += [reason] * (len(items) - start)
     return out

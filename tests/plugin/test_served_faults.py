@@ -99,3 +99,18 @@ def test_null_logprobs_in_both_modes_send_each_case_once_and_leave_a_report(
     assert "Traceback" not in result.stdout.str()
     entry = _report(pytester).adapters[0]
     assert entry.partial and entry.ran == 0 and entry.modes == {}
+
+
+def test_the_judges_failure_is_only_the_judges_cases_error(pytester: pytest.Pytester, adapter: Path) -> None:
+    """Defect 9: a judge that cannot score (no label among its top tokens) errored every adapter case too."""
+    no_label = judge_answer("The", logprobs={"The": -0.1, "A": -2.5, "It": -3.0})
+    with fake_llama([lora_entry(adapter)], answers(judge_side=no_label)) as (url, _):
+        result = gate(pytester, adapter, url, "--reqcheck-validation=both")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the judge's cases errored
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == CASES and outcomes["passed"] == CASES // 2 + 1  # the gate passed
+    result.stdout.fnmatch_lines(["*judge: could not be checked: *hold none of the labels yes, no*"])
+    assert "adapter: could not be checked" not in result.stdout.str()
+    entry = _report(pytester).adapters[0]
+    assert set(entry.modes) == {"adapter"} and entry.modes["adapter"].n == CASES
+    assert [(g.name, g.passed) for g in entry.gates] == [("min_accuracy", True)]
