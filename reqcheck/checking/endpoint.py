@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import socket
@@ -67,6 +68,10 @@ class Endpoint:
         backoff: float = 0.5,
         api_key: str | None = None,
     ) -> None:
+        if not 0 < timeout < math.inf:  # NaN fails too
+            raise ReqcheckError(
+                f"A request's deadline must be a number of seconds above 0, not {timeout}; pass e.g. 120."
+            )
         self.url, user_info = _request_root(url)
         self.shown = hide_url_credentials(url.rstrip("/"))
         self.retries, self.backoff, self.timeout = retries, backoff, timeout

@@ -59,8 +59,9 @@ class RemoteBackend(Checker):
     """Requirement checks through an OpenAI-compatible server that serves the base model and the adapters.
 
     `url` is the server's root (e.g. http://127.0.0.1:8080); `concurrency` requests are in flight at once;
-    `timeout` seconds per request; `retries` more attempts after a 429, 5xx, timeout or dropped
-    connection. `engine`, `version`, `model` and `model_hash` say what the server reported.
+    `timeout` is each request's deadline in seconds, every retry, wait and byte of a slow answer included;
+    `retries` more attempts after a 429, 5xx, timeout or dropped connection. `engine`, `version`, `model`
+    and `model_hash` say what the server reported.
     """
 
     def __init__(
@@ -86,6 +87,11 @@ class RemoteBackend(Checker):
     @property
     def engine(self) -> str:
         return self.info.engine
+
+    @property
+    def timeout(self) -> float:
+        """Each request's deadline in seconds (`Endpoint` keeps it)."""
+        return self.endpoint.timeout
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
         """Register an adapter the server serves; refuses one it lacks, would misapply, or has another base for."""

@@ -7,12 +7,16 @@ The server is `fakes.fake_llama`, a fake llama-server replaying real answer shap
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reqcheck.checking import remote
+from reqcheck.checking.remote import RemoteBackend
+from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import GateReport
 from tests.checking.fakes import adapter_answer, fake_adapter, fake_llama, is_judge, judge_answer, lora_entry
 
@@ -114,3 +118,47 @@ def test_the_judges_failure_is_only_the_judges_cases_error(pytester: pytest.Pyte
     entry = _report(pytester).adapters[0]
     assert set(entry.modes) == {"adapter"} and entry.modes["adapter"].n == CASES
     assert [(g.name, g.passed) for g in entry.gates] == [("min_accuracy", True)]
+
+
+def _slow(seconds: float) -> Any:
+    """Chat completions that answer only after `seconds` (the request deadline comes first)."""
+
+    def complete(body: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(seconds)
+        return 200, judge_answer() if is_judge(body) else adapter_answer()
+
+    return complete
+
+
+def test_past_the_timeout_the_case_errors_with_one_sentence(pytester: pytest.Pytester, adapter: Path) -> None:
+    with fake_llama([lora_entry(adapter)], _slow(6.0)) as (url, server):
+        result = gate(pytester, adapter, url, "--reqcheck-validation=on", "--reqcheck-timeout=0.5")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*adapter: could not be checked: The server at * gave no answer to POST /v1/chat/completions "
+            "within 0.5 s (1 attempt; *); raise the deadline (--reqcheck-timeout) or check the server."
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert 0 < server.completions <= CASES
+    assert _report(pytester).adapters[0].ran == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_timeout_no_request_could_meet_is_a_usage_error(
+    pytester: pytest.Pytester, adapter: Path, value: str
+) -> None:
+    result = pytester.runpytest(
+        f"--adapter={adapter}", "--reqcheck-endpoint=http://127.0.0.1:9", f"--reqcheck-timeout={value}"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--reqcheck-timeout must be a number of seconds above 0, not *; pass e.g. 120."]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_remote_backend_refuses_a_deadline_that_never_comes() -> None:
+    with pytest.raises(ReqcheckError, match=r"deadline must be a number of seconds above 0, not inf; pass"):
+        RemoteBackend("http://127.0.0.1:9", timeout=math.inf)
