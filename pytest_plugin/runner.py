@@ -15,7 +15,7 @@ import pytest
 
 from pytest_reqcheck.adapters import SessionAdapters
 from pytest_reqcheck.options import SessionOptions
-from reqcheck.errors import ReqcheckError
+from reqcheck.errors import ReqcheckError, plain_text
 from reqcheck.formats.data import Example
 from reqcheck.gating.cases import Prediction
 
@@ -244,7 +244,7 @@ def outcomes(
                     raise
                 reason = str(exc)
             except Exception as exc:  # a bug: each unchecked case fails with it, once, and the run goes on
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                reason = plain_text(f"{type(exc).__name__}: {exc}", 400)
             else:
                 for mode, predictions in done.items():
                     out[mode] += predictions

@@ -38,7 +38,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import parse_url
 
-from reqcheck.errors import ReqcheckError, hide_url_credentials
+from reqcheck.errors import ReqcheckError, hide_url_credentials, plain_text
 
 LLAMA_CPP = "llama.cpp"
 VLLM = "vllm"
@@ -122,7 +122,7 @@ class Endpoint:
             if 300 <= status < 400:
                 raise ReqcheckError(
                     f"The server at {self.shown} answered {method} {path} with a redirect (HTTP {status}) to "
-                    f"{location or 'no location'}; point --reqcheck-endpoint at the server itself."
+                    f"{plain_text(location or 'no location')}; point --reqcheck-endpoint at the server itself."
                 )
             if status == 404 and missing_ok:
                 return None
@@ -322,7 +322,7 @@ def _connection_problem(exc: HTTPError) -> str:
 
 
 def _message(data: bytes) -> str:
-    """The server's error message, on one line and short."""
+    """The server's error message, as one short line of plain text."""
     text = data.decode("utf-8", "replace")
     try:
         parsed = json.loads(text)
@@ -330,8 +330,7 @@ def _message(data: bytes) -> str:
         text = error.get("message", str(error)) if isinstance(error, dict) else str(error)
     except ValueError:
         pass
-    text = " ".join(text.split())
-    return (text[:200] + "…") if len(text) > 200 else text or "no message"
+    return plain_text(text) or "no message"
 
 
 @dataclass
@@ -361,9 +360,9 @@ class ServerInfo:
             first = entries[0] if entries else {}
             return cls(
                 engine=LLAMA_CPP,
-                version=str(props.get("build_info")),
-                model=props.get("model_path") or props.get("model_alias") or first.get("id"),
-                model_hash=props.get("model_hash") or first.get("digest"),
+                version=_shown(props.get("build_info")),
+                model=_shown(props.get("model_path") or props.get("model_alias") or first.get("id")),
+                model_hash=_shown(props.get("model_hash") or first.get("digest")),
                 meta=dict(first.get("meta") or {}),
                 adapters=[a for a in adapters if isinstance(a, dict)],
             )
@@ -373,8 +372,8 @@ class ServerInfo:
             base = bases[0] if bases else entries[0]
             return cls(
                 engine=VLLM,
-                version=str(version.get("version")) if version else None,
-                model=base.get("root") or base.get("id"),
+                version=_shown(version.get("version")) if version else None,
+                model=_shown(base.get("root") or base.get("id")),
                 meta={"max_model_len": base.get("max_model_len"), "id": base.get("id")},
                 adapters=[m for m in entries if m.get("parent")],
             )
@@ -382,3 +381,8 @@ class ServerInfo:
             f"The server at {endpoint.shown} is neither llama-server nor vLLM (it has no /props with "
             "build_info and no /v1/models entries with a parent); serve the adapter with one of those."
         )
+
+
+def _shown(value: Any) -> str | None:
+    """What a server says about itself, as reqcheck shows and reports it: plain text (None stays None)."""
+    return None if value is None else plain_text(value)

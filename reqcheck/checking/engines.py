@@ -14,7 +14,7 @@ from typing import Any
 
 from reqcheck.checking.adapters import ResolvedAdapter
 from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
-from reqcheck.errors import ReqcheckError
+from reqcheck.errors import ReqcheckError, plain_text
 from reqcheck.formats.manifest import content_hash
 from reqcheck.formats.served import ServedTag
 
@@ -78,7 +78,7 @@ class LlamaCpp(Engine):
         found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
         shown = self.endpoint.shown
         if not found:
-            served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
+            served = [plain_text(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
             raise ReqcheckError(
                 f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
                 f"{', '.join(served) or 'no adapter'}); serve it with reqcheck serve {adapter.path}, or export it "
@@ -107,9 +107,10 @@ class Vllm(Engine):
             )
         names = [str(a.get("id")) for a in self.info.adapters]
         if adapter.name not in names:
+            served = ", ".join(plain_text(name) for name in names)
             raise ReqcheckError(
                 f"The vLLM server at {self.endpoint.shown} has no LoRA module {adapter.name!r} (it serves "
-                f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
+                f"{served or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
             )
         return {"model": adapter.name}, False
 

@@ -162,3 +162,53 @@ def test_a_timeout_no_request_could_meet_is_a_usage_error(
 def test_remote_backend_refuses_a_deadline_that_never_comes() -> None:
     with pytest.raises(ReqcheckError, match=r"deadline must be a number of seconds above 0, not inf; pass"):
         RemoteBackend("http://127.0.0.1:9", timeout=math.inf)
+
+
+# defect 5: text from a server is data. A hostile server erased lines, set the terminal title, printed a spoofed
+# gate verdict and a GitHub `::error` workflow command through /props, a task name and an error body.
+HOSTILE = (
+    "base.gguf\x1b[2K\r\x1b[1A  gate min_accuracy: PASS\x1b]0;pwned\x07\x9b31m\n::error::spoofed\r\n"
+    "::warning file=x::y\u2028::notice::z"
+)
+
+
+def _plain(text: str) -> None:
+    """No escape or control character in `text`, and no line that a CI runner would take as a command."""
+    assert not {"\x1b", "\x07", "\x9b", "\r", "\u2028"} & set(text)
+    assert [line for line in text.splitlines() if line.lstrip().startswith("::")] == []
+
+
+@pytest.mark.parametrize("where", ["props", "error-body"])
+def test_what_a_server_says_reaches_the_terminal_and_the_step_summary_as_plain_text(
+    pytester: pytest.Pytester, adapter: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    refusal = {"error": {"code": 400, "message": HOSTILE, "type": "invalid_request_error"}}
+    complete = answers() if where == "props" else (lambda body: (400, refusal))
+    with fake_llama([lora_entry(adapter)], complete) as (url, server):
+        server.props = {"build_info": "b1" + HOSTILE, "model_path": HOSTILE}
+        result = gate(pytester, adapter, url, "--reqcheck-validation=on")
+    out = result.stdout.str()
+    _plain(out)
+    _plain(summary.read_text())
+    if where == "props":
+        result.stdout.fnmatch_lines(
+            ["*served: llama.cpp b1base.gguf gate min_accuracy: PASS ::error::spoofed *"]
+        )
+        served = _report(pytester).adapters[0].served
+        assert served is not None and served.model == "base.gguf gate min_accuracy: PASS ::error::spoofed " \
+            "::warning file=x::y ::notice::z"  # fmt: skip
+    else:
+        result.stdout.fnmatch_lines(["*refused POST /v1/chat/completions with HTTP 400 (base.gguf gate *)*"])
+
+
+def test_a_hostile_task_name_is_plain_text_in_the_refusal(pytester: pytest.Pytester, adapter: Path) -> None:
+    other = {"id": 0, "path": "/srv/x.gguf", "scale": 0.0, "task_name": HOSTILE}
+    with fake_llama([other], answers()) as (url, _):
+        result = gate(pytester, adapter, url)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*does not serve adapter polite (*; it serves base.gguf gate min_accuracy: PASS*"]
+    )
+    _plain(result.stdout.str() + result.stderr.str())
