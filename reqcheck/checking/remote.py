@@ -195,7 +195,7 @@ class RemoteBackend(Checker):
         body.setdefault("temperature", 0.0)
         what = f"adapter {adapter.name}"
         with self._engine.one_at_a_time(adapter):
-            _, answer = self._complete(body, what)
+            _, answer = self._complete(body, what, adapter)
         try:
             response = ChatCompletionResponse.model_validate(answer)
         except ValidationError as exc:
@@ -263,10 +263,15 @@ class RemoteBackend(Checker):
         """Request fields that run the base model alone."""
         return self._engine.base_select()
 
-    def _complete(self, body: dict[str, Any], what: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _complete(
+        self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """A chat completion's checked logprobs (one entry per generated token) and the whole answer, or one
-        sentence why no score can be read from it."""
+        sentence why no score can be read from it. `adapter` is the one the request applies (None: the base
+        model alone), confirmed still served there when the server may have changed."""
+        opened = self.endpoint.connections
         answer = self.endpoint.post("/v1/chat/completions", body)
+        self._engine.confirm(adapter, answer, opened)
         try:
             return first_token_logprobs(answer, self.endpoint.shown, what), answer
         except NoLogprobs:

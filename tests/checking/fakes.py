@@ -193,7 +193,11 @@ class FakeLlama:
         default_factory=lambda: {"build_info": BUILD, "model_path": "/srv/base.gguf"}
     )
     completions: int = 0
+    seen: Seen = field(default_factory=list)  # every request: method, path, headers
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, path: str) -> int:
+        return sum(1 for _, seen_path, _ in self.seen if seen_path == path)
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.body or b"null")  # type: ignore[attr-defined]
@@ -222,5 +226,6 @@ def fake_llama(
 ) -> Iterator[tuple[str, FakeLlama]]:
     """A fake llama-server serving `adapters`; yields its URL and its state (edit it to change the server)."""
     state = FakeLlama(adapters, complete)
-    with fake_server(lambda handler: state.answer(handler), keep_alive) as (url, _):
+    with fake_server(lambda handler: state.answer(handler), keep_alive) as (url, seen):
+        state.seen = seen
         yield url, state
