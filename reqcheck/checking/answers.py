@@ -2,9 +2,11 @@
 
 Scores are read from the first choice's logprobs, so every token there must be a string, every logprob a
 finite number no greater than 0 (a probability in [0, 1]), and every `top_logprobs` a non-empty list: llama.cpp
-writes a non-finite float as `null`, and a broken proxy may send anything. Whatever breaks that is one
-sentence for the check, never a made-up label and never a raw exception from the readers downstream; the
-probabilities read in the end are checked the same way.
+writes a non-finite float as `null`, and a broken proxy may send anything. One exception: an alternative after
+the most likely one whose probability underflowed a float is -inf, which llama.cpp writes as `null`; that is
+probability 0, and it is read as -inf (a sharply trained adapter gives its unlikely tokens such values).
+Whatever breaks that is one sentence for the check, never a made-up label and never a raw exception from the
+readers downstream; the probabilities read in the end are checked the same way.
 """
 
 from __future__ import annotations
@@ -45,8 +47,11 @@ def first_token_logprobs(answer: Any, shown: str, what: str) -> list[dict[str, A
     return content
 
 
-def _entry_problem(entry: Any) -> str:
-    """What is wrong with one token's logprob entry (`{"token": ..., "logprob": ...}`); empty when nothing."""
+def _entry_problem(entry: Any, underflow: bool = False) -> str:
+    """What is wrong with one token's logprob entry (`{"token": ..., "logprob": ...}`); empty when nothing.
+
+    With `underflow`, a null or -inf logprob is probability 0, and a null is set to -inf for the readers.
+    """
     if not isinstance(entry, dict):
         return f"a logprobs entry that is not an object ({_shown(entry)})"
     token, logprob = entry.get("token"), entry.get("logprob", ...)
@@ -54,6 +59,9 @@ def _entry_problem(entry: Any) -> str:
         return f"a token that is not a string ({_shown(token)})"
     if logprob is ...:
         return "a logprobs entry without a logprob"
+    if underflow and (logprob is None or logprob == -math.inf):
+        entry["logprob"] = -math.inf
+        return ""
     if logprob is None:
         return "a null logprob (how llama.cpp writes a non-finite number)"
     if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
@@ -70,7 +78,9 @@ def _alternatives_problem(alternatives: Any) -> str:
         return f"top_logprobs that are not a list ({_shown(alternatives)})"
     if not alternatives:
         return "an empty top_logprobs list (nothing to weigh the label against)"
-    return next(filter(None, map(_entry_problem, alternatives)), "")
+    first, *rest = alternatives
+    problems = [_entry_problem(first)] + [_entry_problem(entry, underflow=True) for entry in rest]
+    return next(filter(None, problems), "")
 
 
 def _shown(value: Any) -> str:

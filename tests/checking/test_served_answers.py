@@ -119,6 +119,20 @@ def test_a_broken_logprob_is_one_sentence(adapter: Path, mode: str, fault: str) 
 
 
 @pytest.mark.parametrize("mode", ["adapter", "judge"])
+@pytest.mark.parametrize("value", [None, -math.inf])
+def test_an_unlikely_alternative_that_underflowed_is_probability_zero(
+    adapter: Path, mode: str, value: Any
+) -> None:
+    """llama.cpp writes the -inf logprob of an alternative whose probability underflowed as null."""
+    answer = _good(mode)
+    for entry in answer["choices"][0]["logprobs"]["content"]:
+        entry["top_logprobs"].append({"token": "zzz", "logprob": value, "bytes": [122, 122, 122]})
+    [scores] = _checked(adapter, mode, answer)
+    [expected] = _checked(adapter, mode, _good(mode))
+    assert scores == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode", ["adapter", "judge"])
 @pytest.mark.parametrize("fault", list(ANSWER_FAULTS))
 def test_an_answer_of_another_shape_is_one_sentence(adapter: Path, mode: str, fault: str) -> None:
     edit, pattern = ANSWER_FAULTS[fault]
