@@ -89,7 +89,9 @@ class SessionAdapters:
             if served:
                 from reqcheck.checking.remote import RemoteBackend
 
-                backend = RemoteBackend(self.options.endpoint, concurrency=self.options.concurrency)
+                backend = RemoteBackend(
+                    self.options.endpoint, concurrency=self.options.concurrency, timeout=self.options.timeout
+                )
             else:
                 from reqcheck.checking.backend import LocalHFBackend
 

@@ -6,6 +6,7 @@ docs/gating.md lists every entry of this table and of the gate table; a test kee
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,13 @@ OPTIONS = (
     ),
     Option("--reqcheck-concurrency", "requests in flight to the endpoint [4]", int, default=4, metavar="N"),
     Option(
+        "--reqcheck-timeout",
+        "seconds one request to the endpoint may take, retries and a slow answer included [120]",
+        float,
+        default=120.0,
+        metavar="SECONDS",
+    ),
+    Option(
         "--reqcheck-compare",
         "with --reqcheck-endpoint, also run every case in process (mode local) to measure train/serve skew",
         bool,
@@ -172,6 +180,7 @@ class SessionOptions:
     compare: bool
     batch_size: int
     concurrency: int
+    timeout: float
     device: str
     no_cache: bool
     baseline: str | None
@@ -186,11 +195,12 @@ class SessionOptions:
         compare = bool(config.getoption("reqcheck_compare"))
         endpoint = config.getoption("reqcheck_endpoint")
         concurrency = config.getoption("reqcheck_concurrency")
+        timeout = config.getoption("reqcheck_timeout")
         baseline = setting(config, "reqcheck_baseline")
         given = {kind.name: setting(config, dest(kind.option)) for kind in GATES}
         thresholds = {name: value for name, value in given.items() if value is not None}
         _check_gates(thresholds, baseline, compare)
-        _check_served(compare, endpoint, concurrency)
+        _check_served(compare, endpoint, concurrency, timeout)
         return cls(
             modes=MODES[validation] + (("local",) if compare else ()),
             strict=setting(config, "reqcheck_strict"),
@@ -200,6 +210,7 @@ class SessionOptions:
             compare=compare,
             batch_size=config.getoption("reqcheck_batch_size"),
             concurrency=concurrency,
+            timeout=timeout,
             device=config.getoption("reqcheck_device"),
             no_cache=bool(config.getoption("reqcheck_no_cache")),
             baseline=baseline,
@@ -222,14 +233,19 @@ def _check_gates(thresholds: dict[str, float], baseline: str | None, compare: bo
             raise pytest.UsageError(f"{kind.option} needs --reqcheck-endpoint URL --reqcheck-compare.")
 
 
-def _check_served(compare: bool, endpoint: str | None, concurrency: int) -> None:
-    """Refuse --reqcheck-compare without a server, and fewer than one request in flight."""
+def _check_served(compare: bool, endpoint: str | None, concurrency: int, timeout: float) -> None:
+    """Refuse --reqcheck-compare without a server, fewer than one request in flight, and a deadline that
+    no request could meet or that never comes."""
     if compare and not endpoint:
         raise pytest.UsageError(
             "--reqcheck-compare needs --reqcheck-endpoint URL, the server to compare with."
         )
     if concurrency < 1:
         raise pytest.UsageError("--reqcheck-concurrency must be at least 1; pass e.g. 4.")
+    if not 0 < timeout < math.inf:  # NaN fails too
+        raise pytest.UsageError(
+            f"--reqcheck-timeout must be a number of seconds above 0, not {timeout}; pass e.g. 120."
+        )
 
 
 def _gate_settings(config: pytest.Config) -> GateSettings:

@@ -15,7 +15,7 @@ import pytest
 
 from pytest_reqcheck.adapters import SessionAdapters
 from pytest_reqcheck.options import SessionOptions
-from reqcheck.errors import ReqcheckError
+from reqcheck.errors import ReqcheckError, plain_text
 from reqcheck.formats.data import Example
 from reqcheck.gating.cases import Prediction
 
@@ -33,6 +33,7 @@ class SelectedCase(Protocol):
 
 
 CACHE_FORMAT = "reqcheck/v1"
+Outcome = Prediction | str  # a case's prediction, or the one line that says why it has none
 
 
 def case_key(fingerprint: dict[str, Any], mode: str, item: str, requirement: str | None) -> str:
@@ -168,47 +169,86 @@ class PredictionRunner:
                     if caches[c.mode].get(c.key) is None
                 }.values()
             )
+            failed: dict[tuple[str, str], str] = {}  # (mode, key) -> why it was not checked
             if missing:
-                for mode, predictions in self._predict_missing(adapter, missing).items():
-                    for example, prediction in zip(missing, predictions, strict=True):
-                        if prediction is not None:
-                            caches[mode].put(self.key(adapter, mode, example), prediction)
+                for mode, results in self._predict_missing(adapter, missing).items():
+                    for example, outcome in zip(missing, results, strict=True):
+                        key = self.key(adapter, mode, example)
+                        if isinstance(outcome, str):
+                            failed[(mode, key)] = outcome
+                        else:
+                            caches[mode].put(key, outcome)
                 for cache in caches.values():
                     cache.save()
             for c in members:
                 found = caches[c.mode].get(c.key)
                 if found is None:
-                    self.case_errors[(adapter, c.mode, c.key)] = entry.run.errors[0]
+                    self.case_errors[(adapter, c.mode, c.key)] = failed[(c.mode, c.key)]
+                    entry.run.errors.setdefault(c.mode, []).append(failed[(c.mode, c.key)])
                 else:
                     self.predictions[(adapter, c.mode, c.key)] = found
 
-    def _predict_missing(self, adapter: str, missing: list[Example]) -> dict[str, list[Prediction | None]]:
-        """Each mode's predictions of `missing` in their order; None where a served check failed.
+    def _predict_missing(self, adapter: str, missing: list[Example]) -> dict[str, list[Outcome]]:
+        """Each mode's outcome for `missing`, in their order: its prediction, or why it has none.
 
-        In process, a failure stops the run (every case would fail alike). Through an endpoint, the cases
-        are sent a batch at a time, and when the server fails (it died, say) the cases not yet checked
-        keep its one-sentence reason, which fails them and the gates.
+        In process, a ReqcheckError stops the run (every case would fail alike). Through an endpoint, the
+        cases are sent a batch at a time, each mode on its own, and when the server fails a mode (it died, or
+        the judge cannot score) that mode's cases not yet checked keep its one-sentence reason, which fails
+        them and the gates on that mode.
         """
         items = [e.item for e in missing]
         batch = self.options.batch_size
-        modes = [mode for mode in self.options.modes if mode != "local"]
         told = [self.adapters.told(adapter, e.requirement) for e in missing]
-        requirements = {mode: told for mode in modes}
+        requirements = {mode: told for mode in self.options.modes if mode != "local"}
         if not self.options.endpoint:
-            return dict(predict(self.adapters.backend, adapter, items, requirements, batch))
-        out: dict[str, list[Prediction | None]] = {mode: [None] * len(missing) for mode in self.options.modes}
+            return outcomes(self.adapters.backend, adapter, items, requirements, len(items), batch)
+        out: dict[str, list[Outcome]] = {}
         if "local" in self.options.modes:
-            local = predict(self.adapters.local_backend, adapter, items, {"adapter": told}, batch)
-            out["local"] = list(local["adapter"])
+            local = outcomes(
+                self.adapters.local_backend, adapter, items, {"adapter": told}, len(items), batch
+            )
+            out["local"] = local["adapter"]
         step = max(batch, 4 * self.options.concurrency)
-        for start in range(0, len(missing), step):
-            chunk = {mode: reqs[start : start + step] for mode, reqs in requirements.items()}
-            try:
-                done = predict(self.adapters.backend, adapter, items[start : start + step], chunk, step)
-            except ReqcheckError as exc:
-                unchecked = (len(missing) - start) * len(modes)
-                self.adapters.by_name[adapter].run.errors.extend([str(exc)] * unchecked)
-                break
-            for mode, predictions in done.items():
-                out[mode][start : start + len(predictions)] = predictions
+        out.update(outcomes(self.adapters.backend, adapter, items, requirements, step, step, served=True))
         return out
+
+
+def outcomes(
+    backend: Any,
+    adapter: str,
+    items: list[str],
+    requirements: dict[str, list[str | None]],
+    step: int,
+    batch_size: int,
+    served: bool = False,
+) -> dict[str, list[Outcome]]:
+    """Each mode's outcome for `items`, `step` items at a time (every mode on a step before the next).
+
+    When a step fails, its items and those not yet checked keep the reason and nothing more is sent for them:
+    a served check's ReqcheckError (the server's one sentence; in process it stops the run, raised), or
+    anything else, which is a bug kept as its type and message. A case is tried once, never again with every
+    later case. Served, each mode goes on its own: one mode's failure is only its own cases' error.
+    """
+    out: dict[str, list[Outcome]] = {mode: [] for mode in requirements}
+    # in process the modes share each batch, so the judge reuses the contexts the adapter just cached
+    groups = [[mode] for mode in requirements] if served else [list(requirements)]
+    for start in range(0, len(items), step):
+        for group in groups:
+            if len(out[group[0]]) > start:  # failed at an earlier step: its cases keep that reason
+                continue
+            chunk = {mode: requirements[mode][start : start + step] for mode in group}
+            try:
+                done = predict(backend, adapter, items[start : start + step], chunk, batch_size)
+            except ReqcheckError as exc:
+                if not served:
+                    raise
+                reason = str(exc)
+            except Exception as exc:  # a bug: each unchecked case fails with it, once, and the run goes on
+                reason = plain_text(f"{type(exc).__name__}: {exc}", 400)
+            else:
+                for mode, predictions in done.items():
+                    out[mode] += predictions
+                continue
+            for mode in group:
+                out[mode] += [reason] * (len(items) - start)
+    return out

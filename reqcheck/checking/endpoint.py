@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import socket
@@ -37,7 +38,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import parse_url
 
-from reqcheck.errors import ReqcheckError, hide_url_credentials
+from reqcheck.errors import ReqcheckError, hide_url_credentials, plain_text
 
 LLAMA_CPP = "llama.cpp"
 VLLM = "vllm"
@@ -52,6 +53,7 @@ class Endpoint:
     """JSON over HTTP to one server, safe to share between threads (`concurrency` pooled connections).
 
     `timeout` is each request's deadline in seconds, over every attempt and every byte of the answer.
+    `connections` counts the connections opened so far (a new one may reach a restarted server).
     Within it, `retries` more attempts follow a 429, a 5xx, a timeout or a refused or dropped connection,
     waiting `backoff`, then twice as long each time. A `user:pass@` in `url` is sent as basic auth (never
     in the request line, never shown); without one, a bearer token comes from `api_key` or
@@ -67,9 +69,16 @@ class Endpoint:
         backoff: float = 0.5,
         api_key: str | None = None,
     ) -> None:
+        if not 0 < timeout < math.inf:  # NaN fails too
+            raise ReqcheckError(
+                f"A request's deadline must be a number of seconds above 0, not {timeout}; pass e.g. 120."
+            )
         self.url, user_info = _request_root(url)
         self.shown = hide_url_credentials(url.rstrip("/"))
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        # connections opened so far: a new one may reach a restarted server or another replica
+        self.connections = 0
+        self._counting = threading.Lock()
         headers = {"Content-Type": "application/json"}
         key = api_key or os.environ.get(API_KEY_ENV)
         if user_info is not None:
@@ -117,7 +126,7 @@ class Endpoint:
             if 300 <= status < 400:
                 raise ReqcheckError(
                     f"The server at {self.shown} answered {method} {path} with a redirect (HTTP {status}) to "
-                    f"{location or 'no location'}; point --reqcheck-endpoint at the server itself."
+                    f"{plain_text(location or 'no location')}; point --reqcheck-endpoint at the server itself."
                 )
             if status == 404 and missing_ok:
                 return None
@@ -172,6 +181,9 @@ class Endpoint:
         finally:
             watch.stop()
             _current.watch = None
+            if watch.connected:
+                with self._counting:
+                    self.connections += 1
         if watch.expired:  # an answer without a length ends where the deadline shut the socket
             raise _Expired
         return response.status, payload, response.headers.get("Location")
@@ -238,15 +250,17 @@ class _Watch:
 
     def __init__(self, seconds: float) -> None:
         self.expired = False
+        self.connected = False  # the attempt opened a connection of its own
         self._connection: HTTPConnection | None = None
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
         self._timer.start()
 
-    def watch(self, connection: HTTPConnection) -> None:
+    def watch(self, connection: HTTPConnection, opened: bool) -> None:
         with self._lock:
             self._connection = connection
+            self.connected |= opened
             if self.expired:
                 _shut(connection)
 
@@ -275,7 +289,7 @@ class _WatchedConnection(HTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        _watched(self)
+        _watched(self, opened=True)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watched(self)
@@ -285,17 +299,17 @@ class _WatchedConnection(HTTPConnection):
 class _WatchedTLSConnection(HTTPSConnection):
     def connect(self) -> None:
         super().connect()
-        _watched(self)
+        _watched(self, opened=True)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watched(self)
         super().request(*args, **kwargs)
 
 
-def _watched(connection: HTTPConnection) -> None:
+def _watched(connection: HTTPConnection, opened: bool = False) -> None:
     watch = getattr(_current, "watch", None)
     if watch is not None:
-        watch.watch(connection)
+        watch.watch(connection, opened)
 
 
 class _WatchedPool(HTTPConnectionPool):
@@ -317,7 +331,7 @@ def _connection_problem(exc: HTTPError) -> str:
 
 
 def _message(data: bytes) -> str:
-    """The server's error message, on one line and short."""
+    """The server's error message, as one short line of plain text."""
     text = data.decode("utf-8", "replace")
     try:
         parsed = json.loads(text)
@@ -325,8 +339,7 @@ def _message(data: bytes) -> str:
         text = error.get("message", str(error)) if isinstance(error, dict) else str(error)
     except ValueError:
         pass
-    text = " ".join(text.split())
-    return (text[:200] + "…") if len(text) > 200 else text or "no message"
+    return plain_text(text) or "no message"
 
 
 @dataclass
@@ -352,15 +365,14 @@ class ServerInfo:
         entries = [m for m in models.get("data") or [] if isinstance(m, dict)]
         props = endpoint.get("/props", missing_ok=True)
         if isinstance(props, dict) and "build_info" in props:
-            adapters = endpoint.get("/lora-adapters", missing_ok=True) or []
             first = entries[0] if entries else {}
             return cls(
                 engine=LLAMA_CPP,
-                version=str(props.get("build_info")),
-                model=props.get("model_path") or props.get("model_alias") or first.get("id"),
-                model_hash=props.get("model_hash") or first.get("digest"),
+                version=_shown(props.get("build_info")),
+                model=_shown(props.get("model_path") or props.get("model_alias") or first.get("id")),
+                model_hash=_shown(props.get("model_hash") or first.get("digest")),
                 meta=dict(first.get("meta") or {}),
-                adapters=[a for a in adapters if isinstance(a, dict)],
+                adapters=read_adapters(endpoint),
             )
         if entries and all("parent" in m for m in entries):
             version = endpoint.get("/version", missing_ok=True) or {}
@@ -368,8 +380,8 @@ class ServerInfo:
             base = bases[0] if bases else entries[0]
             return cls(
                 engine=VLLM,
-                version=str(version.get("version")) if version else None,
-                model=base.get("root") or base.get("id"),
+                version=_shown(version.get("version")) if version else None,
+                model=_shown(base.get("root") or base.get("id")),
                 meta={"max_model_len": base.get("max_model_len"), "id": base.get("id")},
                 adapters=[m for m in entries if m.get("parent")],
             )
@@ -377,3 +389,16 @@ class ServerInfo:
             f"The server at {endpoint.shown} is neither llama-server nor vLLM (it has no /props with "
             "build_info and no /v1/models entries with a parent); serve the adapter with one of those."
         )
+
+
+def read_adapters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    """llama-server's `/lora-adapters` entries, those with an integer id (a server that lacks the route has none)."""
+    entries = endpoint.get("/lora-adapters", missing_ok=True)
+    if not isinstance(entries, list):
+        return []
+    return [a for a in entries if isinstance(a, dict) and type(a.get("id")) is int]
+
+
+def _shown(value: Any) -> str | None:
+    """What a server says about itself, as reqcheck shows and reports it: plain text (None stays None)."""
+    return None if value is None else plain_text(value)

@@ -1,8 +1,8 @@
 """How each kind of server is asked: one small class per engine, so `RemoteBackend` never branches on it.
 
 An engine says which request fields apply an adapter (and whether the server applies it to requests that
-name none), which fields run the base model alone, how the server tokenizes a text, and whether aLoRA
-requests must go one at a time.
+name none), which fields run the base model alone, how the server tokenizes a text, whether aLoRA
+requests must go one at a time, and, after an answer, whether the server still applies what was selected.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.checking.adapters import ResolvedAdapter
-from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo
-from reqcheck.errors import ReqcheckError
+from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo, read_adapters
+from reqcheck.errors import ReqcheckError, plain_text
 from reqcheck.formats.manifest import content_hash
 from reqcheck.formats.served import ServedTag
 
@@ -45,6 +45,10 @@ class Engine:
         """Held around a request that applies `adapter`: a lock where the server needs them serialised."""
         return nullcontext()
 
+    def confirm(self, adapter: ResolvedAdapter | None, answer: Any, opened: int) -> None:
+        """Refuse `answer` when the server may no longer apply what the request selected: `adapter` (None: the
+        base model alone), sent when the endpoint had opened `opened` connections."""
+
 
 class LlamaCpp(Engine):
     """llama-server: adapters by `/lora-adapters` id and scale; aLoRA requests one at a time."""
@@ -52,10 +56,55 @@ class LlamaCpp(Engine):
     def __init__(self, endpoint: Endpoint, info: ServerInfo) -> None:
         super().__init__(endpoint, info)
         self._one_alora = threading.Lock()
+        self._ids: dict[str, tuple[int, str]] = {}  # adapter name -> the id it is selected by, its hash
+        self._rereading = threading.Lock()
+        self._read_at = endpoint.connections  # connections opened when `/lora-adapters` was last read
+        self._identity: tuple[Any, Any] | None = None  # the build and model the answers name
 
     def select(self, adapter: ResolvedAdapter) -> tuple[dict[str, Any], bool]:
         entry = self._entry(adapter)
+        self._ids[adapter.name] = (int(entry["id"]), content_hash(adapter.path))
         return {"lora": [{"id": int(entry["id"]), "scale": 1.0}]}, bool(float(entry.get("scale") or 0))
+
+    def confirm(self, adapter: ResolvedAdapter | None, answer: Any, opened: int) -> None:
+        """Re-read `/lora-adapters` when the server may have changed under the request, and refuse its answer
+        when the id used no longer serves the adapter (or, for the base model, an adapter was left unzeroed).
+
+        llama-server applies adapters by id and its answers do not say which one ran, so a restart that loads
+        other files, or another replica, would give another adapter's scores as ours. The server may have
+        changed when the request opened a connection no re-read has seen yet (a restart drops every
+        connection), or when an answer names another build or model than the first one did.
+        """
+        identity = (
+            (answer.get("system_fingerprint"), answer.get("model")) if isinstance(answer, dict) else None
+        )
+        with self._rereading:
+            self._identity = self._identity or identity
+            if identity == self._identity and self.endpoint.connections <= max(opened, self._read_at):
+                return
+            before = {int(a["id"]) for a in self.info.adapters}
+            self.info.adapters = read_adapters(self.endpoint)
+            self._read_at, self._identity = self.endpoint.connections, identity
+        if adapter is not None:
+            self._still_serves(adapter)
+        elif {int(a["id"]) for a in self.info.adapters} - before:
+            raise ReqcheckError(
+                f"The server at {self.endpoint.shown} now lists more adapters than when the run began, so the "
+                "base model's request may have run one of them (it restarted, or another replica answered); "
+                "load the same --lora files in the same order on every replica, then rerun."
+            )
+
+    def _still_serves(self, adapter: ResolvedAdapter) -> None:
+        used, digest = self._ids[adapter.name]
+        entry = next((a for a in self.info.adapters if a.get("id") == used), None)
+        tag = ServedTag.parse(entry.get("task_name")) if entry else None
+        if tag is None or tag.content_hash != digest:
+            now = plain_text(entry.get("task_name") or entry.get("path")) if entry else "nothing"
+            raise ReqcheckError(
+                f"The server at {self.endpoint.shown} no longer serves adapter {adapter.name} at id {used} (it "
+                f"serves {now} there now: it restarted, or another replica answered); load the same --lora "
+                "files in the same order on every replica, then rerun."
+            )
 
     def base_select(self) -> dict[str, Any]:
         """Every llama-server adapter at scale 0."""
@@ -78,7 +127,7 @@ class LlamaCpp(Engine):
         found = [a for a, tag in zip(entries, tags, strict=True) if tag and tag.content_hash == digest]
         shown = self.endpoint.shown
         if not found:
-            served = [str(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
+            served = [plain_text(a.get("task_name") or Path(str(a.get("path", "?"))).name) for a in entries]
             raise ReqcheckError(
                 f"The server at {shown} does not serve adapter {adapter.name} ({digest[:19]}…; it serves "
                 f"{', '.join(served) or 'no adapter'}); serve it with reqcheck serve {adapter.path}, or export it "
@@ -107,9 +156,10 @@ class Vllm(Engine):
             )
         names = [str(a.get("id")) for a in self.info.adapters]
         if adapter.name not in names:
+            served = ", ".join(plain_text(name) for name in names)
             raise ReqcheckError(
                 f"The vLLM server at {self.endpoint.shown} has no LoRA module {adapter.name!r} (it serves "
-                f"{', '.join(names) or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
+                f"{served or 'none'}); start it with --lora-modules {adapter.name}={adapter.path}."
             )
         return {"model": adapter.name}, False
 

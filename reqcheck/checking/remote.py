@@ -9,7 +9,8 @@ io.yaml (the one `reqcheck package` writes), sent with the engine's adapter sele
 class per engine): llama-server's `"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry
 whose `task_name` names this adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set
 to the LoRA module name.
-The answer is read with granite-common's `IntrinsicsResultProcessor`: a label's probability is the
+The answer is checked first (`answers`: finite logprobs no greater than 0, non-empty top logprobs), then read
+with granite-common's `IntrinsicsResultProcessor`: a label's probability is the
 `likelihood` rule over the first value token's top logprobs. The judge asks the same server's base model
 (every adapter at scale 0) the question the in-process judge asks and reads yes/no from the top logprobs.
 `concurrency` requests are in flight at once over one connection pool; busy or failing servers are
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
+from reqcheck.checking.answers import NoLogprobs, checked_probabilities, first_token_logprobs
 from reqcheck.checking.endpoint import Endpoint, ServerInfo
 from reqcheck.checking.engines import Engine
 from reqcheck.checking.judge import judge_messages
@@ -57,8 +59,9 @@ class RemoteBackend(Checker):
     """Requirement checks through an OpenAI-compatible server that serves the base model and the adapters.
 
     `url` is the server's root (e.g. http://127.0.0.1:8080); `concurrency` requests are in flight at once;
-    `timeout` seconds per request; `retries` more attempts after a 429, 5xx, timeout or dropped
-    connection. `engine`, `version`, `model` and `model_hash` say what the server reported.
+    `timeout` is each request's deadline in seconds, every retry, wait and byte of a slow answer included;
+    `retries` more attempts after a 429, 5xx, timeout or dropped connection. `engine`, `version`, `model`
+    and `model_hash` say what the server reported.
     """
 
     def __init__(
@@ -84,6 +87,11 @@ class RemoteBackend(Checker):
     @property
     def engine(self) -> str:
         return self.info.engine
+
+    @property
+    def timeout(self) -> float:
+        """Each request's deadline in seconds (`Endpoint` keeps it)."""
+        return self.endpoint.timeout
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
         """Register an adapter the server serves; refuses one it lacks, would misapply, or has another base for."""
@@ -167,6 +175,7 @@ class RemoteBackend(Checker):
         self, adapter: ResolvedAdapter, context: Context, requirement: str | None
     ) -> dict[str, float]:
         from granite_common import ChatCompletionResponse, IntrinsicsRewriter
+        from pydantic import ValidationError
 
         served, manifest = self._served[adapter.name], adapter.manifest
         instruction = manifest.prompt.instruction or ""
@@ -184,17 +193,27 @@ class RemoteBackend(Checker):
             logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
         )
         body.setdefault("temperature", 0.0)
+        what = f"adapter {adapter.name}"
         with self._engine.one_at_a_time(adapter):
-            answer = self._complete(body, f"adapter {adapter.name}")
-        response = ChatCompletionResponse.model_validate(answer)
+            _, answer = self._complete(body, what, adapter)
         try:
-            return {label: float(_score(p, response, rewritten)) for label, p in served.processors.items()}
-        except (ValueError, TypeError, KeyError) as exc:
+            response = ChatCompletionResponse.model_validate(answer)
+        except ValidationError as exc:
+            where = ".".join(map(str, exc.errors()[0]["loc"]))
+            raise ReqcheckError(
+                f"The server at {self.endpoint.shown} answered {what} with something that is not a chat "
+                f"completion ({where}: {exc.errors()[0]['msg']}); fix the server or the proxy in front of it, "
+                "then rerun."
+            ) from None
+        try:
+            scores = {label: float(_score(p, response, rewritten)) for label, p in served.processors.items()}
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             content = response.choices[0].message.content
             raise ReqcheckError(
                 f"The server's output for adapter {adapter.name}, {content!r:.80}, is not the JSON the adapter "
                 f"was trained to emit ({type(exc).__name__}); serve the exported adapter on its own base model."
             ) from None
+        return checked_probabilities(scores, self.endpoint.shown, what)
 
     def judge(
         self, contexts: list[Context], requirements: list[str | None], labels: list[str] | None = None
@@ -208,23 +227,25 @@ class RemoteBackend(Checker):
         messages = judge_messages(context, requirement, labels)
         body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
         body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
-        answer = self._complete(body, "the judge")
-        top = answer["choices"][0]["logprobs"]["content"][0].get("top_logprobs") or []
+        content, _ = self._complete(body, "the judge")
+        top = content[0]["top_logprobs"]
         mass = dict.fromkeys(labels, 0.0)
         for entry in top:
-            text = str(entry.get("token", "")).strip().lower()
+            text = entry["token"].strip().lower()
             owner = next((label for label in labels if text and label.lower() == text), None)
             if owner is not None:
-                mass[owner] += math.exp(float(entry.get("logprob", -math.inf)))
+                mass[owner] += math.exp(entry["logprob"])
         total = sum(mass.values())
         if not total:
-            shown = ", ".join(repr(str(entry.get("token", ""))) for entry in top[:5]) or "none"
+            shown = ", ".join(repr(entry["token"]) for entry in top[:5])
             raise ReqcheckError(
                 f"The served base model's top {len(top)} next tokens ({shown}, ...) hold none of the labels "
                 f"{', '.join(labels)}, so the judge cannot score this check; check it with a trained adapter "
                 "or serve an instruct model that answers the judge's question."
             )
-        return {label: value / total for label, value in mass.items()}
+        return checked_probabilities(
+            {label: value / total for label, value in mass.items()}, self.endpoint.shown, "the judge"
+        )
 
     def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
         """The served base model's greedy reply (no adapter applied)."""
@@ -242,20 +263,23 @@ class RemoteBackend(Checker):
         """Request fields that run the base model alone."""
         return self._engine.base_select()
 
-    def _complete(self, body: dict[str, Any], what: str) -> dict[str, Any]:
-        """A chat completion whose first generated token carries top logprobs, or one sentence why not."""
+    def _complete(
+        self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A chat completion's checked logprobs (one entry per generated token) and the whole answer, or one
+        sentence why no score can be read from it. `adapter` is the one the request applies (None: the base
+        model alone), confirmed still served there when the server may have changed."""
+        opened = self.endpoint.connections
         answer = self.endpoint.post("/v1/chat/completions", body)
+        self._engine.confirm(adapter, answer, opened)
         try:
-            content = answer["choices"][0]["logprobs"]["content"]
-            if not content or "top_logprobs" not in content[0]:
-                raise TypeError
-        except (KeyError, IndexError, TypeError):
+            return first_token_logprobs(answer, self.endpoint.shown, what), answer
+        except NoLogprobs:
             raise ReqcheckError(
                 f"The server at {self.endpoint.shown} returned no logprobs for {what}, and scores are read "
                 "from them; serve with an engine and options that return logprobs and top_logprobs "
                 "(vLLM: --max-logprobs 20)."
             ) from None
-        return answer
 
 
 def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:

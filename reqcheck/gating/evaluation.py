@@ -53,7 +53,8 @@ class AdapterRun:
     cases: dict[tuple[str, int], Case] = field(default_factory=dict)
     collected: int | None = None  # case items (line and mode) collected; None: not counted
     served: ServedRecord | None = None  # the server, when adapter (and judge) mode ran through one
-    errors: list[str] = field(default_factory=list)  # one reason per case a server could not check
+    # mode -> one reason per case of that mode that could not be checked
+    errors: dict[str, list[str]] = field(default_factory=dict)
 
     def record(
         self, *, id: str, file: str, line: int, item: str, expected: str, mode: str, prediction: Prediction
@@ -107,11 +108,15 @@ class AdapterRun:
             raise
 
     def _check_evaluable(self, gate: Gate, modes: tuple[str, ...], needs_baseline: bool) -> None:
-        """Refuse a gate that would judge part of the suite, lacks a mode's results, or lacks its baseline."""
-        if self.errors:
+        """Refuse a gate that would judge part of the suite, lacks a mode's results, or lacks its baseline.
+
+        Only the gate's own modes count: the judge's failure leaves a gate on the adapter's cases alone.
+        """
+        unchecked = [reason for mode in modes for reason in self.errors.get(mode, [])]
+        if unchecked:
             raise ReqcheckError(
-                f"{len(self.errors)} case(s) could not be checked, so gate {gate.name} would judge only "
-                f"part of the suite: {self.errors[0]}"
+                f"{len(unchecked)} case(s) could not be checked, so gate {gate.name} would judge only "
+                f"part of the suite: {unchecked[0]}"
             )
         missing = [m for m in modes if not any(m in c.predictions for c in self.cases.values())]
         if missing:

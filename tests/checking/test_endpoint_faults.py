@@ -1,7 +1,7 @@
 """`Endpoint` against hostile servers: each fault is one sentence, soon, and never a hang or a leaked password.
 
-Every server here is a small fake on 127.0.0.1 (`_fake_server`): it answers with a scripted function, stops
-by itself after `LIFETIME` seconds, and its slow answers stop after a bounded number of bytes. The only
+Every server here is a small fake on 127.0.0.1 (`fakes.fake_server`): it answers with a scripted function, stops
+by itself after `fakes.LIFETIME` seconds, and its slow answers stop after a bounded number of bytes. The only
 timing assertions are loose upper bounds that prove a call does not hang.
 """
 
@@ -10,81 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from reqcheck.checking.endpoint import LLAMA_CPP, Endpoint, ServerInfo
 from reqcheck.errors import ReqcheckError, hide_url_credentials
 from reqcheck.serving.llama_server import free_port
+from tests.checking.fakes import Answer, fake_server, send
 
-LIFETIME = 60.0  # seconds a fake server lives, whatever the test does
 HANG_BOUND = 15.0  # a call with a 2 s deadline that takes longer than this hangs
 DEADLINE = "; raise the deadline \\(--reqcheck-timeout\\) or check the server\\.$"
-
-Answer = Callable[[BaseHTTPRequestHandler], None]
-
-
-class _Fake(BaseHTTPRequestHandler):
-    """Records each request (method, path, headers by lower-case name) and answers it with `answer`."""
-
-    answer: Answer
-    seen: list[tuple[str, str, dict[str, str]]]
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-        self.answer()
-
-    do_GET = do_POST = _handle
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the client hung up on a slow answer: that is the point
-
-
-@contextmanager
-def _fake_server(answer: Answer) -> Iterator[tuple[str, list[tuple[str, str, dict[str, str]]]]]:
-    """A server on 127.0.0.1 that answers every request with `answer`; yields its URL and what it saw."""
-    seen: list[tuple[str, str, dict[str, str]]] = []
-    handler = type("Handler", (_Fake,), {"answer": answer, "seen": seen})
-    server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    timer = threading.Timer(LIFETIME, server.shutdown)
-    timer.daemon = True
-    thread.start()
-    timer.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        timer.cancel()
-        server.shutdown()
-        server.server_close()
-
-
-def _send(status: int, body: bytes, content_type: str = "application/json", **headers: str) -> Answer:
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            handler.send_header(name.replace("_", "-"), value)
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    return answer
 
 
 def _trickle(raw: bytes, gap: float = 0.1, head: bytes = b"") -> Answer:
@@ -115,7 +53,7 @@ def _raises_soon(call: Callable[[], object], pattern: str) -> str:
 def test_a_body_that_trickles_meets_the_deadline() -> None:
     body = json.dumps({"data": [], "pad": "x" * 180}).encode()  # 20 s at one byte per 0.1 s
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    with _fake_server(_trickle(body, head=head.encode())) as (url, _):
+    with fake_server(_trickle(body, head=head.encode())) as (url, _):
         endpoint = Endpoint(url, timeout=2.0, retries=1, backoff=0.1)
         _raises_soon(
             lambda: endpoint.get("/v1/models"), f"no answer to GET /v1/models within 2 s.*{DEADLINE}"
@@ -124,13 +62,13 @@ def test_a_body_that_trickles_meets_the_deadline() -> None:
 
 def test_headers_that_trickle_meet_the_deadline() -> None:
     raw = f"HTTP/1.1 200 OK\r\nX-Pad: {'a' * 160}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
-    with _fake_server(_trickle(raw)) as (url, _):
+    with fake_server(_trickle(raw)) as (url, _):
         endpoint = Endpoint(url, timeout=2.0, retries=1, backoff=0.1)
         _raises_soon(lambda: endpoint.get("/props"), f"no answer to GET /props within 2 s.*{DEADLINE}")
 
 
 def test_retries_and_their_waits_end_at_the_deadline() -> None:
-    with _fake_server(_send(503, b'{"error": {"message": "busy"}}')) as (url, _):
+    with fake_server(send(503, b'{"error": {"message": "busy"}}')) as (url, _):
         endpoint = Endpoint(url, timeout=1.0, retries=4, backoff=2.0)  # waits alone would take 30 s
         _raises_soon(
             lambda: endpoint.post("/v1/chat/completions", {}),
@@ -139,7 +77,7 @@ def test_retries_and_their_waits_end_at_the_deadline() -> None:
 
 
 def test_a_server_that_never_answers_meets_the_deadline() -> None:
-    with _fake_server(lambda handler: time.sleep(20)) as (url, _):
+    with fake_server(lambda handler: time.sleep(20)) as (url, _):
         endpoint = Endpoint(url, timeout=2.0, retries=3, backoff=0.5)
         _raises_soon(lambda: endpoint.get("/v1/models"), f"within 2 s.*{DEADLINE}")
 
@@ -157,22 +95,22 @@ def _reset_mid_body(handler: BaseHTTPRequestHandler) -> None:
     ("answer", "pattern"),
     [
         (
-            _send(200, b"<html>hello</html>", "text/html"),
+            send(200, b"<html>hello</html>", "text/html"),
             "something that is not JSON; point --reqcheck-endpoint",
         ),
-        (_send(200, b"x" * 50_000_000, "text/plain"), "something that is not JSON"),
+        (send(200, b"x" * 50_000_000, "text/plain"), "something that is not JSON"),
         (
-            _send(429, b"slow down"),
+            send(429, b"slow down"),
             "failed GET /v1/models 2 times \\(it answered HTTP 429 \\(slow down\\)\\)",
         ),
-        (_send(500, b'{"error": "boom"}'), "failed GET /v1/models 2 times .*HTTP 500 \\(boom\\)"),
+        (send(500, b'{"error": "boom"}'), "failed GET /v1/models 2 times .*HTTP 500 \\(boom\\)"),
         (_reset_mid_body, "failed GET /v1/models 2 times \\(the server dropped the connection\\)"),
-        (_send(404, b"no such route"), "refused GET /v1/models with HTTP 404 \\(no such route\\); fix"),
+        (send(404, b"no such route"), "refused GET /v1/models with HTTP 404 \\(no such route\\); fix"),
     ],
     ids=["html", "50MB", "429-storm", "500-storm", "reset-mid-body", "404"],
 )
 def test_a_misbehaving_server_is_one_sentence(answer: Answer, pattern: str) -> None:
-    with _fake_server(answer) as (url, _):
+    with fake_server(answer) as (url, _):
         endpoint = Endpoint(url, timeout=5.0, retries=1, backoff=0.1)
         _raises_soon(lambda: endpoint.get("/v1/models"), pattern)
 
@@ -190,7 +128,7 @@ def test_a_closed_port_is_one_sentence(url: str) -> None:
 
 
 def test_https_to_a_plain_server_is_one_sentence() -> None:
-    with _fake_server(_send(200, b"{}")) as (url, _):
+    with fake_server(send(200, b"{}")) as (url, _):
         endpoint = Endpoint(url.replace("http://", "https://"), timeout=2.0, retries=1, backoff=0.1)
         _raises_soon(lambda: endpoint.get("/v1/models"), "The server at https://127.0.0.1:.* GET /v1/models")
 
@@ -199,9 +137,9 @@ def test_https_to_a_plain_server_is_one_sentence() -> None:
 
 
 def test_a_redirect_is_an_error_naming_where_it_points() -> None:
-    answer = _send(302, b'{"data": []}', Location="http://elsewhere.example:9000/v1/models")
+    answer = send(302, b'{"data": []}', Location="http://elsewhere.example:9000/v1/models")
     with (
-        _fake_server(answer) as (url, seen),
+        fake_server(answer) as (url, seen),
         pytest.raises(
             ReqcheckError, match=r"redirect \(HTTP 302\) to http://elsewhere\.example:9000/v1/models"
         ),
@@ -213,15 +151,15 @@ def test_a_redirect_is_an_error_naming_where_it_points() -> None:
 def _llama_server(handler: BaseHTTPRequestHandler) -> None:
     answers = {"/props": {"build_info": "b1-abc"}, "/v1/models": {"data": []}, "/lora-adapters": []}
     if handler.path in answers:
-        _send(200, json.dumps(answers[handler.path]).encode())(handler)
+        send(200, json.dumps(answers[handler.path]).encode())(handler)
     else:
-        _send(404, b"not found")(handler)
+        send(404, b"not found")(handler)
 
 
 @pytest.mark.parametrize("suffix", ["/v1", "/v1/"])
 def test_an_openai_base_url_is_the_same_server(suffix: str) -> None:
     """Decided: a trailing /v1 (the usual OpenAI base URL) is dropped silently; it names the same server."""
-    with _fake_server(_llama_server) as (url, seen):
+    with fake_server(_llama_server) as (url, seen):
         info = ServerInfo.probe(Endpoint(url + suffix))
     assert info.engine == LLAMA_CPP and info.version == "b1-abc"
     assert {path for _, path, _ in seen} == {"/v1/models", "/props", "/lora-adapters"}
@@ -279,7 +217,7 @@ def test_credentials_are_hidden_whatever_they_hold(secret: str) -> None:
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_not_in_the_request(
     user_info: str, sent: str
 ) -> None:
-    with _fake_server(_send(200, b'{"ok": true}')) as (url, seen):
+    with fake_server(send(200, b'{"ok": true}')) as (url, seen):
         endpoint = Endpoint(url.replace("://", f"://{user_info}@"), api_key="not sent")
         assert endpoint.get("/v1/models") == {"ok": True}
     [(method, path, headers)] = seen
@@ -292,7 +230,7 @@ def test_without_credentials_in_the_url_the_api_key_is_a_bearer_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("REQCHECK_API_KEY", "from-the-environment")
-    with _fake_server(_send(200, b"{}")) as (url, seen):
+    with fake_server(send(200, b"{}")) as (url, seen):
         Endpoint(url).get("/v1/models")
         Endpoint(url, api_key="passed").get("/v1/models")
     assert [headers["authorization"] for _, _, headers in seen] == [
@@ -303,7 +241,7 @@ def test_without_credentials_in_the_url_the_api_key_is_a_bearer_token(
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refusal_for_credentials_names_where_they_go(status: int) -> None:
-    with _fake_server(_send(status, b'{"error": {"message": "Invalid API Key"}}')) as (url, _):
+    with fake_server(send(status, b'{"error": {"message": "Invalid API Key"}}')) as (url, _):
         message = _raises_soon(
             lambda: Endpoint(url, retries=2).get("/v1/models"),
             f"HTTP {status} \\(Invalid API Key\\); .*REQCHECK_API_KEY.*user:pass@",
