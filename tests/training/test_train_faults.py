@@ -56,7 +56,7 @@ def test_a_planted_checkpoint_does_not_run_code(
 ) -> None:
     out, ran = tmp_path / "adapter", tmp_path / "code-ran"
     partial_dir(out).mkdir()
-    torch.save({"run_key": _Planted(ran)}, partial_dir(out) / "state.pt")
+    torch.save({"identity": _Planted(ran)}, partial_dir(out) / "state.pt")
     code, err = run_cli(_train_cli(marker_data, tiny_model_dir, out, "--resume"), capsys, monkeypatch)
     assert not ran.exists()
     _assert_one_clear_error(code, err, "is damaged or was not written by reqcheck")
