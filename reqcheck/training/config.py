@@ -220,6 +220,26 @@ class TrainConfig:
                 f"--prefix-cache {self.prefix_cache} needs --adapter alora (a LoRA adapter changes the item "
                 "too); use --prefix-cache auto or off."
             )
+        if self.alora_span == AloraSpan.instruction:
+            self._check_instruction_span()
+
+    def _check_instruction_span(self) -> None:
+        """Refuse `--alora-span instruction` where it changes nothing, rather than record it in the manifest."""
+        if self.renderer != Renderer.intrinsic:
+            raise ReqcheckError(
+                f"--alora-span instruction needs --renderer intrinsic-v1 ({self.renderer} has no instruction "
+                "turn to start at); drop --alora-span or use --renderer intrinsic-v1."
+            )
+        if self.promptfile is not None:
+            raise ReqcheckError(
+                "--alora-span instruction is overridden by --promptfile, whose invocation_prompt says where the "
+                "aLoRA starts; drop one of them."
+            )
+        if self.adapter != AdapterType.alora:
+            raise ReqcheckError(
+                "--alora-span instruction applies to --adapter alora only (a LoRA adapter reads the whole "
+                "prompt); drop --alora-span."
+            )
 
     def hyperparameters(self) -> dict[str, Any]:
         """The options that change what is learned (the prefix cache only changes how fast)."""

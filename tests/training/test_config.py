@@ -75,6 +75,25 @@ def test_a_prefix_cache_for_lora_is_refused_before_training(mode: str) -> None:
         _config(adapter="lora", prefix_cache=fine).check()
 
 
+IGNORED_SPAN = {
+    "chat-v1": ({"renderer": "chat-v1"}, "--alora-span instruction needs --renderer intrinsic-v1"),
+    "mellea-v1": ({"renderer": "mellea-v1"}, "--alora-span instruction needs --renderer intrinsic-v1"),
+    "promptfile": ({"promptfile": Path("prompt.json")}, "is overridden by --promptfile"),
+    "lora": ({"adapter": "lora"}, "applies to --adapter alora only"),
+}
+
+
+@pytest.mark.parametrize("case", IGNORED_SPAN, ids=list(IGNORED_SPAN))
+def test_an_alora_span_the_run_would_ignore_is_refused(case: str) -> None:
+    """The manifest would record `alora_span: instruction` for an adapter that does not start there."""
+    given, message = IGNORED_SPAN[case]
+    with pytest.raises(ReqcheckError) as refused:
+        _config(alora_span="instruction", **given).check()
+    assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1
+    _config(alora_span="generation", **given).check()
+    _config(alora_span="instruction").check()
+
+
 def test_check_catches_a_value_set_after_construction() -> None:
     config = _config()
     config.epochs = 0

@@ -100,6 +100,10 @@ LATE_FAILURES = {
         "--learning-rate must be a finite number, not inf.",
     ),
     "dropout of 1": (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0."),
+    "alora span under chat-v1": (
+        ["--renderer", "chat-v1", "--alora-span", "instruction"],
+        "--alora-span instruction needs --renderer intrinsic-v1",
+    ),
     "outfile under a file": ([], "is not a directory you may write to"),
     "config.json not JSON": ([], "config.json cannot be read"),
     "config.json of no known model": ([], "config.json cannot be read"),
