@@ -45,6 +45,10 @@ CASES = {
     "unknown device": (["good.jsonl", "--device", "tpu"], "'tpu' is not one of"),
     "absent device": (["good.jsonl", "--device", ABSENT_DEVICE], "not available here"),
     "occupied outfile": (["good.jsonl", "--outfile", "occupied"], "is not a reqcheck adapter"),
+    "seed beyond torch's range": (
+        ["good.jsonl", "--seed", "99999999999999999999"],
+        "--seed must be in [-9223372036854775808, 9223372036854775808), got 99999999999999999999.",
+    ),
     "unknown positive label": (["good.jsonl", "--positive-label", "maybe"], "not a label in the data"),
     "labels differing in case": (["casefold.jsonl"], "'yes' (line 1) and 'Yes' (line 2) differ only in case"),
     "labels differing in unicode form": (

@@ -141,7 +141,13 @@ class TrainConfig:
     positive_labels: list[str] = option(
         [], help="Label meaning 'requirement met' (repeatable; default: yes/pass/...).", flag="positive_label"
     )
-    seed: int = option(42, help="Seed for the split, initialisation and shuffling.", learns=True)
+    seed: int = option(
+        42,
+        help="Seed for the split, initialisation and shuffling.",
+        learns=True,
+        at_least=-(2**63),
+        below=2**63,  # torch seeds with a 64-bit integer; each process adds its rank
+    )
     val_fraction: float = option(
         0.2, help="Fraction of examples held out for validation.", learns=True, at_least=0.0, below=1.0
     )
@@ -264,7 +270,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         raise ReqcheckError(f"{name} must be a finite number, not {value}.")
     low, above, high = meta["at_least"], meta["above"], meta["below"]
     if high is not None and low is not None and not low <= value < high:
-        raise ReqcheckError(f"{name} must be in [{low:g}, {high:g}), got {value}.")
+        raise ReqcheckError(f"{name} must be in [{_number(low)}, {_number(high)}), got {value}.")
     if high is not None and value >= high:
         raise ReqcheckError(f"{name} must be below {high}{meta['unit']}.")
     if above is not None and value <= above:
@@ -274,3 +280,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         least = "zero or more" if low == 0 else f"at least {low}{meta['unit']}"
         raise ReqcheckError(f"{name} must be {least}.")
     return value
+
+
+def _number(limit: float) -> str:
+    """A limit as a message shows it: an integer in full, a float short (0.05, not 0.05000000000000000277)."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"

@@ -50,6 +50,10 @@ BAD_VALUES = {
     "val_fraction negative": (-0.1, "--val-fraction must be in [0, 1), got -0.1."),
     "dropout": (1.0, "--dropout must be in [0, 1), got 1.0."),
     "dropout nan": (float("nan"), "--dropout must be a finite number, not nan."),
+    "seed": (
+        2**63,
+        "--seed must be in [-9223372036854775808, 9223372036854775808), got 9223372036854775808.",
+    ),
     "prefix_cache_budget_mb": (-1, "--prefix-cache-budget-mb must be zero or more."),
     "adapter": ("qlora", "Unknown --adapter 'qlora'; use alora or lora."),
     "device": ("tpu", "Unknown --device 'tpu'; use auto, cpu, cuda or mps."),
