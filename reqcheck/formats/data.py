@@ -60,12 +60,13 @@ def _check_object(obj: object) -> str | None:
         return "'id' must be a string or an integer when present"
     for key in ("item", "label", "requirement", "id"):
         value = obj.get(key)
-        if isinstance(value, str) and not _is_utf8(value):
+        if isinstance(value, str) and not is_utf8(value):
             return f"'{key}' holds an unpaired surrogate escape such as \\ud800, which is not text"
     return None
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """False for text holding a surrogate: an unpaired JSON escape, or a name byte that is not UTF-8."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

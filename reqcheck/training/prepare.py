@@ -42,6 +42,7 @@ from reqcheck.training.run import Prepared, Run
 def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
     """Data, split, base model, tokens and run identity: all the checks that need no model weights."""
     invocation = read_promptfile(config.promptfile) if config.promptfile else None
+    check_recordable(config, invocation)
     examples, train_examples, val_examples = load_training_data(config)
     fingerprint = data_mod.fingerprint(examples)
     ref = resolve_base_model(config.basemodel)
@@ -118,6 +119,29 @@ def read_promptfile(path: Path) -> str:
     if not isinstance(prompt, str) or not prompt:
         raise ReqcheckError(f"Promptfile {path} has no non-empty 'invocation_prompt' string; add one.")
     return prompt
+
+
+def check_recordable(config: TrainConfig, invocation: str | None) -> None:
+    """Refuse, before anything is read or converted, text the manifest records that UTF-8 cannot hold.
+
+    A name byte that is not UTF-8 reaches Python as a surrogate escape, and so does a lone `\\ud800` in
+    JSON; reqcheck.json is UTF-8, so writing it would fail after the last epoch (and again on --resume).
+    """
+    model = Path(config.basemodel).expanduser()
+    rename, write = "rename it (and any folder above it) with UTF-8 names", "write it as UTF-8 text"
+    named = [
+        ("the data file's path", str(Path(config.datafile).resolve()), rename),
+        ("the base model's path", config.basemodel, rename),
+        ("the base model's path", str(model.resolve()) if model.exists() else None, rename),
+        ("--requirement", config.requirement, write),
+        ("--system-prompt", config.system_prompt, write),
+        ("the promptfile's invocation_prompt", invocation, write),
+    ]
+    for what, text, fix in named:
+        if text is not None and not data_mod.is_utf8(text):
+            raise ReqcheckError(
+                f"{what} {ascii(text)} is not UTF-8 text, so the adapter's manifest cannot record it; {fix}."
+            )
 
 
 def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:

@@ -136,6 +136,44 @@ def _must_not_load(*args, **kwargs):
     raise AssertionError("the model was loaded before the problem was found")
 
 
+NOT_UTF8 = os.fsdecode(b"-\xff")  # a name byte that is not UTF-8, as Python holds it (a surrogate escape)
+UNRECORDABLE = {
+    "data file name": "the data file's path",
+    "folder above the data file": "the data file's path",
+    "base model folder": "the base model's path",
+    "requirement": "--requirement",
+    "promptfile's invocation": "the promptfile's invocation_prompt",
+}
+
+
+@pytest.mark.parametrize("case", UNRECORDABLE, ids=list(UNRECORDABLE))
+def test_text_the_manifest_cannot_record_is_refused_before_the_model_loads(
+    case: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Fault: a data file with a non-UTF-8 name trained every epoch, then writing reqcheck.json raised
+    UnicodeEncodeError (and so did --resume): no adapter, hours lost on a real model."""
+    data, model, extra = marker_data, tiny_model_dir, []
+    if case == "data file name":
+        data = tmp_path / f"data{NOT_UTF8}.jsonl"
+    elif case == "folder above the data file":
+        data = tmp_path / f"folder{NOT_UTF8}" / "data.jsonl"
+    elif case == "base model folder":
+        model = tmp_path / f"model{NOT_UTF8}"
+        shutil.copytree(tiny_model_dir, model)
+    elif case == "requirement":
+        extra = ["--requirement", f"The reply says please{NOT_UTF8}"]
+    else:
+        (tmp_path / "prompt.json").write_text('{"invocation_prompt": "<|start_of_role|>assistant\\ud800"}')
+        extra = ["--promptfile", str(tmp_path / "prompt.json"), "--renderer", "chat-v1"]
+    if data != marker_data:
+        data.parent.mkdir(exist_ok=True)
+        shutil.copy(marker_data, data)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
+    code, err = run_cli(_train_cli(data, model, tmp_path / "adapter", *extra), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, UNRECORDABLE[case])
+    assert "is not UTF-8 text, so the adapter's manifest cannot record it" in err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
 def test_a_read_only_outfile_parent_fails_before_training(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
