@@ -12,6 +12,7 @@ import json
 import random
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def parse_text(text: str, path: Path) -> tuple[list[Example], list[str]]:
         examples.append(
             Example(
                 item=obj["item"],
-                label=obj["label"].strip(),
+                label=as_label(obj["label"]),
                 requirement=obj.get("requirement"),
                 id=None if ident is None else str(ident),
                 source=str(path),
@@ -154,6 +155,22 @@ def load_examples(path: str | Path) -> list[Example]:
     if not examples:
         raise ReqcheckError(f"{path} holds no examples; add JSONL lines with 'item' and 'label'.")
     return examples
+
+
+def as_label(text: str) -> str:
+    """A label as the user reads it: without surrounding spaces, in Unicode NFC.
+
+    `sí` typed as one code point or as `i` plus a combining accent looks the same and is one label, so
+    every place labels come in (training data, fixtures, labels matched against an adapter's or a
+    baseline report's) compares them through this one function.
+    """
+    return unicodedata.normalize("NFC", text.strip())
+
+
+def spelled_as(label: str, labels: Iterable[str]) -> str | None:
+    """The one of `labels` that reads as `label` (an adapter trained before labels were normalised may
+    spell it otherwise), or None."""
+    return next((known for known in labels if as_label(known) == as_label(label)), None)
 
 
 def label_counts(examples: list[Example]) -> dict[str, int]:
