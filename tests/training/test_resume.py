@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.training.checkpoint import partial_dir
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import TrainResult, train
-from tests.helpers import FAST, PLEASE
+from tests.helpers import ALL_LINEAR, FAST, KILLER, PLEASE
 from tests.tiny import marker_task, write_jsonl
 
 # labels with no default positive: the prompt asks "Which label fits" until --positive-label is given
@@ -172,6 +174,50 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(
     assert any(line.startswith("resuming after epoch") for line in lines)
     for ours, theirs in zip(resumed.manifest.metrics.history, whole.manifest.metrics.history, strict=True):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5)
+    theirs = _weights(whole)
+    for key, tensor in _weights(resumed).items():
+        torch.testing.assert_close(tensor, theirs[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kill_9_during_the_rate_sweep_restarts_cleanly_with_the_same_result(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The sweep writes no checkpoint until it has chosen, so a run killed inside it starts over; with its
+    random state seeded as before, it ends where the uninterrupted run ends."""
+    (tmp_path / "model").symlink_to(tiny_model_dir)
+    root = tmp_path / "data"
+    root.mkdir()
+    write_jsonl(root / "data.jsonl", ROWS)
+    settings = {"epochs": 2, "learning_rate": "auto"}
+    whole = train(_config(root, tmp_path / "whole", **settings), report=lambda _: None)
+
+    out = tmp_path / "killed"
+    args = ["train", str(root / "data.jsonl"), "--basemodel", str(tmp_path / "model"), "--outfile", str(out)]
+    args += [
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "auto",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    args += ["--target-modules", ",".join(ALL_LINEAR), "--requirement", PLEASE, "--requirement-in-prompt"]
+    # 32 training examples in batches of 8: step 6 is the second step of the sweep's second rate
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "step 6", *args], capture_output=True, text=True, timeout=600
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists() and not (partial_dir(out) / "state.pt").exists()
+
+    lines: list[str] = []
+    resumed = train(_config(root, out, **settings, resume=True), report=lines.append)
+    assert any(line.startswith("--resume: no interrupted run") for line in lines)
+    assert resumed.manifest.metrics.lr_sweep == whole.manifest.metrics.lr_sweep
     theirs = _weights(whole)
     for key, tensor in _weights(resumed).items():
         torch.testing.assert_close(tensor, theirs[key], rtol=1e-5, atol=1e-6)

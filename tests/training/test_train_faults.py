@@ -22,7 +22,7 @@ from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import train
 from reqcheck.training.prepare import prepare
 from reqcheck.training.validation import warn_validation_cost
-from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
+from tests.helpers import ALL_LINEAR, FAST, KILLER, PLEASE, run_cli
 from tests.tiny import FILLER, write_jsonl
 
 FAST_FLAGS = ["--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "--grad-accum", "1"]
@@ -188,38 +188,6 @@ def test_a_read_only_outfile_parent_fails_before_training(
     _assert_one_clear_error(code, err, "is not a directory you may write to")
 
 
-_KILLER = """
-import os, signal, sys
-
-import torch
-
-import reqcheck.formats.manifest
-
-where = sys.argv[1]
-steps = 0
-step = torch.optim.AdamW.step
-
-
-def counted(self, *args, **kwargs):
-    global steps
-    steps += 1
-    if where == f"step {steps}":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *args, **kwargs)
-
-
-def write(self, directory):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-torch.optim.AdamW.step = counted
-if where == "writing the adapter":
-    reqcheck.formats.manifest.Manifest.write = write
-from reqcheck.cli import main
-
-sys.argv = ["reqcheck", *sys.argv[2:]]
-main()
-"""
 STEPS = 4 * 24  # 4 epochs of 192 training examples in batches of 8
 
 
@@ -233,7 +201,7 @@ def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
     out = tmp_path / "adapter"
     args = _train_cli(marker_data, tiny_model_dir, out, "--requirement", PLEASE)
     killed = subprocess.run(
-        [sys.executable, "-c", _KILLER, where, *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", KILLER, where, *args], capture_output=True, text=True, timeout=600
     )
     assert killed.returncode == -9, f"killed at {where}: {killed.stderr[-2000:]}"
     assert not out.exists(), f"killed at {where}"
