@@ -7,6 +7,7 @@ own object; failures are their one-line message (`ReqcheckFailure`), without a t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ class ReqcheckFile(pytest.File):
     """A JSONL fixture file: one case per line and mode; bad lines are one collection error."""
 
     def collect(self):  # type: ignore[override]
-        from reqcheck.formats.data import fingerprint, parse_lines
+        from reqcheck.formats.data import fingerprint, parse_lines, spelled_as
 
         suite = self.config.stash[suite_key]
         examples, problems = parse_lines(self.path)
@@ -59,8 +60,11 @@ class ReqcheckFile(pytest.File):
                 adapter = suite.adapters.route(example.requirement)
             except ReqcheckError as exc:
                 raise ReqcheckFailure(f"{self.path}:{example.line}: {exc}") from None
-            by_adapter.setdefault(adapter, []).append(example)
             run = suite.adapters.by_name[adapter].run
+            example = dataclasses.replace(
+                example, label=spelled_as(example.label, run.labels) or example.label
+            )
+            by_adapter.setdefault(adapter, []).append(example)
             run.collected = (run.collected or 0) + len(suite.options.modes)
             name = example.id or f"line{example.line}"
             for mode in suite.options.modes:

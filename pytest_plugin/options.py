@@ -196,6 +196,8 @@ class SessionOptions:
         endpoint = config.getoption("reqcheck_endpoint")
         concurrency = config.getoption("reqcheck_concurrency")
         timeout = config.getoption("reqcheck_timeout")
+        batch_size = config.getoption("reqcheck_batch_size")
+        _at_least_one("--reqcheck-batch-size", batch_size, example=16)
         baseline = setting(config, "reqcheck_baseline")
         given = {kind.name: setting(config, dest(kind.option)) for kind in GATES}
         thresholds = {name: value for name, value in given.items() if value is not None}
@@ -208,7 +210,7 @@ class SessionOptions:
             settings=_gate_settings(config),
             endpoint=endpoint,
             compare=compare,
-            batch_size=config.getoption("reqcheck_batch_size"),
+            batch_size=batch_size,
             concurrency=concurrency,
             timeout=timeout,
             device=config.getoption("reqcheck_device"),
@@ -240,12 +242,17 @@ def _check_served(compare: bool, endpoint: str | None, concurrency: int, timeout
         raise pytest.UsageError(
             "--reqcheck-compare needs --reqcheck-endpoint URL, the server to compare with."
         )
-    if concurrency < 1:
-        raise pytest.UsageError("--reqcheck-concurrency must be at least 1; pass e.g. 4.")
+    _at_least_one("--reqcheck-concurrency", concurrency, example=4)
     if not 0 < timeout < math.inf:  # NaN fails too
         raise pytest.UsageError(
             f"--reqcheck-timeout must be a number of seconds above 0, not {timeout}; pass e.g. 120."
         )
+
+
+def _at_least_one(flag: str, value: int, example: int) -> None:
+    """Refuse a count below one (cases per model call, requests in flight): no run could use it."""
+    if value < 1:
+        raise pytest.UsageError(f"{flag} must be at least 1; pass e.g. {example}.")
 
 
 def _gate_settings(config: pytest.Config) -> GateSettings:

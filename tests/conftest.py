@@ -102,6 +102,18 @@ def tiny_adapters(
 
 
 @pytest.fixture(scope="session")
+def quick_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An aLoRA trained for one epoch on 40 lines: for tests of names and plumbing, not of accuracy."""
+    data = write_jsonl(tmp_path_factory.mktemp("quick-data") / "train.jsonl", marker_task(40, seed=3))
+    out = tmp_path_factory.mktemp("quick") / "quick"
+    train(
+        TrainConfig(data, str(tiny_model_dir), out, requirement=PLEASE, **{**FAST, "epochs": 1}),
+        report=lambda _: None,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def mellea_adapter(tiny_model_dir: Path, marker_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An adapter as Mellea's `m alora train` leaves it: Mellea's prompt format, PEFT files, labels in io.yaml."""
     out = tmp_path_factory.mktemp("mellea") / "mellea"

@@ -32,3 +32,39 @@ def run_cli(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     return code, capsys.readouterr().err
+
+
+# `python -c KILLER WHERE reqcheck-args...` runs `reqcheck ARGS` and kills itself with SIGKILL at WHERE:
+# "step N" (the Nth optimizer step, a learning-rate sweep's included) or "writing the adapter".
+KILLER = """
+import os, signal, sys
+
+import torch
+
+import reqcheck.formats.manifest
+
+where = sys.argv[1]
+steps = 0
+step = torch.optim.AdamW.step
+
+
+def counted(self, *args, **kwargs):
+    global steps
+    steps += 1
+    if where == f"step {steps}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+
+
+def write(self, directory):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+torch.optim.AdamW.step = counted
+if where == "writing the adapter":
+    reqcheck.formats.manifest.Manifest.write = write
+from reqcheck.cli import main
+
+sys.argv = ["reqcheck", *sys.argv[2:]]
+main()
+"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,29 @@ def test_atomic_write_text_replaces_a_file_and_leaves_no_temp(tmp_path: Path) ->
     atomic_write_text(target, "first")
     atomic_write_text(target, "second")
     assert target.read_text() == "second" and _names(tmp_path) == ["report.json"]
+
+
+def test_two_reports_written_at_once_to_one_path_end_as_one_whole_report(tmp_path: Path) -> None:
+    """Two runs writing their gate report (JSON) and page (HTML) to the same paths: every read sees one
+    whole file, and the last one standing is one writer's, whole."""
+    from reqcheck.formats.gate_report import GateReport
+    from reqcheck.gating.report_html import write_html
+    from tests.gating.test_report_scale import large_report
+
+    reports = [large_report(3, 5, seed=1), large_report(6, 8, seed=2)]
+    json_path, html_path = tmp_path / "report.json", tmp_path / "report.html"
+    seen: list[str] = []
+
+    def write(report: GateReport) -> None:
+        for _ in range(5):
+            report.write(json_path)
+            write_html(report, html_path)
+            seen.append(html_path.read_text(encoding="utf-8"))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, reports))
+    assert GateReport.read(json_path).to_json() in {r.to_json() for r in reports}
+    final = html_path.read_text(encoding="utf-8")
+    assert all(page.startswith("<!doctype html>") and page.endswith("</html>\n") for page in [*seen, final])
+    assert _names(tmp_path) == ["report.html", "report.json"]
+    assert final.count("<section>") == 1

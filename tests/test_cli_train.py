@@ -45,11 +45,15 @@ CASES = {
     "unknown device": (["good.jsonl", "--device", "tpu"], "'tpu' is not one of"),
     "absent device": (["good.jsonl", "--device", ABSENT_DEVICE], "not available here"),
     "occupied outfile": (["good.jsonl", "--outfile", "occupied"], "is not a reqcheck adapter"),
+    "seed beyond torch's range": (
+        ["good.jsonl", "--seed", "99999999999999999999"],
+        "--seed must be in [-9223372036854775808, 9223372036854775808), got 99999999999999999999.",
+    ),
     "unknown positive label": (["good.jsonl", "--positive-label", "maybe"], "not a label in the data"),
     "labels differing in case": (["casefold.jsonl"], "'yes' (line 1) and 'Yes' (line 2) differ only in case"),
-    "labels differing in unicode form": (
-        ["nfd.jsonl"],
-        "'caf\\xe9' (line 1) and 'cafe\\u0301' (line 2) differ only in Unicode normalisation",
+    "labels differing in compatibility form": (
+        ["nfkc.jsonl"],
+        "'\\ufb01ne' (line 1) and 'fine' (line 2) differ only in Unicode normalisation",
     ),
 }
 
@@ -72,7 +76,7 @@ def test_bad_input_is_one_clear_error(
         "onelabel.jsonl": '{"item": "a", "label": "yes"}\n{"item": "b", "label": "yes"}\n',
         "tiny.jsonl": '{"item": "a", "label": "yes"}\n{"item": "b", "label": "no"}\n',
         "casefold.jsonl": _lines(["yes", "Yes", "no"] * 4),
-        "nfd.jsonl": _lines(["caf\u00e9", "cafe\u0301", "no"] * 4),
+        "nfkc.jsonl": _lines(["\ufb01ne", "fine", "no"] * 4),
     }
     for name, text in files.items():
         (workdir / name).write_text(text)

@@ -67,11 +67,16 @@ class LocalHFBackend(Checker):
         super().__init__()
         self._cache_size = cache_size
         self._prefixes: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._peft_names: dict[str, str] = {}  # an adapter's name -> the name PEFT knows it by
 
     # registration and routing
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
-        """Load an adapter's weights next to the others; it is addressed by its intrinsic name."""
+        """Load an adapter's weights next to the others; it is addressed by its intrinsic name.
+
+        The name is the user's (a folder name may hold dots, spaces, any letters); PEFT gets a name of its
+        own (`adapter0`, `adapter1`, ... in the order registered), since it builds module names from it.
+        """
         from peft import PeftModel
 
         resolved = resolve_adapter(adapter, self.base_model.short_name, self.tokenizer)
@@ -79,15 +84,15 @@ class LocalHFBackend(Checker):
             raise ReqcheckError(
                 f"An adapter named {resolved.name!r} is already registered; pass another intrinsic_name."
             )
+        peft_name = f"adapter{len(self._peft_names)}"
         if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(resolved.path), adapter_name=resolved.name, is_trainable=False)
+            self.model.load_adapter(str(resolved.path), adapter_name=peft_name, is_trainable=False)
         else:
             with quiet_peft_wrap():
-                self.model = PeftModel.from_pretrained(
-                    self.model, str(resolved.path), adapter_name=resolved.name
-                )
+                self.model = PeftModel.from_pretrained(self.model, str(resolved.path), adapter_name=peft_name)
         self.model.eval()
         self.adapters[resolved.name] = resolved
+        self._peft_names[resolved.name] = peft_name
         return resolved
 
     def _scores(
@@ -126,8 +131,9 @@ class LocalHFBackend(Checker):
         requirements = [requirement_for(adapter, r) for r in requirements]
         limit = self._token_limit(manifest.hyperparameters.get("max_length"))
         rendered = self._render(contexts, manifest.prompt, requirements, limit, labels)
-        if self.model.active_adapter != adapter_name:
-            self.model.set_adapter(adapter_name)
+        peft_name = self._peft_names[adapter_name]
+        if self.model.active_adapter != peft_name:
+            self.model.set_adapter(peft_name)
         scores = self._score(rendered, labels, reuse_context=adapter.is_alora and self.use_caches)
         probs = [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(scores, dim=-1)]
         return probs, rendered, limit

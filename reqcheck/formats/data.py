@@ -12,6 +12,7 @@ import json
 import random
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,13 @@ def _check_object(obj: object) -> str | None:
         return "'id' must be a string or an integer when present"
     for key in ("item", "label", "requirement", "id"):
         value = obj.get(key)
-        if isinstance(value, str) and not _is_utf8(value):
+        if isinstance(value, str) and not is_utf8(value):
             return f"'{key}' holds an unpaired surrogate escape such as \\ud800, which is not text"
     return None
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """False for text holding a surrogate: an unpaired JSON escape, or a name byte that is not UTF-8."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -124,7 +126,7 @@ def parse_text(text: str, path: Path) -> tuple[list[Example], list[str]]:
         examples.append(
             Example(
                 item=obj["item"],
-                label=obj["label"].strip(),
+                label=as_label(obj["label"]),
                 requirement=obj.get("requirement"),
                 id=None if ident is None else str(ident),
                 source=str(path),
@@ -153,6 +155,22 @@ def load_examples(path: str | Path) -> list[Example]:
     if not examples:
         raise ReqcheckError(f"{path} holds no examples; add JSONL lines with 'item' and 'label'.")
     return examples
+
+
+def as_label(text: str) -> str:
+    """A label as the user reads it: without surrounding spaces, in Unicode NFC.
+
+    `sí` typed as one code point or as `i` plus a combining accent looks the same and is one label, so
+    every place labels come in (training data, fixtures, labels matched against an adapter's or a
+    baseline report's) compares them through this one function.
+    """
+    return unicodedata.normalize("NFC", text.strip())
+
+
+def spelled_as(label: str, labels: Iterable[str]) -> str | None:
+    """The one of `labels` that reads as `label` (an adapter trained before labels were normalised may
+    spell it otherwise), or None."""
+    return next((known for known in labels if as_label(known) == as_label(label)), None)
 
 
 def label_counts(examples: list[Example]) -> dict[str, int]:

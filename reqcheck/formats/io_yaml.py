@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import as_label
 from reqcheck.formats.manifest import Manifest
 from reqcheck.formats.output import RESULT_FIELD, max_tokens, response_schema, transformations
 
@@ -260,6 +261,9 @@ def _schema_fits(schema: dict[str, Any], field_name: str, labels: list[str], sou
         raise ReqcheckError(f"{source}: response_format property {field_name!r} must be a string; {what}.")
     enum = prop.get("enum")
     if enum is not None:
+        _same_form(
+            [str(value) for value in enum], labels, f"{source}: response_format enum of {field_name!r}"
+        )
         outside = [label for label in labels if label not in enum]
         unknown = [value for value in enum if value not in labels]
         if outside or unknown:
@@ -296,11 +300,25 @@ def _apply_step(result: Any, step: dict[str, Any], index: int, labels: list[str]
     if value != _LABEL:
         raise ReqcheckError(f"{where}: input_path {path} holds {_shape(value)}, not the label.")
     categories = [str(key) for key in step["categories_to_values"]]
+    _same_form(categories, labels, f"{where}: categories_to_values")
     if sorted(categories) != sorted(labels):
         raise ReqcheckError(
             f"{where}: categories_to_values must list exactly the adapter's labels {labels}, not {categories}."
         )
     return _replace(result, path, _NUMBER)
+
+
+def _same_form(given: list[str], labels: list[str], where: str) -> None:
+    """Refuse labels that read as the adapter's but are encoded in another Unicode form (`sí` as NFD).
+
+    granite-common matches the model's output text to io.yaml's labels as written, so a label spelled
+    otherwise would never be found, though it looks the same.
+    """
+    if sorted(given) != sorted(labels) and sorted(map(as_label, given)) == sorted(map(as_label, labels)):
+        raise ReqcheckError(
+            f"{where} spells the adapter's labels in another Unicode normalisation form ({ascii(sorted(given))}, "
+            f"not {ascii(sorted(labels))}); write them as the adapter does (NFC for adapters reqcheck trains)."
+        )
 
 
 def _replace(value: Any, path: list[str], new: Any) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reqcheck.errors import ReqcheckError
+from reqcheck.formats.data import as_label
 from reqcheck.formats.gate_report import (
     REPORT_FORMAT,
     AdapterEntry,
@@ -22,13 +23,14 @@ from reqcheck.formats.gate_report import (
 
 
 def _keyed(cases: list[CaseRecord], mode: str) -> dict[tuple[str, str, int], CaseRecord]:
-    """Case records that ran in `mode`, keyed by item hash, expected label and occurrence (for repeats)."""
+    """Case records that ran in `mode`, keyed by item hash, expected label (as it reads: a report may
+    spell it in another Unicode form) and occurrence (for repeats)."""
     seen: Counter[tuple[str, str]] = Counter()
     keyed = {}
     for case in cases:
         if mode not in case.modes:
             continue
-        base = (case.item_hash, case.expected)
+        base = (case.item_hash, as_label(case.expected))
         keyed[(*base, seen[base])] = case
         seen[base] += 1
     return keyed

@@ -16,6 +16,12 @@ from reqcheck.gating.numbers import number
 
 MODE_COLOURS = {"adapter": "#2f6db5", "judge": "#d08a2e"}
 LABEL_CHARS = 24  # tick labels are cut to this many characters
+# how each plot scales with labels and epochs (a 200-label, 10,000-epoch report stays a few hundred KB):
+CELL_TEXT_LABELS = 12  # up to this many labels a confusion cell shows its count; above, shade only
+MATRIX_LABELS = 40  # above this many labels no matrix is legible: the page lists the top confusions instead
+LABEL_ROWS = 30  # the recall plot shows at most this many labels, those of lowest recall
+LEGEND_LABELS = 8  # the score histograms draw one per label up to this many; above, right against wrong
+CURVE_POINTS = 300  # the training curve draws at most about this many points per line
 
 
 _RC = {
@@ -44,26 +50,37 @@ def _figure(width: float, height: float, margins: dict[str, float] | None = None
 
 
 def _confusion(entry: AdapterEntry) -> Any:
+    """Each mode's matrix, sized to its labels: counts in the cells up to CELL_TEXT_LABELS labels, shade
+    only above, and no figure above MATRIX_LABELS (the page lists the most frequent confusions)."""
     modes = {mode: m for mode, m in entry.modes.items() if m.confusion is not None}
-    if not modes:
+    if not modes or len(entry.labels) > MATRIX_LABELS:
         return None
     labels = [_short(label) for label in entry.labels]
-    figure = _figure(3.3 * len(modes), 3.2 if len(labels) < 5 else 3.9)
+    counted = len(labels) <= CELL_TEXT_LABELS
+    side = max(3.2, 1.6 + 0.14 * len(labels))  # inches per matrix: room for each label's tick
+    figure = _figure(
+        3.3 * len(modes) if counted else side * len(modes), 3.2 if len(labels) < 5 else max(3.9, side + 0.5)
+    )
+    font = 9 if counted else max(5.0, 9 - len(labels) / 8)
     for axes, (mode, metrics) in zip(
         figure.subplots(1, len(modes), squeeze=False)[0], modes.items(), strict=True
     ):
         matrix = metrics.confusion.matrix
         shares = [[count / max(sum(row), 1) for count in row] for row in matrix]
         # vector cells (pcolormesh), not a raster image: sharp at any zoom, and no data: URI in the page
-        axes.pcolormesh(shares, cmap="Blues", vmin=0, vmax=1, edgecolors="white", linewidth=1)
-        for i, row in enumerate(matrix):
+        axes.pcolormesh(
+            shares, cmap="Blues", vmin=0, vmax=1, edgecolors="white" if counted else "none", linewidth=1
+        )
+        for i, row in enumerate(matrix if counted else []):
             for j, count in enumerate(row):
                 colour = "white" if shares[i][j] > 0.6 else "#1d232b"
                 axes.text(j + 0.5, i + 0.5, str(count), ha="center", va="center", color=colour, fontsize=9)
-        rotate = len(labels) > 3
+        rotate = 30 if 3 < len(labels) <= CELL_TEXT_LABELS else 90 if len(labels) > CELL_TEXT_LABELS else 0
         ticks = [k + 0.5 for k in range(len(labels))]
-        axes.set_xticks(ticks, labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
-        axes.set_yticks(ticks, labels)
+        axes.set_xticks(
+            ticks, labels, rotation=rotate, ha="right" if rotate == 30 else "center", fontsize=font
+        )
+        axes.set_yticks(ticks, labels, fontsize=font)
         axes.invert_yaxis()
         axes.set_aspect("equal")
         axes.tick_params(length=0)
@@ -75,10 +92,16 @@ def _confusion(entry: AdapterEntry) -> Any:
 
 
 def _recall(entry: AdapterEntry) -> Any:
-    labels = entry.labels
-    modes = {mode: m for mode, m in entry.modes.items() if all(label in m.per_label for label in labels)}
+    """Each label's recall with its interval; past LABEL_ROWS labels, the ones of lowest recall."""
+    modes = {
+        mode: m for mode, m in entry.modes.items() if all(label in m.per_label for label in entry.labels)
+    }
     if not modes:
         return None
+    first = next(iter(modes.values()))
+    labels = entry.labels
+    if len(labels) > LABEL_ROWS:
+        labels = sorted(labels, key=lambda label: first.per_label[label].recall or 0.0)[:LABEL_ROWS]
     figure = _figure(5.6, 1.2 + 0.28 * len(labels) * len(modes))
     axes = figure.subplots()
     step = 0.8 / len(modes)
@@ -98,12 +121,16 @@ def _recall(entry: AdapterEntry) -> Any:
         if kind is not None and kind.per_label and kind.title == "recall":
             axes.axvline(gate.threshold, color="#b3261e", linestyle="--", linewidth=1)
     axes.set_yticks(
-        range(len(labels)),
-        [f"{_short(label)} ({next(iter(modes.values())).per_label[label].support})" for label in labels],
+        range(len(labels)), [f"{_short(label)} ({first.per_label[label].support})" for label in labels]
     )
     axes.invert_yaxis()
     axes.set_xlim(-0.02, 1.02)
-    axes.set_xlabel(f"recall, with its {entry.confidence:.0%} interval (cases of the label)")
+    note = (
+        f"\nthe {len(labels)} of {len(entry.labels)} labels of lowest recall"
+        if len(labels) < len(entry.labels)
+        else ""
+    )
+    axes.set_xlabel(f"recall, with its {entry.confidence:.0%} interval (cases of the label){note}")
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(modes), fontsize=8, frameon=False)
     return figure
 
@@ -113,6 +140,24 @@ def _score(case: CaseRecord, mode: str, positives: list[str]) -> float:
     if positives:
         return sum(probabilities.get(label, 0.0) for label in positives)
     return probabilities.get(case.expected, 0.0)
+
+
+def _score_groups(entry: AdapterEntry, mode: str) -> list[tuple[str, list[float]]]:
+    """(legend name, scores) per expected label; past LEGEND_LABELS labels, the cases right and wrong."""
+    cases = [c for c in entry.cases if mode in c.modes]
+    positives = entry.positive_labels
+    if len(entry.labels) > LEGEND_LABELS:
+        return [
+            (name, scores)
+            for name, right in (("right", True), ("wrong", False))
+            if (scores := [_score(c, mode, positives) for c in cases if c.right(mode) == right])
+        ]
+    groups = []
+    for label in entry.labels:
+        scores = [_score(c, mode, positives) for c in cases if c.expected == label]
+        if scores:
+            groups.append((f"{_short(label)} ({len(scores)})", scores))
+    return groups
 
 
 def _scores(entry: AdapterEntry) -> Any:
@@ -126,35 +171,20 @@ def _scores(entry: AdapterEntry) -> Any:
     )
     colours = ["#2f6db5", "#d08a2e", "#3f8f4f", "#8e44ad", "#b3261e", "#5d6d7e", "#16a085", "#7f8c8d"]
     for axes, mode in zip(figure.subplots(1, len(modes), squeeze=False, sharey=True)[0], modes, strict=True):
-        for k, label in enumerate(entry.labels):
-            scores = [_score(c, mode, positives) for c in cases if mode in c.modes and c.expected == label]
-            if scores:
-                colour = colours[k % len(colours)]
-                name = f"{_short(label)} ({len(scores)})"
-                if len(entry.labels) <= 2:
-                    axes.hist(
-                        scores,
-                        bins=20,
-                        range=(0, 1),
-                        histtype="stepfilled",
-                        alpha=0.45,
-                        color=colour,
-                        label=name,
-                    )
-                else:  # outlines stay readable where many labels overlap
-                    axes.hist(
-                        scores,
-                        bins=20,
-                        range=(0, 1),
-                        histtype="step",
-                        linewidth=1.4,
-                        color=colour,
-                        label=name,
-                    )
+        groups = _score_groups(entry, mode)
+        for k, (name, scores) in enumerate(groups):
+            # filled where two groups overlap; outlines stay readable where more do
+            style = (
+                {"histtype": "stepfilled", "alpha": 0.45}
+                if len(groups) <= 2
+                else {"histtype": "step", "linewidth": 1.4}
+            )
+            axes.hist(scores, bins=20, range=(0, 1), color=colours[k % len(colours)], label=name, **style)
         axes.set_xlim(0, 1)
         axes.set_title(mode)
         axes.set_xlabel(f"p({'+'.join(_short(p) for p in positives)})" if positives else "p(expected label)")
-        axes.legend(title="expected", fontsize=8, title_fontsize=8, frameon=False)
+        title = "cases" if len(entry.labels) > LEGEND_LABELS else "expected"
+        axes.legend(title=title, fontsize=8, title_fontsize=8, frameon=False)
     figure.axes[0].set_ylabel("cases")
     return figure
 
@@ -184,50 +214,74 @@ def _reliability(entry: AdapterEntry) -> Any:
     return figure
 
 
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most about CURVE_POINTS of `points`, evenly spaced, the last always kept."""
+    stride = -(-len(points) // CURVE_POINTS)
+    return points if stride == 1 else points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
 def _training(entry: AdapterEntry) -> Any:
+    """The losses and accuracy per epoch; past 12 epochs, ticks where matplotlib puts them, and past
+    CURVE_POINTS epochs a thinned line without markers, so 10,000 epochs draw as 100 do."""
+    from matplotlib.ticker import MaxNLocator
+
     history = [h for h in entry.training.history if isinstance(h.get("epoch"), int | float)]
     if not history:
         return None
     figure = _figure(4.6, 3.4, {"left": 0.13, "right": 0.86, "bottom": 0.14, "top": 0.88})
     axes = figure.subplots()
     epochs = [h["epoch"] for h in history]
+    few = len(epochs) <= 40  # a marker on every epoch while they stay apart
     lines = []
     for key, style, name in (("train_loss", "--", "training loss"), ("val_loss", "-", "validation loss")):
-        points = [(h["epoch"], h[key]) for h in history if isinstance(h.get(key), int | float)]
+        points = _thin([(h["epoch"], h[key]) for h in history if isinstance(h.get(key), int | float)])
         if points:
-            lines += axes.plot(*zip(*points, strict=True), style, marker="o", color="#2f6db5", label=name)
+            lines += axes.plot(
+                *zip(*points, strict=True), style, marker="o" if few else None, color="#2f6db5", label=name
+            )
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
-    axes.set_xticks(epochs)
-    accuracy = [
-        (h["epoch"], h["val_accuracy"]) for h in history if isinstance(h.get("val_accuracy"), int | float)
-    ]
+    if len(epochs) <= 12:
+        axes.set_xticks(epochs)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    accuracy = _thin(
+        [(h["epoch"], h["val_accuracy"]) for h in history if isinstance(h.get("val_accuracy"), int | float)]
+    )
     if accuracy:
         right = axes.twinx()
         right.spines["right"].set_visible(True)
         lines += right.plot(
-            *zip(*accuracy, strict=True), marker="s", color="#3f8f4f", label="validation accuracy"
+            *zip(*accuracy, strict=True),
+            marker="s" if few else None,
+            color="#3f8f4f",
+            label="validation accuracy",
         )
         right.set_ylabel("accuracy")
         right.set_ylim(0, 1.02)
-    best = entry.training.best_epoch
-    if best:
-        axes.axvline(best, color="#9aa5b1", linestyle=":", linewidth=1)
-        last = best == epochs[-1]  # label on the left of the line, clear of the right-hand axis
-        axes.annotate(
-            "kept", (best, 1), xycoords=("data", "axes fraction"), xytext=(-3 if last else 3, -10),
-            textcoords="offset points", fontsize=8, color="#56606b", ha="right" if last else "left",
-        )  # fmt: skip
+    _mark_kept(axes, entry.training.best_epoch, epochs[-1])
     axes.legend(
         handles=lines, fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3
     )
     return figure
 
 
+def _mark_kept(axes: Any, best: int | None, last: float) -> None:
+    """A dotted line at the epoch kept, labelled on the side clear of the right-hand axis."""
+    if not best:
+        return
+    axes.axvline(best, color="#9aa5b1", linestyle=":", linewidth=1)
+    at_end = best == last
+    axes.annotate(
+        "kept", (best, 1), xycoords=("data", "axes fraction"), xytext=(-3 if at_end else 3, -10),
+        textcoords="offset points", fontsize=8, color="#56606b", ha="right" if at_end else "left",
+    )  # fmt: skip
+
+
 _FIGURES = [
     ("Confusion matrices (rows: expected label; shade: share of the row)", _confusion),
     ("Recall per label with its interval (dashed: a per-label gate's threshold, when one is set)", _recall),
-    ("Scores by expected label", _scores),
+    ("Scores by expected label (past 8 labels: of the cases right and wrong)", _scores),
     ("Reliability: accuracy against confidence per bin (numbers: cases in the bin)", _reliability),
     ("Training curve from the adapter's manifest (dotted: the epoch kept)", _training),
 ]

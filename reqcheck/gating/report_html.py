@@ -7,6 +7,7 @@ imports matplotlib, when a page is written. Every text that comes from data (ite
 
 from __future__ import annotations
 
+import re
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ from reqcheck.formats.gate_report import (
 from reqcheck.gating import numbers
 from reqcheck.gating.explain import intervals_note, resolution
 from reqcheck.gating.gates import op
-from reqcheck.gating.plots import figures
+from reqcheck.gating.plots import MATRIX_LABELS, figures
 from reqcheck.gating.report_text import on_by_default_line, partial_run, served_line
 
 TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
+TOP_CONFUSIONS = 20  # confusions listed per mode when the label set is too large for a matrix
+MAX_ROWS = 200  # cases listed per table; the JSON report keeps every one
+WIDE_PT = 560  # a plot wider than this (in points) spans the page's two columns
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1280px;
 padding:16px 24px;color:#1d232b;background:#fff}
@@ -44,7 +48,7 @@ th,td{border:1px solid #d7dde4;padding:3px 8px;text-align:left;vertical-align:to
 th{background:#f2f5f8;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.item{max-width:560px;overflow-wrap:anywhere}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px}
-figure{margin:0;border:1px solid #e3e7ec;border-radius:4px;padding:6px}
+figure{margin:0;border:1px solid #e3e7ec;border-radius:4px;padding:6px}figure.wide{grid-column:1/-1}
 figcaption{font-size:13px;color:#56606b;margin:2px 4px}
 svg{max-width:100%;height:auto}
 .note{color:#56606b;font-size:13px}
@@ -108,10 +112,11 @@ def _adapter_section(entry: AdapterEntry, index: int) -> str:
     ]
     parts.append('<div class="plots">')
     parts += [
-        f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
+        f"<figure{_wide(svg)}>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
         for caption, svg in figures(entry, index)
     ]
     parts.append("</div>")
+    parts.append(_top_confusions(entry))
     if not entry.training.history:
         parts.append(
             '<p class="note">No training curve: the adapter\'s manifest holds no per-epoch history.</p>'
@@ -166,6 +171,49 @@ def _metrics_table(modes: dict[str, ModeSummary], confidence: float) -> str:
     return f"<table>{header}{''.join(rows)}</table>"
 
 
+def _wide(svg: str) -> str:
+    """A class that gives a plot wider than a grid column (a confusion matrix of many labels) a whole row."""
+    match = re.search(r'<svg[^>]*\swidth="([\d.]+)pt"', svg[:1000])
+    return ' class="wide"' if match and float(match.group(1)) > WIDE_PT else ""
+
+
+def _top_confusions(entry: AdapterEntry) -> str:
+    """Past MATRIX_LABELS labels (no legible matrix), each mode's most frequent confusions as a table."""
+    if len(entry.labels) <= MATRIX_LABELS:
+        return ""
+    parts = [
+        f"<h3>Most frequent confusions ({len(entry.labels)} labels: too many for a matrix)</h3>",
+        "<p class=note>Share: of the cases of the expected label.</p>",
+    ]
+    header = "<tr><th>expected</th><th>predicted</th><th>cases</th><th>share</th></tr>"
+    for mode, metrics in entry.modes.items():
+        confusion = metrics.confusion
+        if confusion is None:
+            continue
+        cells = [
+            (count, i, j)
+            for i, row in enumerate(confusion.matrix)
+            for j, count in enumerate(row)
+            if i != j and count
+        ]
+        cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
+        rows = [
+            f"<tr><td>{_e(confusion.labels[i])}</td><td>{_e(confusion.labels[j])}</td><td class=num>{count}</td>"
+            f"<td class=num>{_num(count / sum(confusion.matrix[i]))}</td></tr>"
+            for count, i, j in cells[:TOP_CONFUSIONS]
+        ]
+        body = f"<table>{header}{''.join(rows)}</table>" if rows else "<p class=note>None.</p>"
+        parts.append(f"<p><b>{_e(mode)}</b>: {len(cells)} distinct confusions</p>{body}")
+    return "".join(parts)
+
+
+def _shown(rows: list[str], total: int) -> str:
+    """A note when a table lists only the first MAX_ROWS of its cases."""
+    if total <= len(rows):
+        return ""
+    return f"<p class=note>The first {len(rows)} of {total}; the JSON report holds every case.</p>"
+
+
 def _item_cell(case: CaseRecord | Change) -> str:
     if case.item is not None:
         return f"<td class=item>{_e(case.item)}</td>"
@@ -184,7 +232,7 @@ def _misclassified(entry: AdapterEntry) -> str:
         )
     wrong.sort(key=lambda c: -c.modes["adapter"].probabilities.get(c.modes["adapter"].predicted, 0))
     rows = []
-    for case in wrong:
+    for case in wrong[:MAX_ROWS]:
         adapter = case.modes["adapter"]
         judge = case.modes.get("judge")
         probabilities = adapter.probabilities
@@ -202,7 +250,7 @@ def _misclassified(entry: AdapterEntry) -> str:
     return (
         f"<h3>Misclassified cases (adapter): {len(wrong)}</h3>"
         "<p class=note>Most confident mistakes first.</p>"
-        f"<table>{header}{''.join(rows)}</table>"
+        f"<table>{header}{''.join(rows)}</table>{_shown(rows, len(wrong))}"
     )
 
 
@@ -230,7 +278,7 @@ def _regressions(baseline: BaselineComparison | None) -> str:
         if not changes:
             continue
         rows = []
-        for case in changes:
+        for case in changes[:MAX_ROWS]:
             was, now = case.baseline, case.current
             rows.append(
                 f"<tr><td>{_where(case)}</td>{_item_cell(case)}<td>{_e(case.expected)}</td>"
@@ -238,7 +286,7 @@ def _regressions(baseline: BaselineComparison | None) -> str:
                 f"<td>{_e(now.predicted)}</td><td class=num>{_num(now.probabilities.get(now.predicted))}</td>"
                 "</tr>"
             )
-        parts.append(f"<table>{header}{''.join(rows)}</table>")
+        parts.append(f"<table>{header}{''.join(rows)}</table>{_shown(rows, len(changes))}")
     return "".join(parts)
 
 

@@ -62,13 +62,18 @@ class RunState:
 
 @dataclass
 class Checkpoint:
-    """An interrupted run: its identity (`run_key`), adapter weights, optimizer, schedule and state."""
+    """An interrupted run: its identity, adapter weights, optimizer, schedule, state and random state.
 
-    run_key: str
+    `identity` maps each input that shapes what is trained, named as the user knows it (`--epochs`, the
+    data), to its digest; `random` holds every process's random state (`randomness`), by rank.
+    """
+
+    identity: dict[str, str]
     adapter: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     state: RunState
+    random: list[dict[str, Any]]
 
     def save(self, directory: Path) -> None:
         """Write the checkpoint, replaced in one rename so a crash leaves the previous one whole."""
@@ -79,7 +84,7 @@ class Checkpoint:
         (directory / f"{STATE_FILE}.tmp").replace(directory / STATE_FILE)
 
     @classmethod
-    def read(cls, directory: Path, run_key: str, device: str) -> Checkpoint | None:
+    def read(cls, directory: Path, identity: dict[str, str], device: str) -> Checkpoint | None:
         """The checkpoint of an interrupted run of this command, or None when there is none."""
         saved = directory / STATE_FILE
         if not saved.exists():
@@ -96,17 +101,20 @@ class Checkpoint:
             and loaded.keys() >= {f.name for f in fields(cls)}
             and isinstance(loaded["state"], dict)
             and loaded["state"].keys() == {f.name for f in fields(RunState)}
+            and isinstance(loaded["identity"], dict)
         ):
             raise ReqcheckError(f"{unusable}; rerun without --resume to start over.")
-        if loaded["run_key"] != run_key:
+        changed = next((name for name in identity if loaded["identity"].get(name) != identity[name]), None)
+        if changed is not None:
             raise ReqcheckError(
-                f"The interrupted run in {directory} used other data, model or flags; rerun without --resume."
+                f"--resume refused: {changed} differs from the interrupted run's in {directory}; rerun with the "
+                f"same {changed}, or without --resume to start over."
             )
         try:
             state = RunState.from_dict(loaded["state"])
         except TypeError as exc:
             raise ReqcheckError(f"{unusable}; rerun without --resume to start over.") from exc
-        return cls(loaded["run_key"], loaded["adapter"], loaded["optimizer"], loaded["scheduler"], state)
+        return cls(**{**{f.name: loaded[f.name] for f in fields(cls)}, "state": state})
 
 
 def partial_dir(outfile: Path) -> Path:

@@ -141,7 +141,13 @@ class TrainConfig:
     positive_labels: list[str] = option(
         [], help="Label meaning 'requirement met' (repeatable; default: yes/pass/...).", flag="positive_label"
     )
-    seed: int = option(42, help="Seed for the split, initialisation and shuffling.", learns=True)
+    seed: int = option(
+        42,
+        help="Seed for the split, initialisation and shuffling.",
+        learns=True,
+        at_least=-(2**63),
+        below=2**63,  # torch seeds with a 64-bit integer; each process adds its rank
+    )
     val_fraction: float = option(
         0.2, help="Fraction of examples held out for validation.", learns=True, at_least=0.0, below=1.0
     )
@@ -220,6 +226,26 @@ class TrainConfig:
                 f"--prefix-cache {self.prefix_cache} needs --adapter alora (a LoRA adapter changes the item "
                 "too); use --prefix-cache auto or off."
             )
+        if self.alora_span == AloraSpan.instruction:
+            self._check_instruction_span()
+
+    def _check_instruction_span(self) -> None:
+        """Refuse `--alora-span instruction` where it changes nothing, rather than record it in the manifest."""
+        if self.renderer != Renderer.intrinsic:
+            raise ReqcheckError(
+                f"--alora-span instruction needs --renderer intrinsic-v1 ({self.renderer} has no instruction "
+                "turn to start at); drop --alora-span or use --renderer intrinsic-v1."
+            )
+        if self.promptfile is not None:
+            raise ReqcheckError(
+                "--alora-span instruction is overridden by --promptfile, whose invocation_prompt says where the "
+                "aLoRA starts; drop one of them."
+            )
+        if self.adapter != AdapterType.alora:
+            raise ReqcheckError(
+                "--alora-span instruction applies to --adapter alora only (a LoRA adapter reads the whole "
+                "prompt); drop --alora-span."
+            )
 
     def hyperparameters(self) -> dict[str, Any]:
         """The options that change what is learned (the prefix cache only changes how fast)."""
@@ -244,7 +270,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         raise ReqcheckError(f"{name} must be a finite number, not {value}.")
     low, above, high = meta["at_least"], meta["above"], meta["below"]
     if high is not None and low is not None and not low <= value < high:
-        raise ReqcheckError(f"{name} must be in [{low:g}, {high:g}), got {value}.")
+        raise ReqcheckError(f"{name} must be in [{_number(low)}, {_number(high)}), got {value}.")
     if high is not None and value >= high:
         raise ReqcheckError(f"{name} must be below {high}{meta['unit']}.")
     if above is not None and value <= above:
@@ -254,3 +280,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         least = "zero or more" if low == 0 else f"at least {low}{meta['unit']}"
         raise ReqcheckError(f"{name} must be {least}.")
     return value
+
+
+def _number(limit: float) -> str:
+    """A limit as a message shows it: an integer in full, a float short (0.05, not 0.05000000000000000277)."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"

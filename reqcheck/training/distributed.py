@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,6 +84,17 @@ def sum_values(values: list[float], group: Group, device: str) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def gather(value: Any, group: Group) -> list[Any]:
+    """Every process's `value`, by rank (each process's random state, for the checkpoint)."""
+    if group.world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * group.world
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def broadcast_params(params: list[torch.Tensor], group: Group) -> None:

@@ -29,7 +29,6 @@ from reqcheck.training import distributed
 from reqcheck.training.checkpoint import RunState, output_lock, partial_dir
 from reqcheck.training.config import TrainConfig
 from reqcheck.training.distributed import Group
-from reqcheck.training.encoding import batches
 from reqcheck.training.outputs import build_manifest, check_outfile, save_checkpoint, write_adapter
 from reqcheck.training.prepare import build_model, make_objective, prefix_caches, prepare
 from reqcheck.training.progress import Progress, Reporter, Stopwatch, format_eta
@@ -114,38 +113,36 @@ def _train(config: TrainConfig, report: Reporter, group: Group, device: str) -> 
 
 
 def starting_state(run: Run) -> RunState:
-    """The state training starts from: an interrupted run's, the sweep's winner's, or a fresh one."""
+    """The state training starts from: an interrupted run's, the sweep's winner's, or a fresh one.
+
+    A fresh run shuffles with a generator of its seed; a resumed one (or the sweep's winner) goes on with
+    the random state its checkpoint holds, so it draws what the uninterrupted run would have drawn.
+    """
     config, saved = run.config, run.prep.saved
     swept = None
     if config.learning_rate == "auto" and saved is None:
         with run.watch("learning-rate sweep"):
             swept = lr_sweep(run)
     begin = swept or saved
-    trainable = run.trainable_at(
-        begin.state.sweep.chosen if config.learning_rate == "auto" else config.learning_rate
-    )
-    if swept:
-        state = restore(trainable, swept)
-        if run.group.main:
-            save_checkpoint(run, state)
-    elif saved is None:
-        state = RunState()
+    run.trainable_at(begin.state.sweep.chosen if config.learning_rate == "auto" else config.learning_rate)
+    if begin is None:
+        state, run.shuffle = RunState(), random.Random(config.seed)
     else:
-        state = restore(trainable, saved)
+        state = restore(run, begin)
+    if swept:
+        save_checkpoint(run, state)
+    elif saved is not None:
         run.report(f"resuming after epoch {state.epoch} from {partial_dir(config.outfile)}")
-    distributed.broadcast_params(trainable.params, run.group)
+    distributed.broadcast_params(run.trainable.params, run.group)
     return state
 
 
 def train_epochs(run: Run, state: RunState, progress: Progress) -> None:
     """The remaining epochs: train, validate (the best loss keeps its weights), save the checkpoint."""
     config, watch = run.config, run.watch
-    rng = random.Random(config.seed)
-    for _ in range(state.epoch):
-        batches(run.prep.train_set, config.batch_size, rng)  # replay the finished epochs' shuffles
     for epoch in range(state.epoch, config.epochs):
         with watch("training"):
-            metrics = run_epoch(run, rng, epoch, progress)
+            metrics = run_epoch(run, run.shuffle, epoch, progress)
         if run.prep.val_set:
             with watch("validation"):
                 metrics.update(evaluate(run))
@@ -153,8 +150,7 @@ def train_epochs(run: Run, state: RunState, progress: Progress) -> None:
                 f"epoch {epoch + 1}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
             )
         state.record(metrics, adapter_weights(run.model))
-        if run.group.main:  # all that --resume needs to continue after this epoch
-            save_checkpoint(run, state)
+        save_checkpoint(run, state)  # all that --resume needs to continue after this epoch
         distributed.barrier(run.group)
 
 

@@ -16,8 +16,8 @@ from reqcheck.atomic import atomic_directory
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats import data as data_mod
 from reqcheck.formats.manifest import DataRecord, Manifest, TrainingMetrics, is_reqcheck_adapter
-from reqcheck.training.checkpoint import Checkpoint, RunState, partial_dir
-from reqcheck.training.run import Run, adapter_weights
+from reqcheck.training.checkpoint import RunState, partial_dir
+from reqcheck.training.run import Run, checkpoint
 
 
 def replaceable(out: Path) -> bool:
@@ -54,13 +54,11 @@ def check_outfile(given: Path) -> Path:
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
-    """Everything `--resume` needs after this epoch, beside --outfile (`partial_dir`)."""
-    trainable = run.trainable
-    weights = adapter_weights(trainable.model)
-    checkpoint = Checkpoint(
-        run.prep.run_key, weights, trainable.optimizer.state_dict(), trainable.scheduler.state_dict(), state
-    )
-    checkpoint.save(partial_dir(run.config.outfile))
+    """Everything `--resume` needs after this epoch, beside --outfile (`partial_dir`); every process calls
+    this (each adds its random state), rank 0 writes it."""
+    saved = checkpoint(run, state)
+    if run.group.main:
+        saved.save(partial_dir(run.config.outfile))
 
 
 def build_manifest(run: Run, state: RunState) -> Manifest:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import random
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from reqcheck.formats.manifest import default_positive_labels
 from reqcheck.formats.output import check_labels, contract
 from reqcheck.formats.prompting import PromptSpec, invocation_ids
 from reqcheck.models.loading import (
-    BaseModelRef,
     load_model,
     load_tokenizer,
     quiet_peft_wrap,
@@ -33,7 +33,7 @@ from reqcheck.models.loading import (
 )
 from reqcheck.training import prefix_cache as prefix_mod
 from reqcheck.training.checkpoint import Checkpoint, partial_dir
-from reqcheck.training.config import AdapterType, Loss, TrainConfig
+from reqcheck.training.config import AdapterType, Loss, TrainConfig, flag_name
 from reqcheck.training.encoding import Objective, encode
 from reqcheck.training.progress import Reporter
 from reqcheck.training.run import Prepared, Run
@@ -42,6 +42,7 @@ from reqcheck.training.run import Prepared, Run
 def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
     """Data, split, base model, tokens and run identity: all the checks that need no model weights."""
     invocation = read_promptfile(config.promptfile) if config.promptfile else None
+    check_recordable(config, invocation)
     examples, train_examples, val_examples = load_training_data(config)
     fingerprint = data_mod.fingerprint(examples)
     ref = resolve_base_model(config.basemodel)
@@ -83,15 +84,15 @@ def prepare(config: TrainConfig, report: Reporter, device: str) -> Prepared:
         positives,
         train_set=encode(train_examples, tokenizer, spec, labels, config.max_length),
         val_set=encode(val_examples, tokenizer, spec, labels, config.max_length),
-        run_key=_run_key(config, ref, fingerprint),
     )
+    prep.identity = run_identity(config, prep, invocation)
     if prep.truncated:
         report(
             f"{prep.truncated} example(s) longer than --max-length {config.max_length} were truncated "
             "from the start"
         )
     if config.resume:
-        prep.saved = Checkpoint.read(partial_dir(config.outfile), prep.run_key, device)
+        prep.saved = Checkpoint.read(partial_dir(config.outfile), prep.identity, device)
         if prep.saved is None:
             report(f"--resume: no interrupted run for {config.outfile}; starting from scratch")
     return prep
@@ -120,6 +121,29 @@ def read_promptfile(path: Path) -> str:
     return prompt
 
 
+def check_recordable(config: TrainConfig, invocation: str | None) -> None:
+    """Refuse, before anything is read or converted, text the manifest records that UTF-8 cannot hold.
+
+    A name byte that is not UTF-8 reaches Python as a surrogate escape, and so does a lone `\\ud800` in
+    JSON; reqcheck.json is UTF-8, so writing it would fail after the last epoch (and again on --resume).
+    """
+    model = Path(config.basemodel).expanduser()
+    rename, write = "rename it (and any folder above it) with UTF-8 names", "write it as UTF-8 text"
+    named = [
+        ("the data file's path", str(Path(config.datafile).resolve()), rename),
+        ("the base model's path", config.basemodel, rename),
+        ("the base model's path", str(model.resolve()) if model.exists() else None, rename),
+        ("--requirement", config.requirement, write),
+        ("--system-prompt", config.system_prompt, write),
+        ("the promptfile's invocation_prompt", invocation, write),
+    ]
+    for what, text, fix in named:
+        if text is not None and not data_mod.is_utf8(text):
+            raise ReqcheckError(
+                f"{what} {ascii(text)} is not UTF-8 text, so the adapter's manifest cannot record it; {fix}."
+            )
+
+
 def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
     """All examples, then the stratified (train, val) split; every data problem is raised here."""
     examples = data_mod.load_examples(config.datafile)
@@ -144,20 +168,36 @@ def load_training_data(config: TrainConfig) -> tuple[list[Example], list[Example
     return examples, train, val
 
 
-def _run_key(config: TrainConfig, ref: BaseModelRef, fingerprint: str) -> str:
-    """What a resumed run must share with the interrupted one: data, base model and every learning flag."""
-    material = json.dumps(
-        {
-            "hp": config.hyperparameters(),
-            "base": ref.revision,
-            "data": fingerprint,
-            "adapter": config.adapter,
-            "promptfile": str(config.promptfile),
-            "renderer": config.renderer,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
+def run_identity(config: TrainConfig, prep: Prepared, invocation: str | None) -> dict[str, str]:
+    """Everything that shapes what is trained, each named as the user knows it, with its digest.
+
+    A resumed run must match the interrupted one in every entry, so an adapter is never trained half on one
+    prompt and half on another. The inputs come first, so a refusal names the one the user changed: the
+    base model, every option that changes what is learned, the requirement when it is rendered, the
+    positive labels (they choose the instruction), the promptfile's contents (not its path), the data.
+    Then what they render to: the prompt, and the examples as token ids (a reqcheck that renders them
+    otherwise cannot continue the run either).
+    """
+    flags = {flag_name(f): getattr(config, f.name) for f in fields(config) if f.metadata.get("learns")}
+    parts = {
+        "the base model": prep.ref.revision,
+        "--adapter": config.adapter,
+        "--renderer": config.renderer,
+        **flags,
+        "--requirement": config.requirement if config.requirement_in_prompt else None,
+        "--positive-label": prep.positive_labels,
+        "the promptfile's contents": invocation,
+        "the data": prep.fingerprint,
+        "the rendered prompt": [prep.spec.to_dict(), dataclasses.asdict(prep.output)],
+        "the examples as rendered": [
+            [e.prompt, e.invocation_start, e.label] for e in prep.train_set + prep.val_set
+        ],
+    }
+    return {name: _digest(value) for name, value in parts.items()}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def build_model(run: Run) -> Any:

@@ -5,8 +5,10 @@ and the optimizer and schedule a run trains with.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from reqcheck.formats.data import Example
 from reqcheck.formats.output import LabelSet, OutputSpec
 from reqcheck.formats.prompting import PromptSpec
 from reqcheck.models.loading import BaseModelRef
+from reqcheck.training import distributed, randomness
 from reqcheck.training import prefix_cache as prefix_mod
 from reqcheck.training.checkpoint import Checkpoint, RunState
 from reqcheck.training.config import AdapterType, LRSchedule, TrainConfig
@@ -40,7 +43,7 @@ class Prepared:
     positive_labels: list[str]
     train_set: list[Encoded]
     val_set: list[Encoded]
-    run_key: str
+    identity: dict[str, str] = field(default_factory=dict)  # what a resumed run must share (`run_identity`)
     saved: Checkpoint | None = None
 
     @property
@@ -68,7 +71,7 @@ class Trainable:
 class Run:
     """One training run as each step sees it. `model`, `prefixes` (aLoRA's base-model prefix caches, under
     `cache_mode`) and `objective` are set once the model is built; `trainable` is what the current epoch
-    trains (each rate of a learning-rate sweep gets its own)."""
+    trains (each rate of a learning-rate sweep gets its own), `shuffle` what orders its data."""
 
     config: TrainConfig
     device: str
@@ -81,6 +84,7 @@ class Run:
     cache_mode: str = "off"
     objective: Objective = LM
     trainable: Trainable | None = None
+    shuffle: random.Random | None = None  # draws every epoch's data order; travels in the checkpoint
 
     @property
     def pad_id(self) -> int:
@@ -149,9 +153,41 @@ def load_adapter_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
     set_peft_model_state_dict(model, weights)
 
 
-def restore(trainable: Trainable, saved: Checkpoint) -> RunState:
-    """Put a checkpoint's adapter weights, optimizer and schedule into `trainable`; its state."""
+def restore(run: Run, saved: Checkpoint) -> RunState:
+    """Go on from a checkpoint: its adapter weights, optimizer, schedule and random state; its run state.
+
+    Each process takes its own random state back. Under another number of processes than the checkpoint
+    holds states for, the run goes on with fresh random streams (seeded as a new run's), and says so.
+    """
+    trainable = run.trainable
     load_adapter_weights(trainable.model, saved.adapter)
     trainable.optimizer.load_state_dict(saved.optimizer)
     trainable.scheduler.load_state_dict(saved.scheduler)
+    if len(saved.random) == run.group.world:
+        run.shuffle = randomness.restore(saved.random[run.group.rank], run.device)
+    else:
+        run.report(
+            f"the checkpoint holds the random state of {len(saved.random)} process(es), not {run.group.world}; "
+            "dropout and the data order go on from fresh random streams"
+        )
+        torch.manual_seed(run.config.seed + run.group.rank + saved.state.epoch)
+        run.shuffle = random.Random(run.config.seed + saved.state.epoch)
     return saved.state
+
+
+def checkpoint(run: Run, state: RunState) -> Checkpoint:
+    """Where the run stands now, as `--resume` reads it; every process calls this at the same point.
+
+    The weights, optimizer and schedule are the same on every process; the random states are not, so
+    every process's is gathered.
+    """
+    trainable = run.trainable
+    states = distributed.gather(randomness.capture(run.shuffle, run.device), run.group)
+    return Checkpoint(
+        run.prep.identity,
+        {k: v.detach().clone() for k, v in adapter_weights(trainable.model).items()},
+        copy.deepcopy(trainable.optimizer.state_dict()),
+        trainable.scheduler.state_dict(),
+        state,
+        states,
+    )

@@ -5,7 +5,6 @@ Rates are walked from LR_START over a log-spaced grid (`climb`), stopping where 
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import LrSweep
 from reqcheck.training.checkpoint import Checkpoint, RunState
 from reqcheck.training.progress import Progress
-from reqcheck.training.run import Run, adapter_weights, load_adapter_weights
+from reqcheck.training.run import Run, adapter_weights, checkpoint, load_adapter_weights
 from reqcheck.training.steps import run_epoch
 from reqcheck.training.validation import evaluate
 
@@ -74,8 +73,9 @@ def lr_sweep(run: Run) -> Checkpoint:
     def score(rate: float) -> float:
         load_adapter_weights(run.model, start)
         torch.manual_seed(run.config.seed + run.group.rank)
-        trainable = run.trainable_at(rate)
-        metrics = run_epoch(run, random.Random(run.config.seed), 0, Progress(lambda _: None, 1, 0))
+        run.trainable_at(rate)
+        run.shuffle = random.Random(run.config.seed)
+        metrics = run_epoch(run, run.shuffle, 0, Progress(lambda _: None, 1, 0))
         metrics.update(evaluate(run))
         run.report(
             f"lr sweep {rate:g}: val loss {metrics['val_loss']:.4f}, val accuracy {metrics['val_accuracy']:.3f}"
@@ -84,12 +84,7 @@ def lr_sweep(run: Run) -> Checkpoint:
         if math.isfinite(metrics["val_loss"]) and metrics["val_loss"] < best.get("val_loss", math.inf):
             state = RunState()
             state.record(metrics, adapter_weights(run.model))
-            best.update(val_loss=metrics["val_loss"], rate=rate, state=state)
-            best["end"] = {
-                "adapter": state.best,
-                "optimizer": copy.deepcopy(trainable.optimizer.state_dict()),
-                "scheduler": trainable.scheduler.state_dict(),
-            }
+            best.update(val_loss=metrics["val_loss"], rate=rate, end=checkpoint(run, state))
         return metrics["val_loss"]
 
     climb(score, LR_CANDIDATES, LR_START, most=run.config.epochs + 1)
@@ -100,6 +95,5 @@ def lr_sweep(run: Run) -> Checkpoint:
     run.report(
         f"lr sweep: chose {best['rate']:g} ({len(candidates)} rates, one epoch each); it goes on from there"
     )
-    best["state"].sweep = LrSweep(candidates, best["rate"])
-    end = best["end"]
-    return Checkpoint(run.prep.run_key, end["adapter"], end["optimizer"], end["scheduler"], best["state"])
+    best["end"].state.sweep = LrSweep(candidates, best["rate"])
+    return best["end"]

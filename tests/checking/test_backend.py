@@ -363,3 +363,22 @@ def test_bad_arguments_fail_at_once_with_one_sentence(backend, tmp_path: Path) -
             backend.check(req(PLEASE), context)
     with pytest.raises(ReqcheckError, match=r"wrap its text in req\('...'\)"):
         backend.check(PLEASE, POSITIVE)
+
+
+@pytest.mark.parametrize("name", ["checker-v1.2", "my checker", "prüfer-ü"])
+def test_an_adapter_named_anything_registers_and_checks(
+    name: str, tiny_model_dir: Path, quick_adapter: Path, tmp_path: Path
+) -> None:
+    """The name PEFT sees is derived; the name a user registers (the folder's, or intrinsic_name) is kept."""
+    shutil.copytree(quick_adapter, tmp_path / name)
+    backend = LocalHFBackend(str(tiny_model_dir), device="cpu")
+    first = backend.add_adapter(CustomIntrinsicAdapter(model_id=str(tmp_path / name)))
+    second = backend.add_adapter(
+        CustomIntrinsicAdapter(model_id=str(quick_adapter), intrinsic_name=f"{name}.2")
+    )
+    assert (first.name, second.name) == (name, f"{name}.2") and list(backend.adapters) == [name, f"{name}.2"]
+    for registered in backend.adapters:
+        [probabilities] = backend.classify(registered, [POSITIVE])
+        assert sorted(probabilities) == ["no", "yes"]
+        [result] = backend.check_batch([ALoraRequirement(PLEASE, intrinsic_name=registered)], [POSITIVE])
+        assert result.via == f"adapter:{registered}"

@@ -50,6 +50,10 @@ BAD_VALUES = {
     "val_fraction negative": (-0.1, "--val-fraction must be in [0, 1), got -0.1."),
     "dropout": (1.0, "--dropout must be in [0, 1), got 1.0."),
     "dropout nan": (float("nan"), "--dropout must be a finite number, not nan."),
+    "seed": (
+        2**63,
+        "--seed must be in [-9223372036854775808, 9223372036854775808), got 9223372036854775808.",
+    ),
     "prefix_cache_budget_mb": (-1, "--prefix-cache-budget-mb must be zero or more."),
     "adapter": ("qlora", "Unknown --adapter 'qlora'; use alora or lora."),
     "device": ("tpu", "Unknown --device 'tpu'; use auto, cpu, cuda or mps."),
@@ -73,6 +77,25 @@ def test_a_prefix_cache_for_lora_is_refused_before_training(mode: str) -> None:
         config.check()
     for fine in ("auto", "off"):
         _config(adapter="lora", prefix_cache=fine).check()
+
+
+IGNORED_SPAN = {
+    "chat-v1": ({"renderer": "chat-v1"}, "--alora-span instruction needs --renderer intrinsic-v1"),
+    "mellea-v1": ({"renderer": "mellea-v1"}, "--alora-span instruction needs --renderer intrinsic-v1"),
+    "promptfile": ({"promptfile": Path("prompt.json")}, "is overridden by --promptfile"),
+    "lora": ({"adapter": "lora"}, "applies to --adapter alora only"),
+}
+
+
+@pytest.mark.parametrize("case", IGNORED_SPAN, ids=list(IGNORED_SPAN))
+def test_an_alora_span_the_run_would_ignore_is_refused(case: str) -> None:
+    """The manifest would record `alora_span: instruction` for an adapter that does not start there."""
+    given, message = IGNORED_SPAN[case]
+    with pytest.raises(ReqcheckError) as refused:
+        _config(alora_span="instruction", **given).check()
+    assert message in str(refused.value) and len(str(refused.value).splitlines()) == 1
+    _config(alora_span="generation", **given).check()
+    _config(alora_span="instruction").check()
 
 
 def test_check_catches_a_value_set_after_construction() -> None:

@@ -22,7 +22,7 @@ from reqcheck.training.config import TrainConfig
 from reqcheck.training.loop import train
 from reqcheck.training.prepare import prepare
 from reqcheck.training.validation import warn_validation_cost
-from tests.helpers import ALL_LINEAR, FAST, PLEASE, run_cli
+from tests.helpers import ALL_LINEAR, FAST, KILLER, PLEASE, run_cli
 from tests.tiny import FILLER, write_jsonl
 
 FAST_FLAGS = ["--epochs", "4", "--learning-rate", "5e-3", "--batch-size", "8", "--grad-accum", "1"]
@@ -56,7 +56,7 @@ def test_a_planted_checkpoint_does_not_run_code(
 ) -> None:
     out, ran = tmp_path / "adapter", tmp_path / "code-ran"
     partial_dir(out).mkdir()
-    torch.save({"run_key": _Planted(ran)}, partial_dir(out) / "state.pt")
+    torch.save({"identity": _Planted(ran)}, partial_dir(out) / "state.pt")
     code, err = run_cli(_train_cli(marker_data, tiny_model_dir, out, "--resume"), capsys, monkeypatch)
     assert not ran.exists()
     _assert_one_clear_error(code, err, "is damaged or was not written by reqcheck")
@@ -100,6 +100,10 @@ LATE_FAILURES = {
         "--learning-rate must be a finite number, not inf.",
     ),
     "dropout of 1": (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0."),
+    "alora span under chat-v1": (
+        ["--renderer", "chat-v1", "--alora-span", "instruction"],
+        "--alora-span instruction needs --renderer intrinsic-v1",
+    ),
     "outfile under a file": ([], "is not a directory you may write to"),
     "config.json not JSON": ([], "config.json cannot be read"),
     "config.json of no known model": ([], "config.json cannot be read"),
@@ -132,6 +136,44 @@ def _must_not_load(*args, **kwargs):
     raise AssertionError("the model was loaded before the problem was found")
 
 
+NOT_UTF8 = os.fsdecode(b"-\xff")  # a name byte that is not UTF-8, as Python holds it (a surrogate escape)
+UNRECORDABLE = {
+    "data file name": "the data file's path",
+    "folder above the data file": "the data file's path",
+    "base model folder": "the base model's path",
+    "requirement": "--requirement",
+    "promptfile's invocation": "the promptfile's invocation_prompt",
+}
+
+
+@pytest.mark.parametrize("case", UNRECORDABLE, ids=list(UNRECORDABLE))
+def test_text_the_manifest_cannot_record_is_refused_before_the_model_loads(
+    case: str, tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Fault: a data file with a non-UTF-8 name trained every epoch, then writing reqcheck.json raised
+    UnicodeEncodeError (and so did --resume): no adapter, hours lost on a real model."""
+    data, model, extra = marker_data, tiny_model_dir, []
+    if case == "data file name":
+        data = tmp_path / f"data{NOT_UTF8}.jsonl"
+    elif case == "folder above the data file":
+        data = tmp_path / f"folder{NOT_UTF8}" / "data.jsonl"
+    elif case == "base model folder":
+        model = tmp_path / f"model{NOT_UTF8}"
+        shutil.copytree(tiny_model_dir, model)
+    elif case == "requirement":
+        extra = ["--requirement", f"The reply says please{NOT_UTF8}"]
+    else:
+        (tmp_path / "prompt.json").write_text('{"invocation_prompt": "<|start_of_role|>assistant\\ud800"}')
+        extra = ["--promptfile", str(tmp_path / "prompt.json"), "--renderer", "chat-v1"]
+    if data != marker_data:
+        data.parent.mkdir(exist_ok=True)
+        shutil.copy(marker_data, data)
+    monkeypatch.setattr("reqcheck.training.prepare.load_model", _must_not_load)
+    code, err = run_cli(_train_cli(data, model, tmp_path / "adapter", *extra), capsys, monkeypatch)
+    _assert_one_clear_error(code, err, UNRECORDABLE[case])
+    assert "is not UTF-8 text, so the adapter's manifest cannot record it" in err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
 def test_a_read_only_outfile_parent_fails_before_training(
     tiny_model_dir: Path, marker_data: Path, tmp_path: Path, capsys, monkeypatch
@@ -146,38 +188,6 @@ def test_a_read_only_outfile_parent_fails_before_training(
     _assert_one_clear_error(code, err, "is not a directory you may write to")
 
 
-_KILLER = """
-import os, signal, sys
-
-import torch
-
-import reqcheck.formats.manifest
-
-where = sys.argv[1]
-steps = 0
-step = torch.optim.AdamW.step
-
-
-def counted(self, *args, **kwargs):
-    global steps
-    steps += 1
-    if where == f"step {steps}":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *args, **kwargs)
-
-
-def write(self, directory):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-torch.optim.AdamW.step = counted
-if where == "writing the adapter":
-    reqcheck.formats.manifest.Manifest.write = write
-from reqcheck.cli import main
-
-sys.argv = ["reqcheck", *sys.argv[2:]]
-main()
-"""
 STEPS = 4 * 24  # 4 epochs of 192 training examples in batches of 8
 
 
@@ -191,7 +201,7 @@ def test_kill_9_leaves_no_finished_looking_adapter_and_resume_completes_it(
     out = tmp_path / "adapter"
     args = _train_cli(marker_data, tiny_model_dir, out, "--requirement", PLEASE)
     killed = subprocess.run(
-        [sys.executable, "-c", _KILLER, where, *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", KILLER, where, *args], capture_output=True, text=True, timeout=600
     )
     assert killed.returncode == -9, f"killed at {where}: {killed.stderr[-2000:]}"
     assert not out.exists(), f"killed at {where}"
