@@ -82,7 +82,7 @@ def test_a_large_label_set_lists_its_most_frequent_confusions() -> None:
 
 def test_reqcheck_report_on_200_labels_and_10000_epochs_is_fast_small_and_lean(tmp_path: Path) -> None:
     """The issue's targets: at most 5 s, 300 MB and 2 MB written. The page size is asserted; time and
-    memory are measured (this machine is shared, so only a hang guard and a generous bound are asserted)."""
+    memory are measured (this machine is shared, so only a generous memory bound is asserted)."""
     source = tmp_path / "report.json"
     source.write_text(large_report(200, 10_000).to_json(), encoding="utf-8")
     page = tmp_path / "report.html"
@@ -105,5 +105,5 @@ def test_reqcheck_report_on_200_labels_and_10000_epochs_is_fast_small_and_lean(t
     print(f"reqcheck report, 200 labels, 10,000 epochs: {seconds:.1f} s, {memory_mb:.0f} MB, {size_mb:.2f} MB written"
           f" (report.json {source.stat().st_size / MB:.1f} MB)")  # fmt: skip
     assert size_mb <= 2
-    # guards against a hang and a blow-up only; the targets are 5 s and 300 MB
-    assert seconds < 60 and memory_mb < 600
+    # a blow-up guard only (the target is 300 MB; the subprocess timeout guards a hang): time is for benches
+    assert memory_mb < 600
