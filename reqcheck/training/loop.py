@@ -60,7 +60,12 @@ def train(config: TrainConfig, report: Reporter = print) -> TrainResult:
     group, rank_device = distributed.start(device)
     try:
         with output_lock(config.outfile) if group.main else contextlib.nullcontext():
-            return _train(config, report if group.main else lambda _: None, group, rank_device)
+            result = _train(config, report if group.main else lambda _: None, group, rank_device)
+        # A rank that tears the group down while a peer still reads its last message aborts that peer
+        # (once in CI: rank 1 died with SIGABRT after a finished run). Only a finished run waits here;
+        # after a failure the peers may never arrive.
+        distributed.barrier(group)
+        return result
     finally:
         distributed.stop(group)
 
