@@ -7,6 +7,12 @@ the most likely one whose probability underflowed a float is -inf, which llama.c
 probability 0, and it is read as -inf (a sharply trained adapter gives its unlikely tokens such values).
 Whatever breaks that is one sentence for the check, never a made-up label and never a raw exception from the
 readers downstream; the probabilities read in the end are checked the same way.
+
+A one-step answer (`first_token_probs`) is llama-server's `post_sampling_probs` shape: one token whose
+`top_probs` list `{id, token, prob}` after the request's logit bias raised every label's first token to the
+top. The bias adds the same amount to each of them, so their probabilities keep the ratios the model gives
+them; `label_probabilities` renormalises them among the labels, which is granite-common's `likelihood` rule
+with every label in view and the in-process rule (`models.scoring`).
 """
 
 from __future__ import annotations
@@ -99,3 +105,72 @@ def checked_probabilities(scores: dict[str, float], shown: str, what: str) -> di
             f"{p}, which no probability is; fix the server or the proxy in front of it, then rerun."
         )
     return {label: min(max(p, 0.0), 1.0) for label, p in scores.items()}
+
+
+def first_token_probs(answer: Any, shown: str, what: str) -> dict[int, float]:
+    """A one-step answer's probabilities by token id; one sentence naming the fault otherwise.
+
+    Raises `NoLogprobs` when the answer has no token probabilities at all.
+    """
+    try:
+        entry = answer["choices"][0]["logprobs"]["content"][0]
+    except (KeyError, IndexError, TypeError):
+        raise NoLogprobs from None
+    if not isinstance(entry, dict) or "top_probs" not in entry:
+        if isinstance(entry, dict) and "top_logprobs" in entry:
+            raise ReqcheckError(
+                f"The server at {shown} answered {what} with probabilities before sampling, though it was asked "
+                "for them after (post_sampling_probs), so the labels' probabilities cannot be read; serve with "
+                "llama.cpp's server (reqcheck serve) or fix the proxy in front of it, then rerun."
+            )
+        raise NoLogprobs
+    alternatives = entry["top_probs"]
+    problem = (
+        "" if isinstance(alternatives, list) else f"top_probs that are not a list ({_shown(alternatives)})"
+    )
+    probs: dict[int, float] = {}
+    for alternative in alternatives if not problem else []:
+        problem = _prob_problem(alternative, probs)
+        if problem:
+            break
+        probs[alternative["id"]] = float(alternative["prob"])
+    if problem:
+        raise ReqcheckError(
+            f"The server at {shown} answered {what} with {problem}, so no probability can be read from it; fix "
+            "the server or the proxy in front of it, then rerun."
+        )
+    return probs
+
+
+def _prob_problem(entry: Any, seen: dict[int, float]) -> str:
+    """What is wrong with one `{id, token, prob}` alternative; empty when nothing."""
+    if not isinstance(entry, dict):
+        return f"a probability entry that is not an object ({_shown(entry)})"
+    token_id, prob = entry.get("id"), entry.get("prob")
+    if isinstance(token_id, bool) or not isinstance(token_id, int):
+        return f"a token id that is not a number ({_shown(token_id)})"
+    if token_id in seen:
+        return f"token id {token_id} listed twice"
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not math.isfinite(prob):
+        return f"a probability that is not a finite number ({_shown(prob)})"
+    if not -ROUNDING <= prob <= 1 + ROUNDING:
+        return f"a probability of {prob:g}"
+    return ""
+
+
+def label_probabilities(
+    probs: dict[int, float], owners: dict[int, str], labels: list[str], shown: str, what: str
+) -> dict[str, float]:
+    """Each label's share of the probability on the first tokens it owns (`owners`: token id -> label)."""
+    mass = dict.fromkeys(labels, 0.0)
+    for token_id, prob in probs.items():
+        if token_id in owners:
+            mass[owners[token_id]] += prob
+    total = sum(mass.values())
+    if not total > 0:
+        raise ReqcheckError(
+            f"The server at {shown} answered {what} without any probability on the labels' first tokens, "
+            "though the request raised them to the top (logit_bias); serve with llama.cpp's server "
+            "(reqcheck serve) or fix the proxy in front of it, then rerun."
+        )
+    return checked_probabilities({label: m / total for label, m in mass.items()}, shown, what)

@@ -2,7 +2,8 @@
 
 An engine says which request fields apply an adapter (and whether the server applies it to requests that
 name none), which fields run the base model alone, how the server tokenizes a text, whether aLoRA
-requests must go one at a time, and, after an answer, whether the server still applies what was selected.
+requests must go one at a time, whether a check can read its label from one decode step (and the fields
+that ask for it), and, after an answer, whether the server still applies what was selected.
 """
 
 from __future__ import annotations
@@ -17,6 +18,26 @@ from reqcheck.checking.endpoint import LLAMA_CPP, VLLM, Endpoint, ServerInfo, re
 from reqcheck.errors import ReqcheckError, plain_text
 from reqcheck.formats.manifest import content_hash
 from reqcheck.formats.served import ServedTag
+
+# added to every label's first token: the same amount keeps their ratios, and puts them above any other token
+LABEL_BIAS = 100.0
+# the sampler chain left as the model's own distribution (each sampler at its "off" value), whatever the
+# server's defaults, so that the probabilities after it are the logits' softmax plus the bias
+NEUTRAL_SAMPLING = {
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "top_n_sigma": -1.0,
+    "xtc_probability": 0.0,
+    "dry_multiplier": 0.0,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat": 0,
+}
+PREFILL_PROBE = '{"probe": "'
 
 
 class Engine:
@@ -45,6 +66,15 @@ class Engine:
         """Held around a request that applies `adapter`: a lock where the server needs them serialised."""
         return nullcontext()
 
+    def reads_first_token(self) -> bool:
+        """Whether a check reads its label from one decode step: the server continues a prefilled answer and
+        reports the probabilities after a logit bias. Otherwise the whole JSON answer is generated."""
+        return False
+
+    def first_token_fields(self, token_ids: list[int]) -> dict[str, Any]:
+        """Request fields for one decode step whose probabilities hold every one of `token_ids`."""
+        raise NotImplementedError
+
     def confirm(self, adapter: ResolvedAdapter | None, answer: Any, opened: int) -> None:
         """Refuse `answer` when the server may no longer apply what the request selected: `adapter` (None: the
         base model alone), sent when the endpoint had opened `opened` connections."""
@@ -60,6 +90,8 @@ class LlamaCpp(Engine):
         self._rereading = threading.Lock()
         self._read_at = endpoint.connections  # connections opened when `/lora-adapters` was last read
         self._identity: tuple[Any, Any] | None = None  # the build and model the answers name
+        self._probing = threading.Lock()
+        self._prefills: bool | None = None  # whether the server continues a prefilled answer (asked once)
 
     def select(self, adapter: ResolvedAdapter) -> tuple[dict[str, Any], bool]:
         entry = self._entry(adapter)
@@ -118,6 +150,35 @@ class LlamaCpp(Engine):
         # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
         # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
         return self._one_alora if adapter.is_alora else nullcontext()
+
+    def reads_first_token(self) -> bool:
+        """Asked once: `/apply-template` renders a conversation that ends in an assistant message; a server that
+        continues it leaves that message open at the end of the prompt (llama.cpp since its prefill_assistant,
+        which came after post_sampling_probs). An older server, or one started with --no-prefill-assistant,
+        closes it or lacks the route."""
+        with self._probing:
+            if self._prefills is None:
+                messages = [
+                    {"role": "user", "content": "ping"},
+                    {"role": "assistant", "content": PREFILL_PROBE},
+                ]
+                rendered = self.endpoint.request(
+                    "POST", "/apply-template", {"messages": messages}, missing_ok=True
+                )
+                prompt = rendered.get("prompt") if isinstance(rendered, dict) else None
+                self._prefills = isinstance(prompt, str) and prompt.endswith(PREFILL_PROBE)
+            return self._prefills
+
+    def first_token_fields(self, token_ids: list[int]) -> dict[str, Any]:
+        return {
+            "max_tokens": 1,
+            "max_completion_tokens": 1,
+            "logprobs": True,
+            "top_logprobs": len(token_ids),
+            "post_sampling_probs": True,
+            "logit_bias": {str(token_id): LABEL_BIAS for token_id in token_ids},
+            **NEUTRAL_SAMPLING,
+        }
 
     def _entry(self, adapter: ResolvedAdapter) -> dict[str, Any]:
         """The `/lora-adapters` entry whose task_name names this adapter's content hash; refuse misapplied aLoRAs."""

@@ -1,15 +1,18 @@
 """Validation off: the base model judges a requirement from a question, read by label probabilities.
 
 The judge renders the context with the same `render` function as the adapters (so it reuses the same
-cached context KV), followed by a question turn; labels are read like an adapter's, with each label's
-lower- and capitalised spellings pooled, since an instruct model answers "Yes" as readily as "yes".
+cached context KV), followed by a question turn; labels are read like an adapter's, from the first token of
+the answer, with the first tokens of each label's lower- and capitalised spellings pooled, since an instruct
+model answers "Yes" as readily as "yes". The served judge reads the same tokens (`first_token_owners`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from reqcheck.checking.routing import JUDGE_LABELS, Context
+from reqcheck.errors import ReqcheckError
 from reqcheck.formats.output import LabelSet
 from reqcheck.formats.prompting import (
     CHAT_RENDERER,
@@ -24,7 +27,15 @@ from reqcheck.formats.prompting import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["JUDGE_LABELS", "judge_labels", "judge_messages", "judge_question", "judge_spec", "pool_variants"]
+__all__ = [
+    "JUDGE_LABELS",
+    "first_token_owners",
+    "judge_labels",
+    "judge_messages",
+    "judge_question",
+    "judge_spec",
+    "pool_variants",
+]
 
 
 def judge_question(labels: list[str]) -> str:
@@ -56,15 +67,37 @@ def judge_spec(tokenizer: Any, labels: list[str]) -> PromptSpec:
     )
 
 
-def judge_labels(tokenizer: Any, labels: list[str]) -> tuple[LabelSet, list[int]]:
-    """Spelling variants of each label, and for each variant the index of the label it belongs to."""
-    names, ids, owner = [], [], []
+def spellings(label: str) -> list[str]:
+    """The spellings of a label an instruct model answers with: as written, lower-case, capitalised."""
+    return list(dict.fromkeys([label, label.lower(), label.capitalize()]))
+
+
+def first_token_owners(labels: list[str], first_token: Callable[[str], int]) -> dict[int, int]:
+    """The distinct first tokens of the labels' spellings, each with the index of its label; two labels whose
+    spellings start with the same token cannot be told apart."""
+    owners: dict[int, int] = {}
     for index, label in enumerate(labels):
-        for variant in dict.fromkeys([label, label.lower(), label.capitalize()]):
-            names.append(variant)
-            ids.append(label_ids(tokenizer, variant))
-            owner.append(index)
-    return LabelSet(names, ids), owner
+        for variant in spellings(label):
+            other = owners.setdefault(first_token(variant), index)
+            if other != index:
+                raise ReqcheckError(
+                    f"The judge cannot tell labels {labels[other]!r} and {label!r} apart: answers with either "
+                    "start with the same token; rename one of them."
+                )
+    return owners
+
+
+def judge_labels(tokenizer: Any, labels: list[str]) -> tuple[LabelSet, list[int]]:
+    """One spelling per distinct first token (`first_token_owners`), read at that token, and for each the
+    index of the label it belongs to."""
+    owners = first_token_owners(labels, lambda text: label_ids(tokenizer, text)[0])
+    by_token: dict[int, tuple[str, list[int]]] = {}
+    for label in labels:
+        for variant in spellings(label):
+            ids = label_ids(tokenizer, variant)
+            by_token.setdefault(ids[0], (variant, ids))
+    names = [by_token[token][0] for token in owners]
+    return LabelSet(names, [by_token[token][1] for token in owners], first_token=True), list(owners.values())
 
 
 def pool_variants(scores: torch.Tensor, owner: list[int], n_labels: int) -> torch.Tensor:

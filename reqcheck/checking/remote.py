@@ -9,10 +9,15 @@ io.yaml (the one `reqcheck package` writes), sent with the engine's adapter sele
 class per engine): llama-server's `"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry
 whose `task_name` names this adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set
 to the LoRA module name.
-The answer is checked first (`answers`: finite logprobs no greater than 0, non-empty top logprobs), then read
-with granite-common's `IntrinsicsResultProcessor`: a label's probability is the
-`likelihood` rule over the first value token's top logprobs. The judge asks the same server's base model
-(every adapter at scale 0) the question the in-process judge asks and reads yes/no from the top logprobs.
+Where the server can (`Engine.reads_first_token`, asked once), a check is one decode step: the answer is
+prefilled up to the label's value, every label's first token gets the same logit bias, and the label
+probabilities are those tokens' probabilities after it, renormalised among the labels (`answers`). That is
+granite-common's `likelihood` rule with every label in view, and the in-process rule, so served and
+in-process scores agree on multi-token labels too. The judge asks the same server's base model (every
+adapter at scale 0) the question the in-process judge asks and reads its labels' first tokens the same way.
+Elsewhere (vLLM, an older llama-server) the whole JSON answer is generated, checked (`answers`: finite
+logprobs no greater than 0, non-empty top logprobs) and read with granite-common's
+`IntrinsicsResultProcessor` over the value token's top logprobs; the judge reads the top logprobs.
 `concurrency` requests are in flight at once over one connection pool; busy or failing servers are
 retried with backoff (see `endpoint.Endpoint`).
 
@@ -31,10 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
-from reqcheck.checking.answers import NoLogprobs, checked_probabilities, first_token_logprobs
+from reqcheck.checking.answers import (
+    NoLogprobs,
+    checked_probabilities,
+    first_token_logprobs,
+    first_token_probs,
+    label_probabilities,
+)
 from reqcheck.checking.endpoint import Endpoint, ServerInfo
 from reqcheck.checking.engines import Engine
-from reqcheck.checking.judge import judge_messages
+from reqcheck.checking.judge import first_token_owners, judge_messages
 from reqcheck.checking.routing import Checker, Context, requirement_for
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.io_yaml import IoYaml
@@ -53,6 +64,7 @@ class Served:
     select: dict[str, Any]
     config: dict[str, Any]
     processors: dict[str, Any]
+    owners: dict[int, str]  # each label's first value token -> the label
 
 
 class RemoteBackend(Checker):
@@ -82,6 +94,7 @@ class RemoteBackend(Checker):
         self.on_by_default: list[str] = []
         self._engine = Engine.for_server(self.endpoint, self.info)
         self._served: dict[str, Served] = {}
+        self._judge_owners: dict[tuple[str, ...], dict[int, str]] = {}
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reqcheck-remote")
 
     @property
@@ -188,12 +201,20 @@ class RemoteBackend(Checker):
         messages = as_messages(context, manifest.prompt)
         rewritten = IntrinsicsRewriter(config_dict=served.config).transform({"messages": messages}, **kwargs)
         body = rewritten.model_dump(exclude_none=True)
-        body.pop("extra_body", None)  # the grammar constraint: scores are read from logprobs, not decoded
+        body.pop(
+            "extra_body", None
+        )  # the grammar constraint: scores are read from probabilities, not decoded
+        what = f"adapter {adapter.name}"
+        if self._engine.reads_first_token():
+            body["messages"].append({"role": "assistant", "content": manifest.output.lead()})
+            body.update(self._engine.first_token_fields(list(served.owners)), **served.select)
+            with self._engine.one_at_a_time(adapter):
+                probs = self._first_token(body, what, adapter)
+            return label_probabilities(probs, served.owners, list(manifest.labels), self.endpoint.shown, what)
         body.update(
             logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
         )
         body.setdefault("temperature", 0.0)
-        what = f"adapter {adapter.name}"
         with self._engine.one_at_a_time(adapter):
             _, answer = self._complete(body, what, adapter)
         try:
@@ -225,6 +246,15 @@ class RemoteBackend(Checker):
 
     def _judge_one(self, context: Context, requirement: str | None, labels: list[str]) -> dict[str, float]:
         messages = judge_messages(context, requirement, labels)
+        if self._engine.reads_first_token():
+            owners = self._judge_tokens(labels)
+            body = {
+                "messages": messages,
+                **self._engine.first_token_fields(list(owners)),
+                **self._base_select(),
+            }
+            probs = self._first_token(body, "the judge")
+            return label_probabilities(probs, owners, labels, self.endpoint.shown, "the judge")
         body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
         body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
         content, _ = self._complete(body, "the judge")
@@ -263,6 +293,43 @@ class RemoteBackend(Checker):
         """Request fields that run the base model alone."""
         return self._engine.base_select()
 
+    def _judge_tokens(self, labels: list[str]) -> dict[int, str]:
+        """The first tokens of the labels' spellings in the server's vocabulary, each with its label."""
+        key = tuple(labels)
+        if key not in self._judge_owners:
+
+            def first(text: str) -> int:
+                tokens = (self.endpoint.post("/tokenize", self._engine.tokenize_body(text)) or {}).get(
+                    "tokens"
+                )
+                if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], int):
+                    raise ReqcheckError(
+                        f"The server at {self.endpoint.shown} tokenized the label {text!r} as {tokens!r:.60}, "
+                        "not as token ids; fix the server or the proxy in front of it, then rerun."
+                    )
+                return tokens[0]
+
+            self._judge_owners[key] = {
+                token: labels[i] for token, i in first_token_owners(labels, first).items()
+            }
+        return self._judge_owners[key]
+
+    def _first_token(
+        self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
+    ) -> dict[int, float]:
+        """A one-step answer's probabilities by token id (see `_complete` for `adapter`)."""
+        opened = self.endpoint.connections
+        answer = self.endpoint.post("/v1/chat/completions", body)
+        self._engine.confirm(adapter, answer, opened)
+        try:
+            return first_token_probs(answer, self.endpoint.shown, what)
+        except NoLogprobs:
+            raise ReqcheckError(
+                f"The server at {self.endpoint.shown} returned no token probabilities for {what}, and scores "
+                "are read from them; serve with llama.cpp's server (reqcheck serve) or fix the proxy in front "
+                "of it, then rerun."
+            ) from None
+
     def _complete(
         self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -293,7 +360,23 @@ def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:
         one_hot = {other: 1.0 if other == label else 0.0 for other in manifest.labels}
         steps = [{"type": "likelihood", "input_path": [field_name], "categories_to_values": one_hot}]
         processors[label] = IntrinsicsResultProcessor(config_dict={**config, "transformations": steps})
-    return Served(select, config, processors)
+    return Served(select, config, processors, _first_value_tokens(manifest))
+
+
+def _first_value_tokens(manifest: Manifest) -> dict[int, str]:
+    """Each label's first value token: the first where the labels' ids part, after the JSON lead they share
+    (train time refuses labels whose first value tokens granite-common could not tell apart)."""
+    sequences = [manifest.label_token_ids[label] for label in manifest.labels]
+    lead = 0
+    while all(len(ids) > lead + 1 and ids[lead] == sequences[0][lead] for ids in sequences):
+        lead += 1
+    owners = {manifest.label_token_ids[label][lead]: label for label in manifest.labels}
+    if len(owners) < len(manifest.labels):
+        raise ReqcheckError(
+            f"Two of the labels {', '.join(manifest.labels)} start with the same token, so their probabilities "
+            "cannot be told apart where the value starts; retrain the adapter with labels that start differently."
+        )
+    return owners
 
 
 def _score(processor: Any, response: Any, rewritten: Any) -> float:

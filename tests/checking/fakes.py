@@ -93,9 +93,19 @@ def send(status: int, body: bytes, content_type: str = "application/json", **hea
     return answer
 
 
-def fake_adapter(folder: Path, name: str = "polite", requirement: str = REQUIREMENT) -> Path:
+def fake_adapter(
+    folder: Path,
+    name: str = "polite",
+    requirement: str = REQUIREMENT,
+    label_token_ids: dict[str, list[int]] | None = None,
+) -> Path:
     """A reqcheck adapter directory as `reqcheck train` writes it for SmolLM2 (json-v1 output, intrinsic-v1
-    prompt), with an empty weights file: enough for a served check, which loads no model."""
+    prompt), with an empty weights file: enough for a served check, which loads no model.
+
+    By default a requirement check (`{"score": "yes"}`); with `label_token_ids`, a classifier of those labels
+    (`{"label": ...}`)."""
+    classifier = label_token_ids is not None
+    label_token_ids = label_token_ids or {"yes": [7, 8, 2], "no": [9, 8, 2]}
     from safetensors.numpy import save_file
 
     path = folder / name
@@ -111,11 +121,11 @@ def fake_adapter(folder: Path, name: str = "polite", requirement: str = REQUIREM
             instruction="Does the message above meet the requirement?",
         ),
         invocation_ids=list(INVOCATION_IDS),
-        labels={"yes": 10, "no": 10},
-        label_token_ids={"yes": [7, 8, 2], "no": [9, 8, 2]},
-        positive_labels=["yes"],
-        requirement=requirement,
-        output=OutputSpec(JSON_V1, "score"),
+        labels=dict.fromkeys(label_token_ids, 10),
+        label_token_ids=label_token_ids,
+        positive_labels=[] if classifier else ["yes"],
+        requirement=None if classifier else requirement,
+        output=OutputSpec(JSON_V1, "label" if classifier else "score"),
     ).write(path)
     return path
 
@@ -148,6 +158,17 @@ def adapter_answer(label: str = "yes", logprobs: dict[str, Any] | None = None) -
         for i, piece in enumerate(pieces)
     ]  # fmt: skip
     return _completion("".join(pieces), content)
+
+
+def first_token_answer(probs: dict[int, float]) -> dict[str, Any]:
+    """A llama-server chat completion of one token with `post_sampling_probs`: `top_probs` by token id, the
+    most probable first (the one-step read of `RemoteBackend`)."""
+    top = [
+        {"id": token_id, "token": f"t{token_id}", "bytes": list(f"t{token_id}".encode()), "prob": prob}
+        for token_id, prob in sorted(probs.items(), key=lambda item: -item[1])
+    ]
+    entry = {**top[0], "top_probs": top} if top else {"id": 0, "token": "", "prob": 1.0, "top_probs": []}
+    return _completion(str(entry["token"]), [entry])
 
 
 def judge_answer(label: str = "yes", logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -194,6 +215,8 @@ class FakeLlama:
     )
     completions: int = 0
     seen: Seen = field(default_factory=list)  # every request: method, path, headers
+    prefill: bool = False  # whether `/apply-template` continues a final assistant message (else: no route)
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # `/tokenize` by text (else the invocation)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, path: str) -> int:
@@ -205,12 +228,22 @@ class FakeLlama:
             "/props": lambda: (200, self.props),
             "/v1/models": lambda: (200, {"data": [{"id": "base.gguf", "meta": {"n_embd": 576}}]}),
             "/lora-adapters": lambda: (200, self.adapters),
-            "/tokenize": lambda: (200, {"tokens": list(INVOCATION_IDS)}),
+            "/tokenize": lambda: (
+                200,
+                {"tokens": self.tokens.get(body.get("content"), list(INVOCATION_IDS))},
+            ),
+            "/apply-template": lambda: self._template(body),
             "/v1/chat/completions": lambda: self._completion(body),
         }
         status, data = routes.get(handler.path, lambda: (404, {"error": {"message": "not found"}}))()
         raw = data if isinstance(data, bytes) else json.dumps(data).encode()
         send(status, raw)(handler)
+
+    def _template(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if not self.prefill:
+            return 404, {"error": {"message": "not found"}}
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in body["messages"][:-1])
+        return 200, {"prompt": f"{turns}<|im_start|>assistant\n{body['messages'][-1]['content']}"}
 
     def _completion(self, body: dict[str, Any]) -> tuple[int, Any]:
         with self.lock:
@@ -223,9 +256,12 @@ def fake_llama(
     adapters: list[dict[str, Any]],
     complete: Callable[[dict[str, Any]], tuple[int, Any]],
     keep_alive: bool = False,
+    prefill: bool = False,
 ) -> Iterator[tuple[str, FakeLlama]]:
-    """A fake llama-server serving `adapters`; yields its URL and its state (edit it to change the server)."""
-    state = FakeLlama(adapters, complete)
+    """A fake llama-server serving `adapters`; yields its URL and its state (edit it to change the server).
+
+    With `prefill` it continues a prefilled answer, so checks take the one-step read."""
+    state = FakeLlama(adapters, complete, prefill=prefill)
     with fake_server(lambda handler: state.answer(handler), keep_alive) as (url, seen):
         state.seen = seen
         yield url, state
