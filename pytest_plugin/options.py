@@ -19,6 +19,9 @@ from reqcheck.gating.gates import GATES, GateSettings
 FIXTURE_PATTERN = "*.reqcheck.jsonl"
 FILES_INI = "reqcheck_files"  # extra glob patterns of fixture files (ini only)
 MODES = {"on": ("adapter",), "off": ("judge",), "both": ("adapter", "judge")}
+# the skew gates a compare run keeps unless told otherwise (docs/serving.md): a compare that gates nothing
+# would measure the skew and pass whatever it found
+COMPARE_GATES = {"min_agreement": 0.99, "max_score_diff": 0.02}
 
 
 def dest(flag: str) -> str:
@@ -131,7 +134,9 @@ OPTIONS = (
     ),
     Option(
         "--reqcheck-compare",
-        "with --reqcheck-endpoint, also run every case in process (mode local) to measure train/serve skew",
+        "with --reqcheck-endpoint, also run every case in process (mode local) and gate the train/serve skew "
+        f"(by default: agreement >= {COMPARE_GATES['min_agreement']}, score difference <= "
+        f"{COMPARE_GATES['max_score_diff']})",
         bool,
         default=False,
     ),
@@ -201,6 +206,8 @@ class SessionOptions:
         baseline = setting(config, "reqcheck_baseline")
         given = {kind.name: setting(config, dest(kind.option)) for kind in GATES}
         thresholds = {name: value for name, value in given.items() if value is not None}
+        if compare:
+            thresholds = {**COMPARE_GATES, **thresholds}
         _check_gates(thresholds, baseline, compare)
         _check_served(compare, endpoint, concurrency, timeout)
         return cls(

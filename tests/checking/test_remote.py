@@ -9,6 +9,7 @@ between the client and the real server, to strip logprobs from real answers: no 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 import urllib3
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter
-from reqcheck.checking.endpoint import Endpoint
+from reqcheck.checking.endpoint import Endpoint, ServerInfo
 from reqcheck.checking.remote import RemoteBackend
 from reqcheck.checking.requirements import req
 from reqcheck.checking.session import Session
@@ -87,6 +88,12 @@ def _served_equals_in_process(served: RemoteBackend, pair) -> None:
     assert [max(p, key=p.get) for p in judged] == [
         max(p, key=p.get) for p in local.judge(ITEMS, [requirement] * len(ITEMS))
     ]
+    # labels of several tokens are read by one rule, their first token, served and in process
+    labels = ["abbreviation", "description", "human", "location"]
+    for a, b in zip(
+        served.judge(ITEMS, [None] * 4, labels), local.judge(ITEMS, [None] * 4, labels), strict=True
+    ):
+        assert max(abs(a[label] - b[label]) for label in labels) <= 0.02, (served.info.version, a, b)
     results = Session(served).validate([req(requirement)], ITEMS[0])
     assert results[0].via == "adapter:alora"
     served.default_to_constraint_checking_alora = False
@@ -206,13 +213,13 @@ class _EditingProxy(BaseHTTPRequestHandler):
 
 def _without_judge_labels(choice: dict) -> None:
     for token in choice["logprobs"]["content"]:
-        token["top_logprobs"] = [
-            t for t in token["top_logprobs"] if t["token"].strip().lower() not in ("yes", "no")
+        token["top_probs"] = [
+            t for t in token["top_probs"] if t["token"].strip().lower() not in ("yes", "no")
         ]
 
 
 @pytest.mark.slow
-def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_smollm2) -> None:
+def test_an_answer_without_the_labels_tokens_is_one_sentence(server, served_smollm2) -> None:
     handler = type(
         "Handler", (_EditingProxy,), {"target": server.url, "edit": staticmethod(_without_judge_labels)}
     )
@@ -220,12 +227,38 @@ def test_a_judge_whose_top_tokens_hold_no_label_is_one_sentence(server, served_s
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         backend = remote(f"http://127.0.0.1:{proxy.server_address[1]}", served_smollm2, "alora")
-        with pytest.raises(
-            ReqcheckError, match=r"hold none of the labels yes, no, so the judge cannot score"
-        ):
+        with pytest.raises(ReqcheckError, match=r"answered the judge without any probability on the labels'"):
             backend.judge(ITEMS[:1], [None])
     finally:
         proxy.shutdown()
+
+
+@pytest.mark.slow
+def test_llama_servers_probabilities_after_a_logit_bias_keep_the_models_ratios(server) -> None:
+    """What the one-step read relies on, asked of the prebuilt engine itself: it continues a prefilled answer,
+    and with `post_sampling_probs` and the sampler chain neutral, tokens raised by the same bias keep the
+    ratios of the unbiased distribution, however unlikely they were (here: ranks 1, 5, 12 and 20)."""
+    from reqcheck.checking.engines import Engine
+
+    endpoint = Endpoint(server.url, 1, 120.0, 0)
+    engine = Engine.for_server(endpoint, ServerInfo.probe(endpoint))
+    assert engine.reads_first_token()
+    messages = [{"role": "user", "content": ITEMS[2]}, {"role": "assistant", "content": "The reply"}]
+    body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20}
+    raw = endpoint.post("/v1/chat/completions", {**body, **engine.base_select()})
+    top = raw["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    picked = {entry["id"]: entry["logprob"] for entry in (top[0], top[4], top[11], top[19])}
+    fields = engine.first_token_fields(list(picked))
+    biased = endpoint.post("/v1/chat/completions", {"messages": messages, **fields, **engine.base_select()})
+    after = {
+        entry["id"]: entry["prob"] for entry in biased["choices"][0]["logprobs"]["content"][0]["top_probs"]
+    }
+    assert set(after) == set(picked)  # the raised tokens are the top ones, whatever their rank before
+    unbiased = {i: math.exp(lp) for i, lp in picked.items()}
+    for token in picked:
+        assert after[token] / sum(after.values()) == pytest.approx(
+            unbiased[token] / sum(unbiased.values()), abs=1e-4
+        )
 
 
 @pytest.mark.slow
@@ -235,7 +268,9 @@ def test_a_server_that_returns_no_logprobs_is_one_sentence(server, served_smollm
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         backend = remote(f"http://127.0.0.1:{proxy.server_address[1]}", served_smollm2, "alora")
-        with pytest.raises(ReqcheckError, match=r"returned no logprobs for adapter alora.*; serve with"):
+        with pytest.raises(
+            ReqcheckError, match=r"returned no token probabilities for adapter alora.*; serve with"
+        ):
             backend.classify("alora", ITEMS[:1])
     finally:
         proxy.shutdown()

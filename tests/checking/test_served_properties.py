@@ -5,7 +5,9 @@ and reads back, and no traceback is printed.
 The answers are llama-server's shapes with random parts: any JSON where a logprob or a token goes (NaN,
 infinities, null, text, booleans), top-logprobs lists of any size, a key left out, a body that is not a
 chat completion or not JSON, statuses that are retried or refused, and short delays well within the
-deadline. The `ci` profile (tests/conftest.py) fixes and derandomizes the cases.
+deadline. A server that continues a prefilled answer gets the one-step reads, whose `top_probs` entries
+carry junk where a token id or a probability goes. The `ci` profile (tests/conftest.py) fixes and
+derandomizes the cases.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reqcheck.formats.gate_report import GateReport
-from tests.checking.fakes import adapter_answer, fake_adapter, fake_llama, is_judge, judge_answer, lora_entry
+from tests.checking.fakes import (
+    adapter_answer,
+    fake_adapter,
+    fake_llama,
+    first_token_answer,
+    is_judge,
+    judge_answer,
+    lora_entry,
+)
 
 CASES = 3
 MODES = ("adapter", "judge")
@@ -47,6 +57,11 @@ logprobs = st.one_of(st.floats(-20.0, 0.0), st.floats(-20.0, 0.0), junk)
 tokens = st.one_of(st.sampled_from(["yes", "no", "Yes", " no", "The"]), junk)
 alternatives = st.lists(st.fixed_dictionaries({"token": tokens, "logprob": logprobs}), max_size=4)
 DROPPED = (None, None, None, "choices", "logprobs", "message", "content", "top_logprobs", "token", "logprob")
+# the one-step read: probabilities by token id, the labels' first tokens among others
+probabilities = st.one_of(st.floats(0.0, 1.0), st.floats(0.0, 1.0), junk)
+token_ids = st.one_of(st.sampled_from([7, 9, 17, 19, 999]), junk)
+by_id = st.lists(st.fixed_dictionaries({"id": token_ids, "prob": probabilities}), max_size=4)
+JUDGE_TOKENS = {"yes": [7], "Yes": [17], "no": [9], "No": [19]}
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Reply:
     body: str  # "shaped": a chat completion with random parts; "json": any JSON; "bytes": not JSON
     top: list[dict[str, Any]]
     own: Any  # the deciding token's own logprob
+    probs: list[dict[str, Any]]  # a one-step answer's top_probs
     dropped: str | None
     junk: Any
 
@@ -67,14 +83,26 @@ class Reply:
             return self.status, self.junk
         if self.body == "bytes":
             return self.status, b"\x00<html>not json"
-        answer = copy.deepcopy(judge_answer() if is_judge(request) else adapter_answer())
+        one_step = request.get("post_sampling_probs")
+        if one_step:
+            answer = first_token_answer({7: 0.6, 9: 0.4})
+        else:
+            answer = copy.deepcopy(judge_answer() if is_judge(request) else adapter_answer())
         choice = answer["choices"][0]
-        deciding = choice["logprobs"]["content"][0 if is_judge(request) else 4]
+        deciding = choice["logprobs"]["content"][0 if one_step or is_judge(request) else 4]
         deciding.update(top_logprobs=self.top, logprob=self.own)
+        if one_step:
+            deciding.update(top_probs=self.probs, prob=self.own)
+            deciding.pop("top_logprobs")
         holders = {"choices": answer, "logprobs": choice, "message": choice, "content": choice["message"],
                    "top_logprobs": deciding, "token": deciding, "logprob": deciding}  # fmt: skip
         if self.dropped:
-            holders[self.dropped].pop(self.dropped)
+            key = (
+                {"top_logprobs": "top_probs", "logprob": "prob"}.get(self.dropped, self.dropped)
+                if one_step
+                else self.dropped
+            )
+            holders[self.dropped].pop(key)
         return self.status, answer
 
 
@@ -85,6 +113,7 @@ replies = st.builds(
     body=st.sampled_from(["shaped"] * 6 + ["json", "bytes"]),
     top=alternatives,
     own=logprobs,
+    probs=by_id,
     dropped=st.sampled_from(DROPPED),
     junk=junk,
 )
@@ -110,21 +139,24 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return fake_adapter(root / "adapters"), root / "cases.reqcheck.jsonl"
 
 
-@settings(max_examples=max(8, settings.default.max_examples // 2))  # a pytest session per case
+@pytest.mark.parametrize("prefill", [False, True], ids=["whole-json", "one-step"])
+@settings(max_examples=max(8, settings.default.max_examples // 4))  # a pytest session per case
 @given(script=st.lists(replies, min_size=1, max_size=4))
 def test_whatever_the_server_answers_each_case_is_a_probability_or_one_sentence(
-    suite: tuple[Path, Path], script: list[Reply]
+    suite: tuple[Path, Path], script: list[Reply], prefill: bool
 ) -> None:
     adapter, cases = suite
     answered = iter(range(10**6))
     outcomes, out = Outcomes(), io.StringIO()
     with (
         tempfile.TemporaryDirectory() as folder,
-        fake_llama([lora_entry(adapter)], lambda body: script[next(answered) % len(script)].answer(body)) as (
-            url,
-            server,
-        ),
+        fake_llama(
+            [lora_entry(adapter)],
+            lambda body: script[next(answered) % len(script)].answer(body),
+            prefill=prefill,
+        ) as (url, server),
     ):
+        server.tokens = JUDGE_TOKENS
         report = Path(folder) / "report.json"
         quiet = [f"-pno:{name}" for name in ("cacheprovider", "hypothesispytest", "anyio", "randomly")]
         args = [*quiet, f"--rootdir={folder}", str(cases), f"--adapter={adapter}", f"--reqcheck-endpoint={url}",

@@ -58,3 +58,29 @@ def test_a_bad_ini_value_is_one_usage_error_at_start(case: str, fixture_file: py
     line, message = INI[case]
     fixture_file.makeini(f"[pytest]\n{line}\n")
     _refused(fixture_file.runpytest("--adapter=no-such-adapter"), message)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], {"min_agreement": 0.99, "max_score_diff": 0.02}),
+        (["--reqcheck-max-score-diff=0.05"], {"min_agreement": 0.99, "max_score_diff": 0.05}),
+        (
+            ["--reqcheck-min-agreement=0.9", "--reqcheck-min-accuracy=0.8"],
+            {"min_agreement": 0.9, "max_score_diff": 0.02, "min_accuracy": 0.8},
+        ),
+    ],
+)
+def test_a_compare_run_gates_the_skew_unless_told_otherwise(
+    pytester: pytest.Pytester, args: list[str], expected: dict[str, float]
+) -> None:
+    """docs/serving.md's values; a compare run that gated nothing would pass whatever skew it measured."""
+    from pytest_reqcheck.options import SessionOptions
+
+    config = pytester.parseconfig(
+        "--adapter=a", "--reqcheck-endpoint=http://127.0.0.1:9", "--reqcheck-compare", *args
+    )
+    assert SessionOptions.read(config).thresholds == expected
+    assert SessionOptions.read(pytester.parseconfig("--adapter=a", *args[1:])).thresholds == {
+        name: value for name, value in expected.items() if name == "min_accuracy"
+    }
