@@ -118,6 +118,7 @@ class SessionAdapters:
             info.model_hash,
             self.options.compare,
             list(backend.on_by_default),
+            info.slots,
         )
         for adapter in self.by_name.values():
             adapter.run.served = record

@@ -348,7 +348,8 @@ class ServerInfo:
 
     `adapters` are llama-server's `/lora-adapters` entries (`id`, `path`, `scale`, `task_name`, and
     `alora_invocation_tokens` for an aLoRA) or vLLM's `/v1/models` entries whose `parent` is the base.
-    `meta` is llama-server's model metadata (`n_vocab`, `n_embd`, `n_params`, ...).
+    `meta` is llama-server's model metadata (`n_vocab`, `n_embd`, `n_params`, ...); `slots` its parallel
+    slots (`/props` `total_slots`; None when it does not say).
     """
 
     engine: str
@@ -357,6 +358,7 @@ class ServerInfo:
     model_hash: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     adapters: list[dict[str, Any]] = field(default_factory=list)
+    slots: int | None = None
 
     @classmethod
     def probe(cls, endpoint: Endpoint) -> ServerInfo:
@@ -373,6 +375,7 @@ class ServerInfo:
                 model_hash=_shown(props.get("model_hash") or first.get("digest")),
                 meta=dict(first.get("meta") or {}),
                 adapters=read_adapters(endpoint),
+                slots=_count(props.get("total_slots")),
             )
         if entries and all("parent" in m for m in entries):
             version = endpoint.get("/version", missing_ok=True) or {}
@@ -402,3 +405,8 @@ def read_adapters(endpoint: Endpoint) -> list[dict[str, Any]]:
 def _shown(value: Any) -> str | None:
     """What a server says about itself, as reqcheck shows and reports it: plain text (None stays None)."""
     return None if value is None else plain_text(value)
+
+
+def _count(value: Any) -> int | None:
+    """A positive count a server reports, or None for anything else."""
+    return value if type(value) is int and value > 0 else None

@@ -148,8 +148,10 @@ class LlamaCpp(Engine):
 
     def one_at_a_time(self, adapter: ResolvedAdapter) -> AbstractContextManager[Any]:
         # llama-server applies an aLoRA wrongly when parallel slots share a batch (the output is the base
-        # model's, and the slots keep wrong caches), so its aLoRA requests go one at a time
-        return self._one_alora if adapter.is_alora else nullcontext()
+        # model's, and the slots keep wrong caches; it keeps the aLoRA's on/off state once per batch, not
+        # per slot), so its aLoRA requests go one at a time; a one-slot server has no shared batch and
+        # queues concurrent requests itself
+        return self._one_alora if adapter.is_alora and self.info.slots != 1 else nullcontext()
 
     def reads_first_token(self) -> bool:
         """Asked once: `/apply-template` renders a conversation that ends in an assistant message; a server that

@@ -201,9 +201,8 @@ class RemoteBackend(Checker):
         messages = as_messages(context, manifest.prompt)
         rewritten = IntrinsicsRewriter(config_dict=served.config).transform({"messages": messages}, **kwargs)
         body = rewritten.model_dump(exclude_none=True)
-        body.pop(
-            "extra_body", None
-        )  # the grammar constraint: scores are read from probabilities, not decoded
+        # the grammar constraint goes: scores are read from probabilities, not decoded
+        body.pop("extra_body", None)
         what = f"adapter {adapter.name}"
         if self._engine.reads_first_token():
             body["messages"].append({"role": "assistant", "content": manifest.output.lead()})

@@ -227,6 +227,7 @@ class ServedRecord:
     path, alias or Hub id); `model_hash` only when the server reports one (llama-server and vLLM do not).
     `compared` is true when every case also ran in process (mode `local`). `on_by_default` names the
     adapters whose global scale on that server is not 0: every request that names no adapter gets them.
+    `slots` is the server's parallel slots when it says (llama-server); None in older reports.
     """
 
     endpoint: str
@@ -236,6 +237,7 @@ class ServedRecord:
     model_hash: str | None = None
     compared: bool = False
     on_by_default: list[str] = field(default_factory=list)
+    slots: int | None = None
 
 
 @dataclass

@@ -49,6 +49,17 @@ def on_by_default_line(served: ServedRecord) -> str | None:
     )
 
 
+def one_at_a_time_line(entry: AdapterEntry) -> str | None:
+    """How to check an aLoRA faster where the server made its checks go one at a time; None elsewhere."""
+    served = entry.served
+    if served is None or entry.adapter_type != "alora" or not served.slots or served.slots == 1:
+        return None
+    return (
+        f"{served.endpoint} has {served.slots} slots, so its aLoRA checks went one at a time (llama.cpp "
+        "misapplies an aLoRA in a shared batch); serve one-slot replicas (reqcheck serve) to check concurrently"
+    )
+
+
 def terminal_lines(entry: AdapterEntry) -> list[str]:
     """One adapter's block of the pytest terminal summary."""
     lines = [f"{entry.name} ({entry.adapter_type}, {(entry.content_hash or '')[:19]}...)"]
@@ -57,6 +68,9 @@ def terminal_lines(entry: AdapterEntry) -> list[str]:
         hazard = on_by_default_line(entry.served)
         if hazard:
             lines.append(f"  warning: {hazard}")
+        slower = one_at_a_time_line(entry)
+        if slower:
+            lines.append(f"  note: {slower}")
     header = ("mode", "cases", "accuracy", f"{entry.confidence:.0%} interval", "macro-F1", "ECE", "Brier",
               "p50 ms", "p95 ms", "items/s", "cached")  # fmt: skip
     widths = (8, 6, 8, 16, 8, 6, 6, 7, 7, 7, 6)

@@ -98,6 +98,7 @@ def fake_adapter(
     name: str = "polite",
     requirement: str = REQUIREMENT,
     label_token_ids: dict[str, list[int]] | None = None,
+    adapter_type: str = "lora",
 ) -> Path:
     """A reqcheck adapter directory as `reqcheck train` writes it for SmolLM2 (json-v1 output, intrinsic-v1
     prompt), with an empty weights file: enough for a served check, which loads no model.
@@ -114,7 +115,7 @@ def fake_adapter(
     save_file({}, str(path / "adapter_model.safetensors"))
     Manifest(
         base_model=BaseModelRef("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-        adapter_type="lora",
+        adapter_type=adapter_type,
         prompt=PromptSpec(
             "<|im_start|>assistant\n",
             INTRINSIC_RENDERER,
@@ -131,15 +132,19 @@ def fake_adapter(
 
 
 def lora_entry(adapter: Path, id: int = 0) -> dict[str, Any]:
-    """The `/lora-adapters` entry llama-server lists for `adapter` exported by reqcheck."""
+    """The `/lora-adapters` entry llama-server lists for `adapter` exported by reqcheck (an aLoRA's with its
+    invocation tokens, less the leading one, as reqcheck export writes them)."""
     tag = ServedTag(adapter.name, content_hash(adapter)).render()
-    return {
+    entry = {
         "id": id,
         "path": f"/srv/{adapter.name}.gguf",
         "scale": 0.0,
         "task_name": tag,
         "prompt_prefix": "",
     }
+    if Manifest.read(adapter).adapter_type == "alora":
+        entry["alora_invocation_tokens"] = INVOCATION_IDS[1:]
+    return entry
 
 
 def top(label_logprobs: dict[str, Any]) -> list[dict[str, Any]]:
