@@ -64,6 +64,12 @@ def start(engine: str, base: Path, adapters: list[Path], log: Path, slots: int =
     return LlamaServer(base, adapters, log=log, context=slots * 2048, slots=slots, binary=server_binary())
 
 
+def in_flight(engine: str) -> int:
+    """Requests a client keeps in flight: one per slot, and two on the one-slot prebuilt server, which queues
+    them (more would only wait there, and a request's deadline counts its wait)."""
+    return 2 if engine == "prebuilt" else SLOTS
+
+
 def adapter_for(folder: Path, name: str, kind: str) -> Path:
     out = folder / f"{name}-{kind}"
     if not (out / "reqcheck.json").exists():
@@ -140,7 +146,7 @@ def agreement(
         for base_name, base in bases.items():
             key = f"{engine} {base_name}"
             with start(engine, base, list(exports.values()), work / f"{engine}-{base_name}.log") as server:
-                served = served_scores(server, adapters, SLOTS, judge=True)
+                served = served_scores(server, adapters, in_flight(engine), judge=True)
             rows[key] = {
                 row: compare(in_process[row], served[row], cases(row.removesuffix(" judge"))[1])
                 for row in served
