@@ -90,14 +90,13 @@ def first_token_owners(labels: list[str], first_token: Callable[[str], int]) -> 
 def judge_labels(tokenizer: Any, labels: list[str]) -> tuple[LabelSet, list[int]]:
     """One spelling per distinct first token (`first_token_owners`), read at that token, and for each the
     index of the label it belongs to."""
-    owners = first_token_owners(labels, lambda text: label_ids(tokenizer, text)[0])
-    by_token: dict[int, tuple[str, list[int]]] = {}
-    for label in labels:
-        for variant in spellings(label):
-            ids = label_ids(tokenizer, variant)
-            by_token.setdefault(ids[0], (variant, ids))
-    names = [by_token[token][0] for token in owners]
-    return LabelSet(names, [by_token[token][1] for token in owners], first_token=True), list(owners.values())
+    ids = {variant: label_ids(tokenizer, variant) for label in labels for variant in spellings(label)}
+    owners = first_token_owners(labels, lambda text: ids[text][0])
+    first_spelling: dict[int, str] = {}
+    for variant, variant_ids in ids.items():
+        first_spelling.setdefault(variant_ids[0], variant)
+    names = [first_spelling[token] for token in owners]
+    return LabelSet(names, [ids[name] for name in names], first_token=True), list(owners.values())
 
 
 def pool_variants(scores: torch.Tensor, owner: list[int], n_labels: int) -> torch.Tensor:
