@@ -11,8 +11,10 @@ else built once from the llama-cpp-python sdist with cmake, as this benchmark as
   and the same for the judge (the base model asked the adapter's question over its labels).
 - latency: one aLoRA (and LoRA) check on a context the server has already seen (a base-model request
   over it came first, as a generation would), ~100 against ~1,500 context tokens; in process beside it.
-- throughput: the amazon_reviews held-out cases through a fresh server at concurrency 1, 4 and 16,
-  against the in-process batched check; cases/s and seconds per 1,000 cases.
+- throughput: the amazon_reviews held-out cases through fresh one-slot servers, 1 replica x 2 threads,
+  1 replica x 1 thread and 2 replicas x 1 thread (the cases spread over both, as `reqcheck serve
+  --replicas 2` and two --reqcheck-endpoint options run them), against the in-process batched check;
+  cases/s and seconds per 1,000 cases.
 
     python bench/serve.py --adapters DIR [--only agreement latency throughput] [--engines prebuilt stock]
         [--bases f32 f16 q4_1]
@@ -30,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +60,18 @@ SLOTS = 16
 ENGINES = ("prebuilt", "stock")
 
 
-def start(engine: str, base: Path, adapters: list[Path], log: Path, slots: int = SLOTS) -> LlamaServer:
+REPLICAS = ((1, 2), (1, 1), (2, 1))  # throughput's (one-slot replicas, threads each)
+
+
+def start(
+    engine: str, base: Path, adapters: list[Path], log: Path, slots: int = SLOTS, threads: int = 2
+) -> LlamaServer:
     """A server of `engine`: the prebuilt one keeps one slot (what reqcheck serve runs)."""
     if engine == "prebuilt":
-        return LlamaServer(base, adapters, log=log, context=4096, threads=2)
-    return LlamaServer(base, adapters, log=log, context=slots * 2048, slots=slots, binary=server_binary())
+        return LlamaServer(base, adapters, log=log, context=4096, threads=threads)
+    return LlamaServer(
+        base, adapters, log=log, context=slots * 2048, slots=slots, threads=threads, binary=server_binary()
+    )
 
 
 def in_flight(engine: str) -> int:
@@ -107,10 +117,11 @@ def compare(
 
 
 def served_scores(
-    server: LlamaServer, adapters: dict[str, Path], concurrency: int, judge: bool = False
+    servers: list[LlamaServer], adapters: dict[str, Path], concurrency: int, judge: bool = False
 ) -> dict[str, list]:
-    """Each set's adapter scores through the server, and with `judge` the judge's (keys `<set> judge`)."""
-    remote = RemoteBackend(server.url, concurrency=concurrency)
+    """Each set's adapter scores through the servers (replicas), and with `judge` the judge's (keys
+    `<set> judge`); `concurrency` requests in flight to each."""
+    remote = RemoteBackend([server.url for server in servers], concurrency=concurrency)
     try:
         scores = {}
         for name, path in adapters.items():
@@ -146,7 +157,7 @@ def agreement(
         for base_name, base in bases.items():
             key = f"{engine} {base_name}"
             with start(engine, base, list(exports.values()), work / f"{engine}-{base_name}.log") as server:
-                served = served_scores(server, adapters, in_flight(engine), judge=True)
+                served = served_scores([server], adapters, in_flight(engine), judge=True)
             rows[key] = {
                 row: compare(in_process[row], served[row], cases(row.removesuffix(" judge"))[1])
                 for row in served
@@ -215,11 +226,18 @@ def throughput(
     started = time.perf_counter()
     local.classify(name, items)
     rows["in_process_batched"] = time.perf_counter() - started
-    for concurrency in (1, 4, 16):
-        with start(engine, base, [exports[name]], work / f"throughput-{concurrency}.log") as server:
+    for replicas, threads in REPLICAS:
+        variant = f"served_{replicas}_replica_x_{threads}_thread"
+        with ExitStack() as stack:
+            servers = [
+                stack.enter_context(
+                    start(engine, base, [exports[name]], work / f"{variant}.log", slots=1, threads=threads)
+                )
+                for _ in range(replicas)
+            ]
             started = time.perf_counter()
-            served_scores(server, {name: adapters[name]}, concurrency)
-            rows[f"served_concurrency_{concurrency}"] = time.perf_counter() - started
+            served_scores(servers, {name: adapters[name]}, 2)  # one queued behind each one in work
+            rows[variant] = time.perf_counter() - started
     n = len(items)
     return {
         variant: {"cases": n, "cases_per_s": round(n / s, 2), "s_per_1000": round(1000 * s / n, 1)}

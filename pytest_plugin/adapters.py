@@ -42,7 +42,7 @@ class SessionAdapters:
         self.config, self.options = config, options
         baseline = Baseline.read(options.baseline) if options.baseline else None
         specs = config.getoption("adapter")
-        if options.endpoint and not options.compare:  # the server holds the model: nothing to load or convert
+        if options.served and not options.compare:  # the server holds the model: nothing to load or convert
             self.base_model = _served_base(specs[0])
         else:
             from reqcheck.models.loading import resolve_base_model
@@ -73,7 +73,7 @@ class SessionAdapters:
     def backend(self) -> Any:
         """The session's backend, made on the first case not in the cache: the endpoint's, else in process."""
         if self._backend is None:
-            self._backend = self._load(served=bool(self.options.endpoint))
+            self._backend = self._load(served=self.options.served)
         return self._backend
 
     @property
@@ -90,7 +90,9 @@ class SessionAdapters:
                 from reqcheck.checking.remote import RemoteBackend
 
                 backend = RemoteBackend(
-                    self.options.endpoint, concurrency=self.options.concurrency, timeout=self.options.timeout
+                    list(self.options.endpoints),
+                    concurrency=self.options.concurrency,
+                    timeout=self.options.timeout,
                 )
             else:
                 from reqcheck.checking.backend import LocalHFBackend
@@ -110,8 +112,9 @@ class SessionAdapters:
         from reqcheck.formats.gate_report import ServedRecord
 
         info = backend.info
+        urls = [hide_url_credentials(url) for url in self.options.endpoints]
         record = ServedRecord(
-            hide_url_credentials(self.options.endpoint),
+            urls[0],
             info.engine,
             info.version,
             info.model,
@@ -119,9 +122,18 @@ class SessionAdapters:
             self.options.compare,
             list(backend.on_by_default),
             info.slots,
+            urls if len(urls) > 1 else [],
         )
         for adapter in self.by_name.values():
             adapter.run.served = record
+
+    def record_failed_servers(self) -> None:
+        """Put the replicas that stopped answering during the run into every adapter's served record."""
+        if self._backend is None or not self.options.served:
+            return
+        for adapter in self.by_name.values():
+            if adapter.run.served is not None:
+                adapter.run.served.failed = dict(self._backend.failed)
 
 
 def _locate(

@@ -121,10 +121,12 @@ OPTIONS = (
     Option("--reqcheck-device", "auto, cpu, cuda or mps [auto]", default="auto"),
     Option(
         "--reqcheck-endpoint",
-        "check through this llama-server or vLLM server instead of in process (no local model needed)",
+        "check through this llama-server or vLLM server instead of in process (no local model needed); "
+        "repeat it for replicas of one server, and the cases are spread over them",
         metavar="URL",
+        repeat=True,
     ),
-    Option("--reqcheck-concurrency", "requests in flight to the endpoint [4]", int, default=4, metavar="N"),
+    Option("--reqcheck-concurrency", "requests in flight to each endpoint [4]", int, default=4, metavar="N"),
     Option(
         "--reqcheck-timeout",
         "seconds one request to the endpoint may take, retries and a slow answer included [120]",
@@ -181,7 +183,7 @@ class SessionOptions:
     strict: bool
     patterns: tuple[str, ...]
     settings: GateSettings
-    endpoint: str | None
+    endpoints: tuple[str, ...]  # replicas of one server; empty: checks run in process
     compare: bool
     batch_size: int
     concurrency: int
@@ -198,7 +200,7 @@ class SessionOptions:
         if validation not in MODES:
             raise pytest.UsageError(f"reqcheck_validation must be on, off or both, not {validation!r}.")
         compare = bool(config.getoption("reqcheck_compare"))
-        endpoint = config.getoption("reqcheck_endpoint")
+        endpoints = tuple(config.getoption("reqcheck_endpoint") or ())
         concurrency = config.getoption("reqcheck_concurrency")
         timeout = config.getoption("reqcheck_timeout")
         batch_size = config.getoption("reqcheck_batch_size")
@@ -209,13 +211,13 @@ class SessionOptions:
         if compare:
             thresholds = {**COMPARE_GATES, **thresholds}
         _check_gates(thresholds, baseline, compare)
-        _check_served(compare, endpoint, concurrency, timeout)
+        _check_served(compare, endpoints, concurrency, timeout)
         return cls(
             modes=MODES[validation] + (("local",) if compare else ()),
             strict=setting(config, "reqcheck_strict"),
             patterns=(FIXTURE_PATTERN, *config.getini(FILES_INI)),
             settings=_gate_settings(config),
-            endpoint=endpoint,
+            endpoints=endpoints,
             compare=compare,
             batch_size=batch_size,
             concurrency=concurrency,
@@ -225,6 +227,11 @@ class SessionOptions:
             baseline=baseline,
             thresholds=thresholds,
         )
+
+    @property
+    def served(self) -> bool:
+        """Whether checks go through --reqcheck-endpoint servers rather than in process."""
+        return bool(self.endpoints)
 
 
 def _check_gates(thresholds: dict[str, float], baseline: str | None, compare: bool) -> None:
@@ -242,10 +249,10 @@ def _check_gates(thresholds: dict[str, float], baseline: str | None, compare: bo
             raise pytest.UsageError(f"{kind.option} needs --reqcheck-endpoint URL --reqcheck-compare.")
 
 
-def _check_served(compare: bool, endpoint: str | None, concurrency: int, timeout: float) -> None:
+def _check_served(compare: bool, endpoints: tuple[str, ...], concurrency: int, timeout: float) -> None:
     """Refuse --reqcheck-compare without a server, fewer than one request in flight, and a deadline that
     no request could meet or that never comes."""
-    if compare and not endpoint:
+    if compare and not endpoints:
         raise pytest.UsageError(
             "--reqcheck-compare needs --reqcheck-endpoint URL, the server to compare with."
         )

@@ -144,6 +144,7 @@ class ReqcheckPlugin:
             return
         from reqcheck.gating.evaluation import build_report
 
+        self.suite.adapters.record_failed_servers()
         for name, adapter in adapters.items():
             adapter.run.data = [f for fs in self.suite.files.values() for f in fs if f.adapter == name]
         self.report = build_report([a.run for a in adapters.values()])

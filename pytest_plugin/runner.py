@@ -151,7 +151,7 @@ class PredictionRunner:
         use_cache = (
             getattr(self.config, "cache", None) is not None
             and not self.options.no_cache
-            and not self.options.endpoint
+            and not self.options.served
         )
         for adapter, entry in self.adapters.by_name.items():
             members = [c for c in cases if c.adapter == adapter]
@@ -200,7 +200,7 @@ class PredictionRunner:
         batch = self.options.batch_size
         told = [self.adapters.told(adapter, e.requirement) for e in missing]
         requirements = {mode: told for mode in self.options.modes if mode != "local"}
-        if not self.options.endpoint:
+        if not self.options.served:
             return outcomes(self.adapters.backend, adapter, items, requirements, len(items), batch)
         out: dict[str, list[Outcome]] = {}
         if "local" in self.options.modes:
@@ -208,7 +208,7 @@ class PredictionRunner:
                 self.adapters.local_backend, adapter, items, {"adapter": told}, len(items), batch
             )
             out["local"] = local["adapter"]
-        step = max(batch, 4 * self.options.concurrency)
+        step = max(batch, 4 * self.options.concurrency * len(self.options.endpoints))
         out.update(outcomes(self.adapters.backend, adapter, items, requirements, step, step, served=True))
         return out
 

@@ -329,6 +329,14 @@ def serve(
         ),
     ] = None,
     log: Annotated[Path | None, typer.Option(help="With --llama-server: write its output here.")] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="One-slot servers to start, the threads split between them, on consecutive ports; gate "
+            "through all of them to check faster.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Serve adapters through llama.cpp's server: each request that names an adapter gets it, others the base model."""
     from reqcheck.serving import engine
@@ -339,10 +347,14 @@ def serve(
         raise ReqcheckError(f"--llama-server {llama_server} is not an executable; point it at llama-server.")
     if llama_server is None:
         engine.load()
-    engine.check_port_free(host, port)
+    settings = serving.replica_settings(
+        engine.ServerSettings(Path(), host=host, port=port, threads=threads, context=context), replicas
+    )
+    for each in settings:
+        engine.check_port_free(each.host, each.port)
     plan = serving.prepare(adapters, base_type, say=_say)
-    settings = plan.settings(host=host, port=port, threads=threads, context=context)
-    serving.serve(plan, settings, binary=llama_server, log=log, say=_say)
+    base = plan.settings(host=host, port=port, threads=threads, context=context)
+    serving.serve(plan, base, binary=llama_server, log=log, say=_say, replicas=replicas)
 
 
 @app.command("report")

@@ -49,6 +49,11 @@ CONNECT_TIMEOUT = 10.0
 _HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[^\]]+\]")
 
 
+class Unreachable(ReqcheckError):
+    """The server stopped answering (refused, dropped, busy or late past every retry): where there are other
+    replicas, its unfinished checks can go to them."""
+
+
 class Endpoint:
     """JSON over HTTP to one server, safe to share between threads (`concurrency` pooled connections).
 
@@ -148,7 +153,7 @@ class Endpoint:
                     f"The server at {self.shown} answered {method} {path} with something that is not JSON; "
                     "point --reqcheck-endpoint at an OpenAI-compatible server (llama-server or vLLM)."
                 ) from None
-        raise ReqcheckError(
+        raise Unreachable(
             f"The server at {self.shown} failed {method} {path} {self.retries + 1} times ({problem}); "
             "check that it is running and reachable, then rerun."
         )
@@ -188,9 +193,9 @@ class Endpoint:
             raise _Expired
         return response.status, payload, response.headers.get("Location")
 
-    def _late(self, method: str, path: str, attempts: int, problem: str) -> ReqcheckError:
+    def _late(self, method: str, path: str, attempts: int, problem: str) -> Unreachable:
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
-        return ReqcheckError(
+        return Unreachable(
             f"The server at {self.shown} gave no answer to {method} {path} within {self.timeout:g} s ({tries}; "
             f"the last: {problem}); raise the deadline (--reqcheck-timeout) or check the server."
         )

@@ -1,4 +1,4 @@
-"""RemoteBackend: checks through a served base model and adapter (llama-server or vLLM), no torch.
+"""RemoteBackend: checks through served base models and adapters (llama-server or vLLM), no torch.
 
 `LocalHFBackend`'s API (`add_adapter`, `route`, `check`, `check_batch`, `classify`, `judge`, `generate`,
 `default_to_constraint_checking_alora`), usable by `Session` and the pytest plugin, for machines that
@@ -8,18 +8,13 @@ Each check is the chat completion that granite-common's `IntrinsicsRewriter` bui
 io.yaml (the one `reqcheck package` writes), sent with the engine's adapter selection (`engines`, one
 class per engine): llama-server's `"lora": [{"id": N, "scale": 1.0}]` with N the `/lora-adapters` entry
 whose `task_name` names this adapter's content hash (`reqcheck export` writes it), or vLLM's `model` set
-to the LoRA module name.
-Where the server can (`Engine.reads_first_token`, asked once), a check is one decode step: the answer is
-prefilled up to the label's value, every label's first token gets the same logit bias, and the label
-probabilities are those tokens' probabilities after it, renormalised among the labels (`answers`). That is
-granite-common's `likelihood` rule with every label in view, and the in-process rule, so served and
-in-process scores agree on multi-token labels too. The judge asks the same server's base model (every
-adapter at scale 0) the question the in-process judge asks and reads its labels' first tokens the same way.
-Elsewhere (vLLM, an older llama-server) the whole JSON answer is generated, checked (`answers`: finite
-logprobs no greater than 0, non-empty top logprobs) and read with granite-common's
-`IntrinsicsResultProcessor` over the value token's top logprobs; the judge reads the top logprobs.
-`concurrency` requests are in flight at once over one connection pool; busy or failing servers are
-retried with backoff (see `endpoint.Endpoint`).
+to the LoRA module name. How one server is asked and read is `replica.Replica`'s.
+
+One URL or several: every URL is a replica of the same base model and adapters (checked when the backend
+starts and when an adapter is added, naming the one that differs), with its own connection pool and
+`concurrency` requests in flight. Checks are spread over them (`spreading`); a replica that stops
+answering leaves the run, its unfinished checks go to the others, and `failed` says which and why.
+Busy or failing servers are first retried with backoff (see `endpoint.Endpoint`).
 
 The prompt is the server's: a context longer than the server's context window is an error there, not
 cut from its start as in process.
@@ -27,58 +22,31 @@ cut from its start as in process.
 
 from __future__ import annotations
 
-import json
-import math
-import struct
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter, ResolvedAdapter, locate_adapter
-from reqcheck.checking.answers import (
-    NoLogprobs,
-    checked_probabilities,
-    first_token_logprobs,
-    first_token_probs,
-    label_probabilities,
-)
 from reqcheck.checking.endpoint import Endpoint, ServerInfo
-from reqcheck.checking.engines import Engine
-from reqcheck.checking.judge import first_token_owners, judge_messages
+from reqcheck.checking.replica import TOKENIZER_PROBE, Replica
 from reqcheck.checking.routing import Checker, Context, requirement_for
+from reqcheck.checking.spreading import spread
 from reqcheck.errors import ReqcheckError
-from reqcheck.formats.io_yaml import IoYaml
 from reqcheck.formats.manifest import MANIFEST_NAME, Manifest, short_model_name
-from reqcheck.formats.prompting import INTRINSIC_RENDERER, Messages, as_messages
-
-# top logprobs asked for: granite-common's own number (its rewriter asks for 10), and the judge's
-TOP_LOGPROBS = 10
-JUDGE_TOP_LOGPROBS = 20
-
-
-@dataclass
-class Served:
-    """How one registered adapter is called on this server: its request fields and granite-common's readers."""
-
-    select: dict[str, Any]
-    config: dict[str, Any]
-    processors: dict[str, Any]
-    owners: dict[int, str]  # each label's first value token -> the label
+from reqcheck.formats.prompting import INTRINSIC_RENDERER, Messages
 
 
 class RemoteBackend(Checker):
-    """Requirement checks through an OpenAI-compatible server that serves the base model and the adapters.
+    """Requirement checks through OpenAI-compatible servers that serve the base model and the adapters.
 
-    `url` is the server's root (e.g. http://127.0.0.1:8080); `concurrency` requests are in flight at once;
-    `timeout` is each request's deadline in seconds, every retry, wait and byte of a slow answer included;
-    `retries` more attempts after a 429, 5xx, timeout or dropped connection. `engine`, `version`, `model`
-    and `model_hash` say what the server reported.
+    `url` is a server's root (e.g. http://127.0.0.1:8080), or a list of them, replicas of one another;
+    `concurrency` requests are in flight at once to each; `timeout` is each request's deadline in seconds,
+    every retry, wait and byte of a slow answer included; `retries` more attempts after a 429, 5xx, timeout
+    or dropped connection. `info` is what the first server reported; `failed` maps each replica that
+    stopped answering during the run to its one-sentence reason.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         concurrency: int = 4,
         timeout: float = 120.0,
         retries: int = 3,
@@ -86,16 +54,33 @@ class RemoteBackend(Checker):
     ) -> None:
         if concurrency < 1:
             raise ReqcheckError(f"Concurrency must be at least 1, not {concurrency}; pass e.g. 4.")
-        self.endpoint = Endpoint(url, concurrency, timeout, retries, api_key=api_key)
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ReqcheckError(
+                "RemoteBackend needs at least one server URL; pass e.g. http://127.0.0.1:8080."
+            )
+        self.replicas = [Replica(u, concurrency, timeout, retries, api_key) for u in _distinct(urls)]
+        _check_same_server(self.replicas)
         self.concurrency = concurrency
-        self.info = ServerInfo.probe(self.endpoint)
+        self.failed: dict[str, str] = {}
         super().__init__()
         # registered adapters that every request naming no adapter gets (their global scale is not 0)
         self.on_by_default: list[str] = []
-        self._engine = Engine.for_server(self.endpoint, self.info)
-        self._served: dict[str, Served] = {}
-        self._judge_owners: dict[tuple[str, ...], dict[int, str]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reqcheck-remote")
+
+    @property
+    def info(self) -> ServerInfo:
+        """What the first server reported about itself (every replica reported the same engine and model)."""
+        return self.replicas[0].info
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The first server's endpoint."""
+        return self.replicas[0].endpoint
+
+    @property
+    def urls(self) -> list[str]:
+        """Every replica's URL, credentials hidden."""
+        return [r.shown for r in self.replicas]
 
     @property
     def engine(self) -> str:
@@ -107,7 +92,8 @@ class RemoteBackend(Checker):
         return self.endpoint.timeout
 
     def add_adapter(self, adapter: CustomIntrinsicAdapter) -> ResolvedAdapter:
-        """Register an adapter the server serves; refuses one it lacks, would misapply, or has another base for."""
+        """Register an adapter every replica serves; refuses one a replica lacks, would misapply, or has
+        another base for, in one sentence naming that replica."""
         path = locate_adapter(adapter, short_model_name(adapter.base_model_name or ""))
         if not (path / MANIFEST_NAME).exists():
             raise ReqcheckError(
@@ -127,33 +113,11 @@ class RemoteBackend(Checker):
                 f"An adapter named {adapter.name!r} is already registered; pass another intrinsic_name."
             )
         resolved = ResolvedAdapter(adapter.name, path, manifest, "reqcheck")
-        self._check_base(resolved)
-        select = self._select(resolved)
-        self._served[resolved.name] = _readers(manifest, select)
+        on_by_default = [replica.register(resolved) for replica in self.replicas]
+        if any(on_by_default):
+            self.on_by_default.append(resolved.name)
         self.adapters[resolved.name] = resolved
         return resolved
-
-    # what the server has
-
-    def _select(self, adapter: ResolvedAdapter) -> dict[str, Any]:
-        """The request fields that apply this adapter on this server, or why it cannot be applied."""
-        fields, on_by_default = self._engine.select(adapter)
-        if on_by_default:
-            self.on_by_default.append(adapter.name)
-        return fields
-
-    def _check_base(self, adapter: ResolvedAdapter) -> None:
-        """Refuse a server whose base model is not the adapter's: its tokenizer, and (llama-server) its width."""
-        manifest, shown = adapter.manifest, self.endpoint.shown
-        body = self._engine.tokenize_body(manifest.prompt.invocation)
-        tokens = (self.endpoint.post("/tokenize", body) or {}).get("tokens")
-        width, served_width = _adapter_width(adapter.path), self.info.meta.get("n_embd")
-        if tokens != manifest.invocation_ids or (width and served_width and width != served_width):
-            raise ReqcheckError(
-                f"The server at {shown} runs {self.info.model or 'a model'}, not adapter {adapter.name}'s base "
-                f"model {manifest.base_model.name} (its tokenizer or width differs); serve the base model "
-                "the adapter was trained on (reqcheck export --base writes it)."
-            )
 
     # checking
 
@@ -179,61 +143,10 @@ class RemoteBackend(Checker):
                 f"No adapter named {adapter_name!r} is registered; add it with backend.add_adapter."
             )
         requirements = list(requirements) if requirements is not None else [None] * len(contexts)
-        jobs = [
-            (adapter, c, requirement_for(adapter, r)) for c, r in zip(contexts, requirements, strict=True)
-        ]
-        return list(self._pool.map(lambda job: self._classify_one(*job), jobs))
-
-    def _classify_one(
-        self, adapter: ResolvedAdapter, context: Context, requirement: str | None
-    ) -> dict[str, float]:
-        from granite_common import ChatCompletionResponse, IntrinsicsRewriter
-        from pydantic import ValidationError
-
-        served, manifest = self._served[adapter.name], adapter.manifest
-        instruction = manifest.prompt.instruction or ""
-        if manifest.prompt.requirement_in_prompt and not requirement:
-            raise ReqcheckError(
-                f"Adapter {adapter.name} reads the requirement text from its prompt and none was given; pass "
-                "the requirement you check."
-            )
-        kwargs = {"requirement": requirement or ""} if "{requirement}" in instruction else {}
-        messages = as_messages(context, manifest.prompt)
-        rewritten = IntrinsicsRewriter(config_dict=served.config).transform({"messages": messages}, **kwargs)
-        body = rewritten.model_dump(exclude_none=True)
-        # the grammar constraint goes: scores are read from probabilities, not decoded
-        body.pop("extra_body", None)
-        what = f"adapter {adapter.name}"
-        if self._engine.reads_first_token():
-            body["messages"].append({"role": "assistant", "content": manifest.output.lead()})
-            body.update(self._engine.first_token_fields(list(served.owners)), **served.select)
-            with self._engine.one_at_a_time(adapter):
-                probs = self._first_token(body, what, adapter)
-            return label_probabilities(probs, served.owners, list(manifest.labels), self.endpoint.shown, what)
-        body.update(
-            logprobs=True, top_logprobs=max(body.get("top_logprobs") or 0, TOP_LOGPROBS), **served.select
+        jobs = [(c, requirement_for(adapter, r)) for c, r in zip(contexts, requirements, strict=True)]
+        return spread(
+            self.replicas, lambda replica, job: replica.classify_one(adapter, *job), jobs, self.failed
         )
-        body.setdefault("temperature", 0.0)
-        with self._engine.one_at_a_time(adapter):
-            _, answer = self._complete(body, what, adapter)
-        try:
-            response = ChatCompletionResponse.model_validate(answer)
-        except ValidationError as exc:
-            where = ".".join(map(str, exc.errors()[0]["loc"]))
-            raise ReqcheckError(
-                f"The server at {self.endpoint.shown} answered {what} with something that is not a chat "
-                f"completion ({where}: {exc.errors()[0]['msg']}); fix the server or the proxy in front of it, "
-                "then rerun."
-            ) from None
-        try:
-            scores = {label: float(_score(p, response, rewritten)) for label, p in served.processors.items()}
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            content = response.choices[0].message.content
-            raise ReqcheckError(
-                f"The server's output for adapter {adapter.name}, {content!r:.80}, is not the JSON the adapter "
-                f"was trained to emit ({type(exc).__name__}); serve the exported adapter on its own base model."
-            ) from None
-        return checked_probabilities(scores, self.endpoint.shown, what)
 
     def judge(
         self, contexts: list[Context], requirements: list[str | None], labels: list[str] | None = None
@@ -241,158 +154,45 @@ class RemoteBackend(Checker):
         """The base model's probability for each label, asked the in-process judge's question."""
         labels = labels or ["yes", "no"]
         jobs = list(zip(contexts, requirements, strict=True))
-        return list(self._pool.map(lambda job: self._judge_one(job[0], job[1], labels), jobs))
-
-    def _judge_one(self, context: Context, requirement: str | None, labels: list[str]) -> dict[str, float]:
-        messages = judge_messages(context, requirement, labels)
-        if self._engine.reads_first_token():
-            owners = self._judge_tokens(labels)
-            body = {
-                "messages": messages,
-                **self._engine.first_token_fields(list(owners)),
-                **self._base_select(),
-            }
-            probs = self._first_token(body, "the judge")
-            return label_probabilities(probs, owners, labels, self.endpoint.shown, "the judge")
-        body = {"messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True}
-        body.update(top_logprobs=JUDGE_TOP_LOGPROBS, **self._base_select())
-        content, _ = self._complete(body, "the judge")
-        top = content[0]["top_logprobs"]
-        mass = dict.fromkeys(labels, 0.0)
-        for entry in top:
-            text = entry["token"].strip().lower()
-            owner = next((label for label in labels if text and label.lower() == text), None)
-            if owner is not None:
-                mass[owner] += math.exp(entry["logprob"])
-        total = sum(mass.values())
-        if not total:
-            shown = ", ".join(repr(entry["token"]) for entry in top[:5])
-            raise ReqcheckError(
-                f"The served base model's top {len(top)} next tokens ({shown}, ...) hold none of the labels "
-                f"{', '.join(labels)}, so the judge cannot score this check; check it with a trained adapter "
-                "or serve an instruct model that answers the judge's question."
-            )
-        return checked_probabilities(
-            {label: value / total for label, value in mass.items()}, self.endpoint.shown, "the judge"
-        )
+        return spread(self.replicas, lambda replica, job: replica.judge_one(*job, labels), jobs, self.failed)
 
     def generate(self, messages: Messages, max_new_tokens: int = 200) -> str:
         """The served base model's greedy reply (no adapter applied)."""
-        body = {"messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0, **self._base_select()}
-        answer = self.endpoint.post("/v1/chat/completions", body)
-        return str(answer["choices"][0]["message"]["content"] or "").strip()
+        return spread(
+            self.replicas, lambda replica, _: replica.generate(messages, max_new_tokens), [None], self.failed
+        )[0]
 
     def close(self) -> None:
         """Stop the request threads (the backend is unusable afterwards)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for replica in self.replicas:
+            replica.close()
 
-    # internals
 
-    def _base_select(self) -> dict[str, Any]:
-        """Request fields that run the base model alone."""
-        return self._engine.base_select()
-
-    def _judge_tokens(self, labels: list[str]) -> dict[int, str]:
-        """The first tokens of the labels' spellings in the server's vocabulary, each with its label."""
-        key = tuple(labels)
-        if key not in self._judge_owners:
-
-            def first(text: str) -> int:
-                tokens = (self.endpoint.post("/tokenize", self._engine.tokenize_body(text)) or {}).get(
-                    "tokens"
-                )
-                if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], int):
-                    raise ReqcheckError(
-                        f"The server at {self.endpoint.shown} tokenized the label {text!r} as {tokens!r:.60}, "
-                        "not as token ids; fix the server or the proxy in front of it, then rerun."
-                    )
-                return tokens[0]
-
-            self._judge_owners[key] = {
-                token: labels[i] for token, i in first_token_owners(labels, first).items()
-            }
-        return self._judge_owners[key]
-
-    def _first_token(
-        self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
-    ) -> dict[int, float]:
-        """A one-step answer's probabilities by token id (see `_complete` for `adapter`)."""
-        opened = self.endpoint.connections
-        answer = self.endpoint.post("/v1/chat/completions", body)
-        self._engine.confirm(adapter, answer, opened)
-        try:
-            return first_token_probs(answer, self.endpoint.shown, what)
-        except NoLogprobs:
+def _distinct(urls: list[str]) -> list[str]:
+    """The URLs, refusing one named twice (its checks would count twice against one server's limit)."""
+    roots = [Endpoint(u, 1).url for u in urls]
+    for i, root in enumerate(roots):
+        if root in roots[:i]:
             raise ReqcheckError(
-                f"The server at {self.endpoint.shown} returned no token probabilities for {what}, and scores "
-                "are read from them; serve with llama.cpp's server (reqcheck serve) or fix the proxy in front "
-                "of it, then rerun."
-            ) from None
+                f"The endpoint {Endpoint(urls[i], 1).shown} is named twice; name each replica once."
+            )
+    return urls
 
-    def _complete(
-        self, body: dict[str, Any], what: str, adapter: ResolvedAdapter | None = None
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """A chat completion's checked logprobs (one entry per generated token) and the whole answer, or one
-        sentence why no score can be read from it. `adapter` is the one the request applies (None: the base
-        model alone), confirmed still served there when the server may have changed."""
-        opened = self.endpoint.connections
-        answer = self.endpoint.post("/v1/chat/completions", body)
-        self._engine.confirm(adapter, answer, opened)
-        try:
-            return first_token_logprobs(answer, self.endpoint.shown, what), answer
-        except NoLogprobs:
+
+def _check_same_server(replicas: list[Replica]) -> None:
+    """Refuse replicas that are not one another's copies: another engine, model width, vocabulary or tokenizer
+    than the first, named in one sentence."""
+    first = replicas[0]
+    for other in replicas[1:]:
+        sizes = [(r.info.meta.get("n_embd"), r.info.meta.get("n_vocab")) for r in (first, other)]
+        if (
+            other.info.engine != first.info.engine
+            or (None not in sizes[0] + sizes[1] and sizes[0] != sizes[1])
+            or other.tokenize(TOKENIZER_PROBE) != first.tokenize(TOKENIZER_PROBE)
+        ):
             raise ReqcheckError(
-                f"The server at {self.endpoint.shown} returned no logprobs for {what}, and scores are read "
-                "from them; serve with an engine and options that return logprobs and top_logprobs "
-                "(vLLM: --max-logprobs 20)."
-            ) from None
-
-
-def _readers(manifest: Manifest, select: dict[str, Any]) -> Served:
-    """granite-common's config for the adapter, and one result processor per label that reads its probability."""
-    from granite_common import IntrinsicsResultProcessor
-
-    config = IoYaml.for_manifest(manifest).to_dict()
-    field_name = manifest.output.field
-    processors = {}
-    for label in manifest.labels:
-        one_hot = {other: 1.0 if other == label else 0.0 for other in manifest.labels}
-        steps = [{"type": "likelihood", "input_path": [field_name], "categories_to_values": one_hot}]
-        processors[label] = IntrinsicsResultProcessor(config_dict={**config, "transformations": steps})
-    return Served(select, config, processors, _first_value_tokens(manifest))
-
-
-def _first_value_tokens(manifest: Manifest) -> dict[int, str]:
-    """Each label's first value token: the first where the labels' ids part, after the JSON lead they share
-    (train time refuses labels whose first value tokens granite-common could not tell apart)."""
-    sequences = [manifest.label_token_ids[label] for label in manifest.labels]
-    lead = 0
-    while all(len(ids) > lead + 1 and ids[lead] == sequences[0][lead] for ids in sequences):
-        lead += 1
-    owners = {manifest.label_token_ids[label][lead]: label for label in manifest.labels}
-    if len(owners) < len(manifest.labels):
-        raise ReqcheckError(
-            f"Two of the labels {', '.join(manifest.labels)} start with the same token, so their probabilities "
-            "cannot be told apart where the value starts; retrain the adapter with labels that start differently."
-        )
-    return owners
-
-
-def _score(processor: Any, response: Any, rewritten: Any) -> float:
-    """One label's probability: what granite-common's likelihood rule makes of the served logprobs."""
-    processed = processor.transform(response, rewritten)
-    return json.loads(processed.choices[0].message.content)[processor.rules[0].input_path_expr[0]]
-
-
-def _adapter_width(path: Path) -> int | None:
-    """The base model's hidden size, read from the adapter's lora_A shapes (safetensors header, no torch)."""
-    try:
-        with (path / "adapter_model.safetensors").open("rb") as handle:
-            size = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError, struct.error):
-        return None
-    for name, entry in header.items():
-        if name.endswith(("q_proj.lora_A.weight", "k_proj.lora_A.weight", "v_proj.lora_A.weight")):
-            return int(entry["shape"][1])
-    return None
+                f"The server at {other.shown} runs {other.info.engine} with {other.info.model or 'a model'}, "
+                f"not the base model the one at {first.shown} runs ({first.info.engine}, "
+                f"{first.info.model or 'a model'}: another engine, width or tokenizer); serve the same base "
+                "model and adapters on every replica."
+            )

@@ -228,6 +228,9 @@ class ServedRecord:
     `compared` is true when every case also ran in process (mode `local`). `on_by_default` names the
     adapters whose global scale on that server is not 0: every request that names no adapter gets them.
     `slots` is the server's parallel slots when it says (llama-server); None in older reports.
+    `replicas` lists every URL when the cases were spread over several (`endpoint` is the first); `failed`
+    maps each replica that stopped answering during the run to its reason (its unfinished cases went to
+    the others).
     """
 
     endpoint: str
@@ -238,6 +241,8 @@ class ServedRecord:
     compared: bool = False
     on_by_default: list[str] = field(default_factory=list)
     slots: int | None = None
+    replicas: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

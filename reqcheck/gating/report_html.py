@@ -30,7 +30,7 @@ from reqcheck.gating import numbers
 from reqcheck.gating.explain import intervals_note, resolution
 from reqcheck.gating.gates import op
 from reqcheck.gating.plots import MATRIX_LABELS, figures
-from reqcheck.gating.report_text import on_by_default_line, partial_run, served_line
+from reqcheck.gating.report_text import failed_lines, on_by_default_line, partial_run, served_line
 
 TITLE = "<title>reqcheck gate report: "  # how `is_report_page` knows a page it wrote
 TOP_CONFUSIONS = 20  # confusions listed per mode when the label set is too large for a matrix
@@ -315,5 +315,8 @@ def _verdict(passed: bool | None) -> str:
 
 
 def _hazard(served: ServedRecord | None) -> str:
-    line = on_by_default_line(served) if served is not None else None
-    return f'<p class="fail">{_e(line)}</p>' if line else ""
+    if served is None:
+        return ""
+    hazard = on_by_default_line(served)
+    lines = ([hazard] if hazard else []) + failed_lines(served)
+    return "".join(f'<p class="fail">{_e(line)}</p>' for line in lines)

@@ -35,7 +35,18 @@ def served_line(served: ServedRecord) -> str:
         model += f", hash {served.model_hash}"
     version = f" {served.engine_version}" if served.engine_version else ""
     compared = "; every case also ran in process (mode local)" if served.compared else ""
-    return f"{served.engine}{version} at {served.endpoint} (model {model}){compared}"
+    where = served.endpoint
+    if len(served.replicas) > 1:
+        where = f"{len(served.replicas)} replicas ({', '.join(served.replicas)})"
+    return f"{served.engine}{version} at {where} (model {model}){compared}"
+
+
+def failed_lines(served: ServedRecord) -> list[str]:
+    """One line per replica that stopped answering during the run: which, why, and where its cases went."""
+    return [
+        f"{url} failed during the run and its unfinished cases were checked on the other replicas: {reason}"
+        for url, reason in served.failed.items()
+    ]
 
 
 def on_by_default_line(served: ServedRecord) -> str | None:
@@ -68,6 +79,7 @@ def terminal_lines(entry: AdapterEntry) -> list[str]:
         hazard = on_by_default_line(entry.served)
         if hazard:
             lines.append(f"  warning: {hazard}")
+        lines += [f"  warning: {line}" for line in failed_lines(entry.served)]
         slower = one_at_a_time_line(entry)
         if slower:
             lines.append(f"  note: {slower}")

@@ -9,11 +9,13 @@ engine's "load without apply" does: a request that names no adapter gets the bas
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +108,43 @@ def started(
         yield server.url
 
 
-def pytest_line(plan: Plan, url: str) -> str:
-    """The command that gates these adapters through this server."""
+def replica_settings(settings: engine.ServerSettings, replicas: int) -> list[engine.ServerSettings]:
+    """Each replica's settings: one slot, the threads split between them (every core when none are given),
+    and consecutive ports from `settings.port` (0: free ones)."""
+    if replicas < 1:
+        raise ReqcheckError(f"--replicas must be at least 1, not {replicas}; pass e.g. 2.")
+    if replicas == 1:
+        return [settings]
+    threads = max(1, (settings.threads or os.cpu_count() or 1) // replicas)
+    return [
+        dataclasses.replace(
+            settings, slots=1, threads=threads, port=settings.port + i if settings.port else 0
+        )
+        for i in range(replicas)
+    ]
+
+
+@contextmanager
+def started_replicas(
+    every: Sequence[engine.ServerSettings], binary: Path | None = None, log: Path | None = None
+) -> Iterator[list[str]]:
+    """Every replica served, each as `started` serves one; yields their URLs. More than one run each in their
+    own process (the prebuilt engine's `python -m reqcheck.serving.engine` or the stock binary)."""
+    if len(every) == 1:
+        with started(every[0], binary, log) as url:
+            yield [url]
+        return
+    for settings in every:
+        engine.check_port_free(settings.host, settings.port)
+    with ExitStack() as stack:
+        yield [stack.enter_context(LlamaServer.for_settings(s, binary, log)).url for s in every]
+
+
+def pytest_line(plan: Plan, urls: Sequence[str]) -> str:
+    """The command that gates these adapters through these servers."""
     adapters = " ".join(f"--adapter={a.folder}" for a in plan.adapters)
-    return f"pytest {adapters} --reqcheck-endpoint={url}"
+    endpoints = " ".join(f"--reqcheck-endpoint={url}" for url in urls)
+    return f"pytest {adapters} {endpoints}"
 
 
 def serve(
@@ -118,17 +153,26 @@ def serve(
     binary: Path | None = None,
     log: Path | None = None,
     say: Callable[[str], None] = print,
+    replicas: int = 1,
 ) -> None:
-    """Serve until Ctrl-C or SIGTERM, after saying where and what, then stop the server."""
+    """Serve until Ctrl-C or SIGTERM, after saying where and what, then stop the servers."""
+    every = replica_settings(settings, replicas)
     stop = threading.Event()
     previous = {n: signal.signal(n, lambda *_: stop.set()) for n in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with started(settings, binary, log) as url:
+        with started_replicas(every, binary, log) as urls:
             engine_name = f"llama-server {binary}" if binary else f"{engine.PACKAGE} {engine.version()}"
-            say(f"serving {plan.base_name} at {url} ({engine_name}, {settings.slots} slot(s))")
+            if len(urls) == 1:
+                say(f"serving {plan.base_name} at {urls[0]} ({engine_name}, {settings.slots} slot(s))")
+            else:
+                threads = every[0].threads
+                say(
+                    f"serving {plan.base_name} at {len(urls)} one-slot replicas ({engine_name}, {threads} "
+                    f"thread(s) each): {', '.join(urls)}"
+                )
             for adapter in plan.adapters:
                 say(f"  adapter {adapter.name}: {adapter.folder} (only for requests that name it)")
-            say(f"gate it with: {pytest_line(plan, url)}")
+            say(f"gate it with: {pytest_line(plan, urls)}")
             say("stop with Ctrl-C")
             stop.wait()
     finally:

@@ -223,6 +223,7 @@ class FakeLlama:
     prefill: bool = False  # whether `/apply-template` continues a final assistant message (else: no route)
     tokens: dict[str, list[int]] = field(default_factory=dict)  # `/tokenize` by text (else the invocation)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    dead: bool = False  # a killed server: every request, the one being answered included, gets no answer
 
     def count(self, path: str) -> int:
         return sum(1 for _, seen_path, _ in self.seen if seen_path == path)
@@ -241,6 +242,9 @@ class FakeLlama:
             "/v1/chat/completions": lambda: self._completion(body),
         }
         status, data = routes.get(handler.path, lambda: (404, {"error": {"message": "not found"}}))()
+        if self.dead:
+            handler.close_connection = True
+            return
         raw = data if isinstance(data, bytes) else json.dumps(data).encode()
         send(status, raw)(handler)
 

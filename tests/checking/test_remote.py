@@ -136,6 +136,25 @@ def test_a_refused_connection_is_one_sentence() -> None:
 
 
 @pytest.mark.slow
+def test_a_replica_killed_mid_run_loses_no_case(server, served_smollm2, tmp_path: Path) -> None:
+    """Two real servers, one killed (SIGKILL) while checks are in flight: every case is scored, as one server
+    alone scores it, and the backend names the dead one."""
+    pair = served_smollm2
+    replies = [f"Thanks for waiting, order {i} ships today." for i in range(48)]
+    alone = remote(server.url, pair, "alora").classify("alora", replies)
+    adapters = [pair.exports["alora"].adapter, pair.exports["lora"].adapter]
+    with LlamaServer(pair.base, adapters, log=tmp_path / "doomed.log") as doomed:
+        backend = RemoteBackend([doomed.url, server.url], concurrency=1, retries=1)
+        backend.add_adapter(CustomIntrinsicAdapter(model_id=str(pair.alora), intrinsic_name="alora"))
+        killer = threading.Timer(1.0, doomed.process.kill)  # type: ignore[union-attr]
+        killer.start()
+        spread = backend.classify("alora", replies)
+        killer.join()
+    assert list(backend.failed) == [doomed.url]
+    assert all(abs(a[k] - b[k]) <= 1e-3 for a, b in zip(spread, alone, strict=True) for k in a)
+
+
+@pytest.mark.slow
 def test_an_adapter_the_server_lacks_is_refused(server, served_smollm2, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(served_smollm2.alora, other)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from reqcheck.checking.adapters import CustomIntrinsicAdapter
 from reqcheck.checking.engines import LABEL_BIAS
-from reqcheck.checking.remote import RemoteBackend, _readers
+from reqcheck.checking.remote import RemoteBackend
+from reqcheck.checking.replica import _readers
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import Manifest
 from tests.checking.fakes import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reqcheck.checking import remote
+from reqcheck.checking import replica
 from reqcheck.checking.remote import RemoteBackend
 from reqcheck.errors import ReqcheckError
 from reqcheck.formats.gate_report import GateReport
@@ -67,7 +67,7 @@ def test_a_check_that_raises_a_bug_is_one_error_per_case_and_sent_once(
     def broken_reader(*args: object) -> float:
         raise RuntimeError("the reader broke\non two lines")
 
-    monkeypatch.setattr(remote, "_score", broken_reader)
+    monkeypatch.setattr(replica, "_score", broken_reader)
     with fake_llama([lora_entry(adapter)], answers()) as (url, server):
         result = gate(pytester, adapter, url, "--reqcheck-validation=on")
     # each case at most once (requests in flight when the first failed still finish), never again later
@@ -212,3 +212,31 @@ def test_a_hostile_task_name_is_plain_text_in_the_refusal(pytester: pytest.Pytes
         ["*does not serve adapter polite (*; it serves base.gguf gate min_accuracy: PASS*"]
     )
     _plain(result.stdout.str() + result.stderr.str())
+
+
+def test_a_replica_killed_mid_run_loses_no_case_and_the_gate_names_it(
+    pytester: pytest.Pytester, adapter: Path
+) -> None:
+    with (
+        fake_llama([lora_entry(adapter)], answers()) as (first, dying),
+        fake_llama([lora_entry(adapter)], answers()) as (second, _),
+    ):
+
+        def complete(body: dict[str, Any]) -> tuple[int, Any]:
+            dying.dead = dying.completions > 2  # killed while it answers its third check
+            return answers()(body)
+
+        dying.complete = complete
+        result = gate(pytester, adapter, first, f"--reqcheck-endpoint={second}", "--reqcheck-concurrency=1")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"*served: llama.cpp * at 2 replicas ({first}, {second})*",
+            f"*warning: {first} failed during the run and its unfinished cases were checked on the other "
+            f"replicas: The server at {first} failed POST /* (the server dropped the connection)*",
+        ]
+    )
+    entry = _report(pytester).adapters[0]
+    assert entry.ran == 2 * CASES and not entry.partial and entry.passed
+    assert entry.served is not None and list(entry.served.failed) == [first]
+    assert entry.served.replicas == [first, second]

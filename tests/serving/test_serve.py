@@ -281,3 +281,45 @@ def test_reqcheck_serve_answers_only_requests_that_name_an_adapter(
         assert again.stop(signal.SIGINT) == 0
     finally:
         again.process.kill()
+
+
+@pytest.mark.slow
+def test_reqcheck_serve_starts_one_slot_replicas_that_split_the_threads(
+    served_smollm2: ServedPair, tmp_path: Path
+) -> None:
+    pair = served_smollm2
+    env = {**os.environ, "REQCHECK_CACHE": str(pair.alora.parent / "cache")}
+    env.pop("REQCHECK_LLAMA_SERVER", None)
+    port = free_port()
+    serving = _Serve([str(pair.alora), "--port", str(port), "--threads", "2", "--replicas", "2"], env)
+    try:
+        said = serving.wait_for("gate it with:")
+        urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+        assert f"at 2 one-slot replicas (xllamacpp {_engine_version()}, 1 thread(s) each): " + ", ".join(
+            urls
+        ) in "\n".join(said)
+        assert said[-1].endswith(" ".join(f"--reqcheck-endpoint={url}" for url in urls))
+        replies = set()
+        for url in urls:
+            props = _get_props(url)
+            assert props["total_slots"] == 1
+            assert {a["scale"] for a in _get(f"{url}/lora-adapters")} == {0.0}
+            replies.add(_reply(url, [{"id": _adapter_id(url, pair.alora), "scale": 1.0}]))
+        assert len(replies) == 1 and next(iter(replies)).startswith('{"')
+        assert serving.stop(signal.SIGTERM) == 0
+    finally:
+        serving.process.kill()
+    for url_port in (port, port + 1):  # both replicas stopped with it
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", url_port)) != 0
+
+
+def _get_props(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/props", timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def _engine_version() -> str | None:
+    from reqcheck.serving import engine
+
+    return engine.version()

@@ -1,0 +1,96 @@
+"""Checks spread over the replicas of a served checker, and the unfinished checks of a replica that failed.
+
+Each live replica runs as many workers as it has requests in flight (its own limit); every worker takes the
+next unchecked job from one shared queue, so a faster replica takes more. A replica that stops answering
+(`Unreachable`: refused, dropped, busy or late past every retry) leaves the run: its job goes back to the
+queue for the others, and `failed` keeps its one sentence for the report. Any other error (a server that
+answers wrongly) stops the call, raised: it would be wrong on another replica too, or hide a lie.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import wait
+from typing import Protocol, TypeVar
+
+from reqcheck.checking.endpoint import Unreachable
+from reqcheck.errors import ReqcheckError
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+class Worker(Protocol):
+    """What spreading needs of a replica: its shown URL, its limit and its threads."""
+
+    shown: str
+    concurrency: int
+    pool: object
+
+
+def spread(
+    replicas: Sequence[Worker],
+    work: Callable[[Worker, Job], Result],
+    jobs: Sequence[Job],
+    failed: dict[str, str],
+) -> list[Result]:
+    """`work(replica, job)` for every job, in the jobs' order, on the replicas not in `failed` (URL -> why)."""
+    live = [r for r in replicas if r.shown not in failed]
+    if jobs and not live:
+        raise _all_failed(replicas, failed, len(jobs))
+    results: list[Result | None] = [None] * len(jobs)
+    queue = deque(range(len(jobs)))
+    state = threading.Condition()
+    running = [0]
+    errors: list[tuple[int, BaseException]] = []
+    lost: dict[str, Unreachable] = {}
+
+    def drain(replica: Worker) -> None:
+        while True:
+            with state:
+                while not queue and running[0] and not errors:
+                    state.wait()  # a job in flight elsewhere may come back from a replica that fails
+                if errors or not queue or replica.shown in failed:
+                    return
+                index = queue.popleft()
+                running[0] += 1
+            try:
+                results[index] = work(replica, jobs[index])
+            except Unreachable as exc:
+                with state:
+                    queue.appendleft(index)
+                    failed.setdefault(replica.shown, str(exc))
+                    lost.setdefault(replica.shown, exc)
+                    return
+            except BaseException as exc:  # raised below, in the caller's thread
+                with state:
+                    errors.append((index, exc))
+                    return
+            finally:
+                with state:
+                    running[0] -= 1
+                    state.notify_all()
+
+    futures = [r.pool.submit(drain, r) for r in live for _ in range(r.concurrency)]  # type: ignore[attr-defined]
+    wait(futures)
+    for future in futures:
+        future.result()
+    if errors:
+        raise min(errors, key=lambda pair: pair[0])[1]
+    if queue:
+        if len(replicas) == 1:
+            raise next(iter(lost.values()))
+        raise _all_failed(replicas, failed, len(queue))
+    return results  # type: ignore[return-value]
+
+
+def _all_failed(replicas: Sequence[Worker], failed: dict[str, str], unchecked: int) -> ReqcheckError:
+    if len(replicas) == 1:
+        return Unreachable(failed[replicas[0].shown])
+    first = next(iter(failed.values()))
+    return Unreachable(
+        f"Every one of the {len(replicas)} servers has failed ({', '.join(failed)}), so {unchecked} "
+        f"check(s) have no server left; the first said: {first.rstrip('.')}; restart them, then rerun."
+    )
