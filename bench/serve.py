@@ -15,8 +15,11 @@ else built once from the llama-cpp-python sdist with cmake, as this benchmark as
   1 replica x 1 thread and 2 replicas x 1 thread (the cases spread over both, as `reqcheck serve
   --replicas 2` and two --reqcheck-endpoint options run them), against the in-process batched check;
   cases/s and seconds per 1,000 cases.
+- gate: `pytest --reqcheck-endpoint URL --reqcheck-compare --reqcheck-validation on` on each set's held-out
+  fixture file, as a user runs it, with the compare mode's default gates (same label >= 0.99, largest
+  |score difference| <= 0.02): each gate's value and verdict, and pytest's exit code.
 
-    python bench/serve.py --adapters DIR [--only agreement latency throughput] [--engines prebuilt stock]
+    python bench/serve.py --adapters DIR [--only agreement latency throughput gate] [--engines prebuilt stock]
         [--bases f32 f16 q4_1]
 
 DIR holds `<set>-alora` adapters (support-polite, amazon_reviews, trec_questions) and, for `latency`,
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -245,6 +249,33 @@ def throughput(
     }
 
 
+def gate(adapters: dict[str, Path], exports: dict[str, Path], base: Path, work: Path, engine: str) -> dict:
+    """The plugin's compare run on each set through a fresh server: its skew gates and exit code."""
+    from reqcheck.formats.gate_report import GateReport
+
+    rows: dict[str, Any] = {}
+    for name, adapter in adapters.items():
+        folder = work / f"gate-{name}"
+        folder.mkdir()
+        with start(engine, base, [exports[name]], work / f"gate-{name}.log", slots=1) as server:
+            command = [
+                sys.executable, "-m", "pytest", str(SETS[name][0] / "test.reqcheck.jsonl"), f"--adapter={adapter}",
+                f"--reqcheck-endpoint={server.url}", "--reqcheck-compare", "--reqcheck-validation=on",
+                f"--reqcheck-report={folder / 'report.json'}", "--rootdir", str(folder), "-p", "no:cacheprovider",
+                "-q", "--no-header",
+            ]  # fmt: skip
+            done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
+        entry = GateReport.read(folder / "report.json").adapters[0]
+        rows[name] = {
+            "exit_code": done.returncode,
+            "gates": {
+                g.name: {"value": g.value, "threshold": g.threshold, "passed": g.passed} for g in entry.gates
+            },
+        }
+        print(json.dumps({"gate": {name: rows[name]}}), file=sys.stderr, flush=True)
+    return rows
+
+
 def engine_version(engine: str) -> str:
     if engine == "prebuilt":
         from reqcheck.serving.engine import PACKAGE, version
@@ -258,7 +289,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--adapters", type=Path, required=True, help="folder of <set>-<kind> adapters")
-    parser.add_argument("--only", nargs="+", default=["agreement", "latency", "throughput"])
+    parser.add_argument("--only", nargs="+", default=["agreement", "latency", "throughput", "gate"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--bases", nargs="+", default=["f32", "f16", "q4_1"], choices=["f32", "f16", "q4_1"])
@@ -288,6 +319,9 @@ def main() -> None:
                 )
             if "throughput" in args.only:
                 result[f"throughput {engine}"] = throughput(adapters, exports, bases["f32"], work, engine)
+            if "gate" in args.only:
+                alora = {n: p for n, p in adapters.items() if n in SETS}
+                result[f"gate {engine}"] = gate(alora, exports, bases["f32"], work, engine)
     print(json.dumps(result, indent=2))
 
 

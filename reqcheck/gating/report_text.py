@@ -44,7 +44,7 @@ def served_line(served: ServedRecord) -> str:
 def failed_lines(served: ServedRecord) -> list[str]:
     """One line per replica that stopped answering during the run: which, why, and where its cases went."""
     return [
-        f"{url} failed during the run and its unfinished cases were checked on the other replicas: {reason}"
+        f"{url} stopped answering during the run, so its unfinished cases went to the other replicas: {reason}"
         for url, reason in served.failed.items()
     ]
 

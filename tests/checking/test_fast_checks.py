@@ -1,5 +1,6 @@
 """The fast check path scores exactly as the plain one: GQA attention, context KV shared with the judge."""
 
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,3 +74,31 @@ def test_the_judge_reuses_the_context_the_adapter_cached(tiny_model_dir: Path, t
     judged = render(backend.tokenizer, ITEMS[0], spec, PLEASE)
     assert adapter_tokens > judged.context_len
     assert sum(seen) == len(judged.input_ids) - judged.context_len  # its own turns; the context was cached
+
+
+def test_a_cached_alora_check_skips_pefts_masking_and_scores_as_the_masked_path(
+    tiny_model_dir: Path, tiny_adapters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft.tuners.lora.variants import ALoraLinearVariant
+
+    from reqcheck.models import scoring
+
+    masked_calls = []
+    original = ALoraLinearVariant.forward
+
+    def counted(*args, **kwargs):
+        masked_calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ALoraLinearVariant, "forward", staticmethod(counted))
+    requirement = req(PLEASE)
+    plain = with_adapter(tiny_model_dir, tiny_adapters["alora"].outfile).check_batch([requirement] * 3, ITEMS)
+    assert masked_calls == []  # every forward of a cached check took PEFT's plain LoRA path
+    monkeypatch.setattr(scoring, "plain_lora", lambda model: nullcontext())
+    masked = with_adapter(tiny_model_dir, tiny_adapters["alora"].outfile).check_batch(
+        [requirement] * 3, ITEMS
+    )
+    assert masked_calls  # the same checks through PEFT's masking
+    for a, b in zip(plain, masked, strict=True):
+        assert a.label == b.label
+        assert all(abs(a.probabilities[k] - b.probabilities[k]) <= 1e-5 for k in a.probabilities)

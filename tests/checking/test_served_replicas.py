@@ -180,8 +180,8 @@ def test_the_gate_names_every_replica_and_the_one_that_failed() -> None:
     )
     lines = terminal_lines(AdapterEntry(name="polite", adapter_type="alora", served=served))
     assert any("at 2 replicas (http://a:1, http://b:2)" in line for line in lines)
-    warnings = [line.strip() for line in lines if "failed during the run" in line]
+    warnings = [line.strip() for line in lines if "stopped answering during the run" in line]
     assert warnings == [
-        "warning: http://a:1 failed during the run and its unfinished cases were checked on the other "
+        "warning: http://a:1 stopped answering during the run, so its unfinished cases went to the other "
         "replicas: The server at http://a:1 failed POST /v1/chat/completions 4 times."
     ]

@@ -232,7 +232,7 @@ def test_a_replica_killed_mid_run_loses_no_case_and_the_gate_names_it(
     result.stdout.fnmatch_lines(
         [
             f"*served: llama.cpp * at 2 replicas ({first}, {second})*",
-            f"*warning: {first} failed during the run and its unfinished cases were checked on the other "
+            f"*warning: {first} stopped answering during the run, so its unfinished cases went to the other "
             f"replicas: The server at {first} failed POST /* (the server dropped the connection)*",
         ]
     )
