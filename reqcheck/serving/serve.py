@@ -113,6 +113,10 @@ def replica_settings(settings: engine.ServerSettings, replicas: int) -> list[eng
     and consecutive ports from `settings.port` (0: free ones)."""
     if replicas < 1:
         raise ReqcheckError(f"--replicas must be at least 1, not {replicas}; pass e.g. 2.")
+    if settings.port and settings.port + replicas - 1 > 65535:
+        raise ReqcheckError(
+            f"{replicas} replicas from port {settings.port} would need ports above 65535; pass a lower --port."
+        )
     if replicas == 1:
         return [settings]
     threads = max(1, (settings.threads or os.cpu_count() or 1) // replicas)

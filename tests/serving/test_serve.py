@@ -22,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from reqcheck.errors import ReqcheckError
 from reqcheck.formats.manifest import content_hash
 from reqcheck.formats.served import ServedTag
 from reqcheck.models.loading import cache_dir
+from reqcheck.serving.engine import ServerSettings
 from reqcheck.serving.export import START_FILE
 from reqcheck.serving.llama_server import LlamaServer, free_port, zero_global_scales
+from reqcheck.serving.serve import replica_settings
 from reqcheck.training.loop import TrainResult
 from tests.conftest import ServedPair
 from tests.helpers import run_cli
@@ -96,6 +99,32 @@ def test_serve_refuses_a_taken_port_before_converting(
     assert code == 2 and err.count("\n") == 1
     assert f"Port {port} on 127.0.0.1 is taken" in err and "pass another --port" in err
     assert _nothing_served()
+
+
+def test_serve_refuses_a_taken_replica_port_before_converting(
+    tiny_adapters: dict[str, TrainResult],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", str(tiny_adapters["alora"].outfile), "--port", str(port - 1), "--replicas", "2"]
+        code, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1
+    assert f"Port {port} on 127.0.0.1 is taken" in err
+    assert _nothing_served()
+
+
+def test_replicas_have_one_slot_their_share_of_the_threads_and_consecutive_ports() -> None:
+    settings = ServerSettings(Path("base.gguf"), port=8080, threads=4, slots=1)
+    every = replica_settings(settings, 2)
+    assert [(s.port, s.threads, s.slots) for s in every] == [(8080, 2, 1), (8081, 2, 1)]
+    assert [s.port for s in replica_settings(ServerSettings(Path("b"), port=0), 3)] == [0, 0, 0]
+    assert replica_settings(settings, 1) == [settings]
+    with pytest.raises(ReqcheckError, match="would need ports above 65535; pass a lower --port"):
+        replica_settings(ServerSettings(Path("b"), port=65535), 2)
 
 
 def test_serve_refuses_adapters_on_different_base_models(
