@@ -6,7 +6,8 @@ published as CPU wheels on PyPI (CUDA, ROCm and Vulkan wheels on its project's i
 model has loaded and stops when the object is dropped. It installs llama.cpp's own SIGINT/SIGTERM
 handlers; `running` puts Python's back, so Ctrl-C and SIGTERM reach the caller.
 
-Every adapter loads at global scale 0 (`CommonAdapterLoraInfo(path, 0.0)`), so a request that names no
+On a machine with only CPU devices, flash attention is off (`_attention`). Every adapter loads at global
+scale 0 (`CommonAdapterLoraInfo(path, 0.0)`), so a request that names no
 adapter gets the base model: llama.cpp's "load without apply" still leaves each adapter at scale 1 for
 such requests (llama.cpp #28674). One slot by default: parallel slots misapply an aLoRA (its on/off state
 is kept per batch in `server-context.cpp`), and a one-slot server queues concurrent requests itself.
@@ -49,6 +50,7 @@ class ServerSettings:
     threads: int | None = None
     context: int = 4096
     slots: int = 1
+    flash_attn: str | None = None  # llama-server's -fa on, off or auto; None: off on CPU-only engines
 
 
 def load() -> ModuleType:
@@ -106,6 +108,7 @@ def running(settings: ServerSettings) -> Iterator[str]:
     params.n_parallel = settings.slots
     params.n_ctx = settings.context * settings.slots
     params.verbosity = 0
+    params.flash_attn_type = _attention(engine, settings.flash_attn)
     if settings.threads:
         params.cpuparams.n_threads = settings.threads
         params.cpuparams_batch.n_threads = settings.threads
@@ -126,6 +129,23 @@ def running(settings: ServerSettings) -> Iterator[str]:
         del server  # llama.cpp's destructor ends its loop and joins its threads
 
 
+def _attention(engine: ModuleType, chosen: str | None) -> object:
+    """`chosen` (on, off, auto), else flash attention off where the engine has only CPU devices and llama.cpp's
+    choice elsewhere: on CPU its flash attention made a check on ~1,100 context tokens 1.5x slower than its
+    plain path (docs/benchmarks.md, "Served checks"), and llama.cpp's `auto` picks it there."""
+    kinds = engine.llama_flash_attn_type
+    if chosen is not None:
+        return {
+            "on": kinds.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": kinds.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            "auto": kinds.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        }[chosen]
+    cpu = engine.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_CPU
+    if all(device.get("type") == cpu for device in engine.get_device_info()):
+        return kinds.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return kinds.LLAMA_FLASH_ATTN_TYPE_AUTO
+
+
 def _restore(handlers: dict[int, object]) -> None:
     """Put Python's signal handlers back over the ones llama.cpp installed (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
@@ -143,6 +163,7 @@ def _arguments(argv: Sequence[str] | None) -> ServerSettings:
     parser.add_argument("-t", "--threads", type=int, default=None)
     parser.add_argument("-c", "--ctx-size", type=int, default=4096)
     parser.add_argument("-np", "--parallel", type=int, default=1)
+    parser.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default=None)
     args = parser.parse_args(argv)
     return ServerSettings(
         args.model,
@@ -152,6 +173,7 @@ def _arguments(argv: Sequence[str] | None) -> ServerSettings:
         args.threads,
         args.ctx_size // args.parallel,
         args.parallel,
+        args.flash_attn,
     )
 
 
