@@ -85,7 +85,9 @@ def test_serve_without_the_engine_names_the_extra(
     assert _nothing_served()
 
 
+@pytest.mark.parametrize("replicas", [1, 2])  # with 2, the taken port is the second replica's
 def test_serve_refuses_a_taken_port_before_converting(
+    replicas: int,
     tiny_adapters: dict[str, TrainResult],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -94,26 +96,18 @@ def test_serve_refuses_a_taken_port_before_converting(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        args = ["serve", str(tiny_adapters["alora"].outfile), "--port", str(port)]
+        first = port - replicas + 1
+        args = [
+            "serve",
+            str(tiny_adapters["alora"].outfile),
+            "--port",
+            str(first),
+            "--replicas",
+            str(replicas),
+        ]
         code, err = run_cli(args, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1
     assert f"Port {port} on 127.0.0.1 is taken" in err and "pass another --port" in err
-    assert _nothing_served()
-
-
-def test_serve_refuses_a_taken_replica_port_before_converting(
-    tiny_adapters: dict[str, TrainResult],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        args = ["serve", str(tiny_adapters["alora"].outfile), "--port", str(port - 1), "--replicas", "2"]
-        code, err = run_cli(args, capsys, monkeypatch)
-    assert code == 2 and err.count("\n") == 1
-    assert f"Port {port} on 127.0.0.1 is taken" in err
     assert _nothing_served()
 
 
@@ -352,3 +346,18 @@ def _engine_version() -> str | None:
     from reqcheck.serving import engine
 
     return engine.version()
+
+
+def test_flash_attention_is_off_on_a_cpu_only_engine_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reqcheck.serving import engine
+
+    module = engine.load()
+    kinds = module.llama_flash_attn_type
+    cpu = {"name": "CPU", "type": module.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_CPU}
+    gpu = {"name": "CUDA0", "type": module.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_GPU}
+    monkeypatch.setattr(module, "get_device_info", lambda: [cpu])
+    assert engine._attention(module, None) == kinds.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    assert engine._attention(module, "on") == kinds.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    monkeypatch.setattr(module, "get_device_info", lambda: [cpu, gpu])
+    assert engine._attention(module, None) == kinds.LLAMA_FLASH_ATTN_TYPE_AUTO
+    assert engine._arguments(["-m", "b.gguf", "-fa", "off"]).flash_attn == "off"
