@@ -182,13 +182,14 @@ def _distinct(urls: list[str]) -> list[str]:
 def _check_same_server(replicas: list[Replica]) -> None:
     """Refuse replicas that are not one another's copies: another engine, model width, vocabulary or tokenizer
     than the first, named in one sentence."""
-    first = replicas[0]
-    for other in replicas[1:]:
+    first, others = replicas[0], replicas[1:]
+    tokens = first.tokenize(TOKENIZER_PROBE) if others else None
+    for other in others:
         sizes = [(r.info.meta.get("n_embd"), r.info.meta.get("n_vocab")) for r in (first, other)]
         if (
             other.info.engine != first.info.engine
             or (None not in sizes[0] + sizes[1] and sizes[0] != sizes[1])
-            or other.tokenize(TOKENIZER_PROBE) != first.tokenize(TOKENIZER_PROBE)
+            or other.tokenize(TOKENIZER_PROBE) != tokens
         ):
             raise ReqcheckError(
                 f"The server at {other.shown} runs {other.info.engine} with {other.info.model or 'a model'}, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Protocol, TypeVar
 
 from reqcheck.checking.endpoint import Unreachable
@@ -29,7 +29,7 @@ class Worker(Protocol):
 
     shown: str
     concurrency: int
-    pool: object
+    pool: ThreadPoolExecutor
 
 
 def spread(
@@ -73,7 +73,7 @@ def spread(
                     running[0] -= 1
                     state.notify_all()
 
-    futures = [r.pool.submit(drain, r) for r in live for _ in range(r.concurrency)]  # type: ignore[attr-defined]
+    futures = [r.pool.submit(drain, r) for r in live for _ in range(r.concurrency)]
     wait(futures)
     for future in futures:
         future.result()
